@@ -1,0 +1,232 @@
+namespace Parsl
+
+open System
+open System.Collections.Generic
+open System.IO
+open System.Threading
+open System.Threading.Tasks
+open Parsl.Core
+open Parsl.Executors
+
+/// An argument of an app call: a value, a future whose result is the value (a dependency), or several
+/// futures gathered into an array. C# converts values, `AppFuture<T>` and `Task<T>` implicitly.
+[<Sealed>]
+type Arg<'T> internal (slot: ArgSlot) =
+    member internal _.Slot = slot
+    /// A plain value.
+    static member op_Implicit(value: 'T) : Arg<'T> = Arg<'T>(Plain(box value))
+    /// A future: the call waits for it, and gets its result.
+    static member op_Implicit(future: AppFuture<'T>) : Arg<'T> = Arg<'T>(Future future)
+    /// A task: the call waits for it, and gets its result.
+    static member op_Implicit(task: Task<'T>) : Arg<'T> = Arg<'T>(Future task)
+
+/// Builds app arguments.
+[<RequireQualifiedAccess>]
+module Arg =
+    /// A plain value.
+    let value (v: 'T) = Arg<'T>(Plain(box v))
+    /// The result of a future: the call depends on it.
+    let future (f: AppFuture<'T>) =
+        if isNull f then nullArg "f"
+        Arg<'T>(Future f)
+    /// The result of a task: the call depends on it.
+    let task (t: Task<'T>) =
+        if isNull t then nullArg "t"
+        Arg<'T>(Future t)
+    /// The results of several futures, in order, as an array (Parsl's `inputs=[...]`).
+    let all (futures: seq<AppFuture<'T>>) : Arg<'T[]> =
+        let fs = futures |> Seq.map box |> Array.ofSeq
+        Arg<'T[]>(Gather(fs, fun rs -> box (rs |> Array.map unbox<'T>)))
+
+/// Where a shell app's stdout or stderr goes.
+type StdSpec =
+    /// Append to this file (Parsl's plain path).
+    | Path of string
+    /// Open the file with this mode: "w" truncates, "a" appends (Parsl's `(path, mode)`).
+    | PathMode of string * string
+    /// A file named after the task under the run directory (Parsl's `AUTO_LOGNAME`):
+    /// `task_logs/NNNN/task_NNNN_<app>.stdout|stderr`.
+    | Auto
+
+/// Per-app options (Parsl's decorator parameters and reserved keyword arguments).
+type AppOptions =
+    { /// The app's name; default: the function's name.
+      Name: string option
+      /// Executor labels the app may run on; empty means all (Parsl's `executors='all'`).
+      Executors: string list
+      /// Parsl's `parsl_resource_specification`; checked by the executor.
+      Resources: Map<string, obj>
+      /// Shell apps: stdout and stderr.
+      Stdout: StdSpec option
+      Stderr: StdSpec option
+      /// Shell apps: kill the process group and fail with `AppTimeout` after this long.
+      Walltime: TimeSpan option
+      /// Shell apps: files that must exist afterwards (`MissingOutputs` otherwise).
+      Outputs: string list }
+
+/// Functions over app options.
+[<RequireQualifiedAccess>]
+module AppOptions =
+    /// No options.
+    let defaults =
+        { Name = None
+          Executors = []
+          Resources = Map.empty
+          Stdout = None
+          Stderr = None
+          Walltime = None
+          Outputs = [] }
+
+/// Creates apps. Each app is a function returning an `AppFuture` at once; its arguments may be futures.
+[<RequireQualifiedAccess>]
+module App =
+    /// A readable name for a function value (`square` for `let square x = ...` or `fun` bound to `square`).
+    let nameOf (f: obj) =
+        let t = f.GetType()
+        let n = t.Name
+        let n = match n.IndexOf '@' with -1 -> n | i -> n.Substring(0, i)
+        if n = "" || n.StartsWith "clo" then "app" else n
+
+    let private resources (opts: AppOptions) : IReadOnlyDictionary<string, obj> =
+        if opts.Resources.IsEmpty then Resources.empty
+        else Dictionary<string, obj>(opts.Resources) :> _
+
+    let private prepare (dfk: DataFlowKernel) (opts: AppOptions) (f: obj) =
+        if isNull (box dfk) then nullArg "dfk"
+        if isNull f then nullArg "f"
+        let name = defaultArg opts.Name (nameOf f)
+        dfk.CheckLabels(name, opts.Executors)
+        name
+
+    let private functionCall name (del: Delegate) takesToken (invoke: obj[] -> CancellationToken -> obj) =
+        fun (_: TaskId) (args: obj[]) ->
+            Function
+                { AppName = name
+                  Function = del
+                  Args = args
+                  TakesCancellation = takesToken
+                  Invoke = invoke }
+
+    let private noJoin = fun (_: obj) -> None
+
+    let internal submit<'R> (dfk: DataFlowKernel) name kind (opts: AppOptions) slots build joinShape =
+        dfk.Submit<'R>(name, kind, opts.Executors, slots, build, resources opts, joinShape)
+
+    /// A function app with options.
+    let funcWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'R) : Arg<'A> -> AppFuture<'R> =
+        let name = prepare dfk opts f
+        let del = Func<'A, 'R>(f)
+        let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
+        fun (a: Arg<'A>) -> submit<'R> dfk name FunctionApp opts [| a.Slot |] build noJoin
+
+    /// A function app: `let square = App.func dfk (fun x -> x * x)` then `square (Arg.value 3)`.
+    let func dfk (f: 'A -> 'R) = funcWith dfk AppOptions.defaults f
+
+    /// A function app of two arguments, with options.
+    let func2With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> 'R) : Arg<'A> -> Arg<'B> -> AppFuture<'R> =
+        let name = prepare dfk opts f
+        let del = Func<'A, 'B, 'R>(fun a b -> f a b)
+        let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1])))
+        fun (a: Arg<'A>) (b: Arg<'B>) -> submit<'R> dfk name FunctionApp opts [| a.Slot; b.Slot |] build noJoin
+
+    /// A function app of two arguments.
+    let func2 dfk (f: 'A -> 'B -> 'R) = func2With dfk AppOptions.defaults f
+
+    /// A function app of three arguments, with options.
+    let func3With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> 'C -> 'R) =
+        let name = prepare dfk opts f
+        let del = Func<'A, 'B, 'C, 'R>(fun a b c -> f a b c)
+        let build =
+            functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1]) (unbox<'C> a[2])))
+        fun (a: Arg<'A>) (b: Arg<'B>) (c: Arg<'C>) ->
+            submit<'R> dfk name FunctionApp opts [| a.Slot; b.Slot; c.Slot |] build noJoin
+
+    /// A function app of three arguments.
+    let func3 dfk (f: 'A -> 'B -> 'C -> 'R) = func3With dfk AppOptions.defaults f
+
+    /// An asynchronous function app: the body gets a token that is cancelled when the task is.
+    let asyncWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> CancellationToken -> Task<'R>) : Arg<'A> -> AppFuture<'R> =
+        let name = prepare dfk opts f
+        let del = Func<'A, CancellationToken, Task<'R>>(fun a ct -> f a ct)
+        let build = functionCall name del true (fun a ct -> box (f (unbox<'A> a[0]) ct))
+        fun (a: Arg<'A>) -> submit<'R> dfk name FunctionApp opts [| a.Slot |] build noJoin
+
+    /// An asynchronous function app.
+    let async dfk (f: 'A -> CancellationToken -> Task<'R>) = asyncWith dfk AppOptions.defaults f
+
+    let private stdPath (dfk: DataFlowKernel) (name: string) (id: TaskId) (which: string) (spec: StdSpec) =
+        match spec with
+        | Path p -> Append p
+        | PathMode(p, "w") -> Truncate p
+        | PathMode(p, ("a" | "a+")) -> Append p
+        | PathMode(p, m) ->
+            raise (BadStdStreamFile(sprintf "Bad %s mode '%s' for %s: use \"w\" (truncate) or \"a\" (append)" which m p, null))
+        | Auto ->
+            let dir = System.IO.Path.Combine(dfk.RunDir, "task_logs", sprintf "%04d" (id.Value / 10000))
+            Directory.CreateDirectory dir |> ignore
+            Append(System.IO.Path.Combine(dir, sprintf "task_%04d_%s.%s" id.Value name which))
+
+    /// A shell app with options: the function returns a command line, run by `/bin/bash`. The future's
+    /// result is 0; a non-zero exit fails it with `BashExitFailure` carrying the code.
+    let shellWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> string) : Arg<'A> -> AppFuture<int> =
+        let name = prepare dfk opts f
+        let build (id: TaskId) (args: obj[]) =
+            Shell
+                { AppName = name
+                  BuildCommand = fun () -> f (unbox<'A> args[0])
+                  Stdout = opts.Stdout |> Option.map (stdPath dfk name id "stdout")
+                  Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
+                  Walltime = opts.Walltime
+                  Outputs = opts.Outputs }
+        fun (a: Arg<'A>) -> submit<int> dfk name ShellApp opts [| a.Slot |] build noJoin
+
+    /// A shell app.
+    let shell dfk (f: 'A -> string) = shellWith dfk AppOptions.defaults f
+
+    /// A shell app of two arguments, with options.
+    let shell2With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> string) : Arg<'A> -> Arg<'B> -> AppFuture<int> =
+        let name = prepare dfk opts f
+        let build (id: TaskId) (args: obj[]) =
+            Shell
+                { AppName = name
+                  BuildCommand = fun () -> f (unbox<'A> args[0]) (unbox<'B> args[1])
+                  Stdout = opts.Stdout |> Option.map (stdPath dfk name id "stdout")
+                  Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
+                  Walltime = opts.Walltime
+                  Outputs = opts.Outputs }
+        fun (a: Arg<'A>) (b: Arg<'B>) -> submit<int> dfk name ShellApp opts [| a.Slot; b.Slot |] build noJoin
+
+    let private oneFuture (v: obj) =
+        match v with
+        | :? AppFuture
+        | :? Task -> Some([| v |], fun (rs: obj[]) -> rs[0])
+        | _ -> None
+
+    /// A join app: the body returns a future, and the app's future completes with that future's result.
+    /// A failure of the inner future fails the app with `JoinError`. Bodies run on the internal executor.
+    let join (dfk: DataFlowKernel) (f: 'A -> AppFuture<'R>) : Arg<'A> -> AppFuture<'R> =
+        let opts = AppOptions.defaults
+        let name = prepare dfk opts f
+        let del = Func<'A, AppFuture<'R>>(f)
+        let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
+        fun (a: Arg<'A>) -> submit<'R> dfk name JoinApp opts [| a.Slot |] build oneFuture
+
+    /// A join app whose body returns several futures; the app's future completes with their results, in order.
+    let joinAll (dfk: DataFlowKernel) (f: 'A -> seq<AppFuture<'R>>) : Arg<'A> -> AppFuture<'R[]> =
+        let opts = AppOptions.defaults
+        let name = prepare dfk opts f
+        let del = Func<'A, seq<AppFuture<'R>>>(f)
+        let build = functionCall name del false (fun a _ -> box (Array.ofSeq (f (unbox<'A> a[0]))))
+        let shape (v: obj) =
+            match v with
+            | :? (AppFuture<'R>[]) as fs -> Some(fs |> Array.map box, fun (rs: obj[]) -> box (rs |> Array.map unbox<'R>))
+            | _ -> None
+        fun (a: Arg<'A>) -> submit<'R[]> dfk name JoinApp opts [| a.Slot |] build shape
+
+/// Waiting on futures from F#.
+[<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
+module AppFuture =
+    /// Blocks for the result (raises the task's exception).
+    let get (f: AppFuture<'T>) = f.Result
+    /// The result as a Task.
+    let toTask (f: AppFuture<'T>) = f.Task

@@ -1,0 +1,94 @@
+namespace Parsl
+
+open Parsl.Executors
+
+/// What happens when a kernel used with `use`/`await using` is disposed (Parsl's `Config.exit_mode`).
+type ExitMode =
+    /// Stop accepting tasks, let running tries finish, fail what is left with `KernelShutdownError` (default).
+    | Cleanup
+    /// Wait for every task to finish, then clean up.
+    | Wait
+    /// Stop at once: running tries are stopped, and unfinished futures fail with `KernelShutdownError`.
+    | Skip
+
+/// Where futures are looked for in an app's arguments (Parsl's `dependency_resolver`).
+type DependencyResolver =
+    /// Only futures passed directly as arguments (Parsl's default).
+    | Shallow
+    /// Also futures inside arrays, lists, sets, maps, dictionaries and tuples, at any depth.
+    | Deep
+
+/// What a retry handler is told about the failed task (the parts of Parsl's task record it uses).
+type TaskInfo =
+    { Id: TaskId
+      AppName: string
+      /// The try that failed.
+      Try: int
+      /// Failures so far, including this one.
+      FailCount: int
+      Executor: string }
+
+/// The kernel's configuration (Parsl's `Config`). Build it from `Config.defaults` with `{ ... with }`.
+type Config =
+    { /// The executors. Empty means one `ThreadPoolExecutor` labelled `threads`. Labels must be unique.
+      Executors: IExecutor list
+      /// The retry budget compared with each task's accumulated failure cost. Default 0.
+      Retries: int
+      /// Returns the cost of a failure (default 1 per failure). If it throws, the task fails with its exception.
+      RetryHandler: (exn -> TaskInfo -> float) option
+      /// The base run directory; each kernel gets a numbered one inside it. Default `runinfo`.
+      RunDir: string
+      /// What disposal does. Default `Cleanup`.
+      ExitMode: ExitMode
+      /// Default `Shallow`.
+      DependencyResolver: DependencyResolver
+      /// Write `parsl.log` in the run directory. Default true.
+      InitializeLogging: bool
+      /// The log file's minimum level. Default Information (Debug logs every task transition).
+      LogLevel: Serilog.Events.LogEventLevel
+      /// Threads of the internal executor that runs join app bodies. Default 10.
+      InternalTasksMaxThreads: int }
+
+/// Functions over configurations.
+[<RequireQualifiedAccess>]
+module Config =
+    /// The label of the kernel's internal executor (join app bodies).
+    [<Literal>]
+    let InternalLabel = "_parsl_internal"
+
+    /// Parsl's defaults.
+    let defaults =
+        { Executors = []
+          Retries = 0
+          RetryHandler = None
+          RunDir = "runinfo"
+          ExitMode = Cleanup
+          DependencyResolver = Shallow
+          InitializeLogging = true
+          LogLevel = Serilog.Events.LogEventLevel.Information
+          InternalTasksMaxThreads = 10 }
+
+    /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
+    let validate (c: Config) : ConfigurationError list =
+        [ if c.Retries < 0 then
+              ConfigurationError("Config.Retries", sprintf "must be 0 or more (got %d); use 0 for no retries" c.Retries)
+          if isNull c.RunDir || c.RunDir.Trim() = "" then
+              ConfigurationError("Config.RunDir", "must be a directory path; the default is \"runinfo\"")
+          if c.InternalTasksMaxThreads <= 0 then
+              ConfigurationError(
+                  "Config.InternalTasksMaxThreads",
+                  sprintf "must be at least 1 (got %d); the default is 10" c.InternalTasksMaxThreads)
+          if c.Executors |> List.exists (box >> isNull) then
+              ConfigurationError("Config.Executors", "contains a null executor; remove it")
+          let labels = c.Executors |> List.filter (box >> isNull >> not) |> List.map (fun e -> e.Label)
+          for l in labels |> List.countBy id |> List.filter (fun (_, n) -> n > 1) |> List.map fst do
+              ConfigurationError(
+                  "Config.Executors",
+                  sprintf "the label '%s' is used by more than one executor; give each executor a unique Label" l)
+          for l in labels do
+              if l = InternalLabel then
+                  ConfigurationError("Config.Executors", sprintf "the label '%s' is reserved; choose another Label" l)
+              if isNull l || l.Trim() = "" then
+                  ConfigurationError("Config.Executors", "an executor has an empty Label; give it a name")
+          for e in c.Executors |> List.filter (box >> isNull >> not) do
+              yield! e.Validate() ]

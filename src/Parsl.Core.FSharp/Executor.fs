@@ -1,0 +1,115 @@
+namespace Parsl.Executors
+
+open System
+open System.Collections.Generic
+open System.Threading
+open System.Threading.Tasks
+open Parsl
+
+/// Where a shell app's standard stream goes.
+type StdStream =
+    /// Append to this file (Parsl's plain path: mode `a+`).
+    | Append of path: string
+    /// Truncate this file first (Parsl's `(path, 'w')`).
+    | Truncate of path: string
+
+    /// The file's path.
+    member this.Path =
+        match this with
+        | Append p
+        | Truncate p -> p
+
+/// A function app's call, ready to run: the user's delegate, its argument values, and a fast local invoker.
+type FunctionCall =
+    { AppName: string
+      /// The user's code. Executors that run tasks in other processes ship it by reference (method and target).
+      Function: Delegate
+      /// Resolved argument values (futures replaced by their results).
+      Args: obj[]
+      /// Whether the delegate's last parameter is a CancellationToken supplied by the executor.
+      TakesCancellation: bool
+      /// Calls the delegate in this process. The value may be a `Task` the executor awaits.
+      Invoke: obj[] -> CancellationToken -> obj }
+
+/// A shell app's call, ready to run.
+type ShellCall =
+    { AppName: string
+      /// Builds the command line (the user's function with resolved arguments). May throw: that fails the task.
+      BuildCommand: unit -> string
+      Stdout: StdStream option
+      Stderr: StdStream option
+      /// Kill the process group and raise `AppTimeout` after this long.
+      Walltime: TimeSpan option
+      /// Files that must exist afterwards (`MissingOutputs` otherwise).
+      Outputs: string list }
+
+/// What an executor runs.
+type TaskBody =
+    /// A function app, or a join app's body.
+    | Function of FunctionCall
+    /// A shell app.
+    | Shell of ShellCall
+
+/// One try of one task, as handed to an executor.
+type ExecTask =
+    { Id: TaskId
+      Try: TryId
+      Body: TaskBody
+      /// Parsl's `parsl_resource_specification`; empty when not given.
+      Resources: IReadOnlyDictionary<string, obj> }
+
+/// What an executor reports back. Executors never change task state: the kernel does.
+type ExecutorEvent =
+    /// The try ended with a value.
+    | TryDone of TaskId * TryId * obj
+    /// The try ended with an exception.
+    | TryFailed of TaskId * TryId * exn
+
+/// What an executor gets from the kernel when it starts.
+type ExecutorContext =
+    { /// This run's directory (`runinfo/NNN`).
+      RunDir: string
+      /// Sends an event to the kernel. Thread-safe; never blocks.
+      Report: ExecutorEvent -> unit
+      /// The run's logger.
+      Log: Serilog.ILogger }
+
+/// The protocol every executor implements (Parsl's `ParslExecutor`): tasks in, events out.
+///
+///   kernel ──Submit(ExecTask)──▶ executor ──TryDone / TryFailed──▶ kernel
+///   kernel ──Cancel(id, try)───▶ executor      (a running try is told to stop)
+///   kernel ──Shutdown(wait)────▶ executor      (wait: let running tries end; else stop them)
+type IExecutor =
+    /// The executor's label, unique within a config.
+    abstract Label: string
+    /// Checks the executor's options; each error names its field. Called once when the kernel loads.
+    abstract Validate: unit -> ConfigurationError list
+    /// Checks a task's resource specification (`InvalidResourceSpecification` for unknown keys).
+    abstract CheckResources: IReadOnlyDictionary<string, obj> -> exn option
+    /// Starts the executor's loops.
+    abstract StartAsync: ExecutorContext * CancellationToken -> Task
+    /// Queues one try. Never blocks.
+    abstract Submit: ExecTask -> unit
+    /// Asks a running or queued try to stop; it then reports `TryFailed` with an `OperationCanceledException`.
+    abstract Cancel: TaskId * TryId -> unit
+    /// Stops the executor and everything it started. `wait`: let tries already running finish first.
+    abstract ShutdownAsync: wait: bool -> Task
+
+/// Helpers for executors.
+[<RequireQualifiedAccess>]
+module Resources =
+    /// No resource specification.
+    let empty: IReadOnlyDictionary<string, obj> = Dictionary<string, obj>() :> _
+
+    /// Refuses keys outside `known`, as Parsl's executors do.
+    let check (label: string) (known: string list) (spec: IReadOnlyDictionary<string, obj>) =
+        let bad = spec.Keys |> Seq.filter (fun k -> not (List.contains k known)) |> List.ofSeq
+        if bad.IsEmpty then None
+        else
+            let allowed = if known.IsEmpty then "none" else String.Join(", ", known)
+            Some(
+                InvalidResourceSpecification(
+                    bad,
+                    sprintf "Executor %s does not accept the resource specification keys %s (accepted: %s)"
+                        label (String.Join(", ", bad)) allowed)
+                :> exn)

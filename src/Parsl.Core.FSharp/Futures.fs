@@ -1,0 +1,106 @@
+namespace Parsl
+
+open System
+open System.Threading
+open System.Threading.Tasks
+open Parsl.Core
+
+/// Lets an executor lend a thread's slot while the code on it blocks waiting for a future, so that a task
+/// may submit further tasks and wait on them without deadlock (a "managed blocker").
+[<AbstractClass; Sealed>]
+type Blocking private () =
+    [<ThreadStatic; DefaultValue>]
+    static val mutable private hook: Func<IDisposable>
+
+    /// Set by an executor on the threads it runs task bodies on; null elsewhere.
+    static member internal Hook
+        with get () = Blocking.hook
+        and set v = Blocking.hook <- v
+
+    /// Marks the start of a blocking wait; dispose at its end.
+    static member internal Enter() : IDisposable =
+        match Blocking.hook with
+        | null -> null
+        | h -> h.Invoke()
+
+/// What owns a future: the kernel that runs its task.
+type internal IFutureOwner =
+    /// Asks the kernel to cancel the task.
+    abstract Cancel: TaskId -> unit
+
+/// The future of one app call (Parsl's `AppFuture`): its task id, state, and eventually a result or an exception.
+[<AllowNullLiteral>]
+type AppFuture
+    internal
+    (id: TaskId, appName: string, owner: IFutureOwner, task: Task, resultObject: unit -> obj,
+     complete: TaskState -> Completion -> (unit -> obj) -> unit) =
+    [<VolatileField>]
+    let mutable state = Pending
+
+    /// The task's id.
+    member _.TaskId = id
+    /// The app's name.
+    member _.AppName = appName
+    /// The task's current state (Parsl's `task_status()`).
+    member _.State = state
+    member internal _.Owner = owner
+    member internal _.SetState s = state <- s
+    /// The result as an object (only once completed successfully).
+    member internal _.ResultObject = resultObject ()
+    /// Completes the future. Called only by the kernel's loop.
+    member internal this.Complete(final, completion, joinResults) =
+        state <- final
+        complete final completion joinResults
+
+    /// The future as a plain `Task`.
+    member _.AsTask = task
+    /// Whether the task is final.
+    member _.IsCompleted = task.IsCompleted
+    /// Whether the task failed (or was cancelled).
+    member _.IsFaulted = task.IsFaulted || task.IsCanceled
+
+    /// The task's exception, once it has failed; null otherwise.
+    member _.Exception: exn =
+        if task.IsCanceled then OperationCanceledException(sprintf "Task %d was cancelled" id.Value) :> exn
+        elif task.IsFaulted then task.Exception.InnerException
+        else null
+
+    /// Cancels the task: a pending task never runs and its dependents fail with `DependencyError`; a running
+    /// try is told to stop (a shell app's process group is killed). Does nothing once the task is final.
+    member _.Cancel() = owner.Cancel id
+
+    /// Blocks until the task is final. On an executor thread, the thread's slot is lent meanwhile.
+    member _.Wait() =
+        if not task.IsCompleted then
+            use _ = Blocking.Enter()
+            (task :> IAsyncResult).AsyncWaitHandle.WaitOne() |> ignore
+
+    override this.ToString() =
+        sprintf "<AppFuture task %d (%s) %s>" id.Value appName (TaskState.name this.State)
+
+module internal FutureCompletion =
+    let complete (tcs: TaskCompletionSource<'T>) (final: TaskState) (completion: Completion) (joinResults: unit -> obj) =
+        match completion with
+        | Value v -> tcs.TrySetResult(unbox<'T> v) |> ignore
+        | JoinResults -> tcs.TrySetResult(unbox<'T> (joinResults ())) |> ignore
+        | Error(:? OperationCanceledException) when final = Failed -> tcs.TrySetCanceled() |> ignore
+        | Error e -> tcs.TrySetException e |> ignore
+
+/// A typed app future. Await it (`let! x = fut` in `task { }`, `await fut` in C#), or read `Result` to block.
+[<Sealed; AllowNullLiteral>]
+type AppFuture<'T> private (id: TaskId, appName: string, owner: IFutureOwner, tcs: TaskCompletionSource<'T>) =
+    inherit AppFuture(id, appName, owner, tcs.Task, (fun () -> box tcs.Task.Result), FutureCompletion.complete tcs)
+
+    internal new(id, appName, owner) =
+        AppFuture<'T>(id, appName, owner, TaskCompletionSource<'T>(TaskCreationOptions.RunContinuationsAsynchronously))
+
+    /// The future as a `Task<'T>`.
+    member _.Task = tcs.Task
+
+    /// Blocks for the result; raises the task's exception. On an executor thread, the thread's slot is lent meanwhile.
+    member this.Result: 'T =
+        this.Wait()
+        tcs.Task.GetAwaiter().GetResult()
+
+    /// Makes the future awaitable.
+    member _.GetAwaiter() = tcs.Task.GetAwaiter()

@@ -1,0 +1,5 @@
+module Parsl.Tests.DeepResolverTests
+
+open Expecto
+
+let tests = testList "DeepResolverTests" []

@@ -1,0 +1,5 @@
+module Parsl.Tests.KernelProperties
+
+open Expecto
+
+let tests = testList "KernelProperties" []

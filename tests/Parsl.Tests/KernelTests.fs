@@ -1,0 +1,5 @@
+module Parsl.Tests.KernelTests
+
+open Expecto
+
+let tests = testList "KernelTests" []

@@ -1,0 +1,15 @@
+module Parsl.Tests.Main
+
+open Expecto
+
+let all =
+    testList "Parsl" [
+        KernelTests.tests
+        KernelProperties.tests
+        ShellTests.tests
+        DeepResolverTests.tests
+        AppTests.tests
+    ]
+
+[<EntryPoint>]
+let main argv = runTestsWithCLIArgs [] argv all

@@ -1,0 +1,5 @@
+module Parsl.Tests.ShellTests
+
+open Expecto
+
+let tests = testList "ShellTests" []
