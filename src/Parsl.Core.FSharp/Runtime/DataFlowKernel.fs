@@ -4,7 +4,6 @@ open System
 open System.Collections.Concurrent
 open System.Collections.Generic
 open System.Threading
-open System.Threading.Channels
 open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
@@ -92,8 +91,7 @@ type internal HostMessage =
 /// Create it with `DataFlowKernel.Load`; dispose it (or call `CleanupAsync`) to shut down.
 [<Sealed>]
 type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogger, executors: Dictionary<string, IExecutor>) as this =
-    let channel =
-        Channel.CreateUnbounded<HostMessage>(UnboundedChannelOptions(SingleReader = true, SingleWriter = false))
+    let mailbox = Mailbox<HostMessage>()
     let mutable state = Kernel.empty
     let mutable taskCount = -1
     let mutable closed = 0
@@ -107,7 +105,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let debug = log.IsEnabled Serilog.Events.LogEventLevel.Debug
 
     let post m =
-        if not (channel.Writer.TryWrite m) then
+        if not (mailbox.Post m) then
             // Only after the loop ended: nothing can be done, but never lose a waiter.
             match m with
             | WaitIdle t
@@ -293,14 +291,13 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
 
     let run () =
         task {
-            let reader = channel.Reader
             let mutable go = true
             while go do
-                let! more = reader.WaitToReadAsync()
+                let! more = mailbox.WaitToReadAsync()
                 if not more then go <- false
                 else
                     let mutable m = Unchecked.defaultof<HostMessage>
-                    while reader.TryRead(&m) do
+                    while mailbox.TryTake(&m) do
                         try
                             handle m
                         with e ->
@@ -444,7 +441,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             let abandoned = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
             post (AbandonAll abandoned)
             do! abandoned.Task
-            channel.Writer.TryComplete() |> ignore
+            mailbox.Complete()
             do! loopTask
             log.Information("DataFlowKernel cleaned up; final task states: {Counts}",
                             String.Join(", ", finalCounts |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))

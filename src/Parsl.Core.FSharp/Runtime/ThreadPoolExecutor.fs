@@ -4,7 +4,6 @@ open System
 open System.Collections.Concurrent
 open System.Reflection
 open System.Threading
-open System.Threading.Channels
 open System.Threading.Tasks
 open Parsl
 open Parsl.Runtime
@@ -14,8 +13,7 @@ open Parsl.Runtime
 /// wait on them without deadlock. Accepts no resource specification keys.
 [<Sealed>]
 type ThreadPoolExecutor(label: string, maxThreads: int) =
-    let queue =
-        Channel.CreateUnbounded<ExecTask>(UnboundedChannelOptions(SingleReader = false, SingleWriter = true))
+    let queue = WorkQueue<ExecTask>()
     // Tries asked to stop: checked before a queued try starts.
     let cancelRequested = ConcurrentDictionary<struct (int * int), bool>()
     // Running tries that can be stopped (shell apps, bodies taking a CancellationToken).
@@ -125,14 +123,13 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
 
     and loop (n: int) : Task =
         task {
-            let reader = queue.Reader
             let mutable go = true
             while go do
-                let! more = reader.WaitToReadAsync()
+                let! more = queue.WaitAsync()
                 if not more then go <- false
                 else
                     let mutable item = Unchecked.defaultof<ExecTask>
-                    while go && reader.TryRead(&item) do
+                    while go && queue.TryTake(&item) do
                         do! runOne item
                         // A compensating loop ends once the loop it stood in for is running again.
                         if Volatile.Read(&active) - Volatile.Read(&blocked) > maxThreads then
@@ -179,7 +176,7 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
             Task.CompletedTask
 
         member _.Submit t =
-            if not (queue.Writer.TryWrite t) then
+            if not (queue.Post t) then
                 ctx.Report(TryFailed(t.Id, t.Try, KernelShutdownError(t.Id)))
 
         member _.Cancel(id, tryId) =
@@ -194,11 +191,11 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
         member _.ShutdownAsync(wait) =
             task {
                 lock gate (fun () -> stopping <- true)
-                queue.Writer.TryComplete() |> ignore
+                queue.Complete()
                 if not wait then
                     shutdownToken.Cancel()
                     let mutable item = Unchecked.defaultof<ExecTask>
-                    while queue.Reader.TryRead(&item) do
+                    while queue.TryTake(&item) do
                         ctx.Report(TryFailed(item.Id, item.Try, KernelShutdownError(item.Id)))
                 // Loops end when the queue is drained; compensating loops may start meanwhile, so repeat.
                 let mutable pending = loops.Values |> Array.ofSeq
