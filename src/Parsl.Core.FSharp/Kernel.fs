@@ -184,10 +184,11 @@ module Kernel =
 
     /// Makes a task final and wakes its dependents, iteratively (chains of any depth).
     let private finish (acc: Acc) (r: TaskRecord) (final: TaskState) (completion: Completion) =
-        let work = System.Collections.Generic.Stack<TaskRecord * TaskState * Completion>()
-        work.Push((r, final, completion))
-        while work.Count > 0 do
-            let r, final, completion = work.Pop()
+        // An explicit worklist instead of recursion: a failure at the root of a long chain must not overflow the stack.
+        let mutable work = [ struct (r, final, completion) ]
+        while not work.IsEmpty do
+            let struct (r, final, completion) = work.Head
+            work <- work.Tail
             match transition acc r final with
             | None -> ()
             | Some _ ->
@@ -218,9 +219,9 @@ module Kernel =
                         else
                             match dr.State with
                             | Pending when dr.Failures.IsEmpty -> launch acc dr
-                            | Pending -> work.Push((dr, DepFail, Error(dependencyError dr)))
-                            | Joining when dr.Failures.IsEmpty -> work.Push((dr, ExecDone, JoinResults))
-                            | Joining -> work.Push((dr, Failed, Error(joinError dr)))
+                            | Pending -> work <- struct (dr, DepFail, Error(dependencyError dr)) :: work
+                            | Joining when dr.Failures.IsEmpty -> work <- struct (dr, ExecDone, JoinResults) :: work
+                            | Joining -> work <- struct (dr, Failed, Error(joinError dr)) :: work
                             | _ -> put acc dr
                     | _ -> () // cancelled or otherwise gone: nothing waits any more
 
