@@ -47,7 +47,11 @@ type Config =
       /// The log file's minimum level. Default Information (Debug logs every task transition).
       LogLevel: Serilog.Events.LogEventLevel
       /// Threads of the internal executor that runs join app bodies. Default 10.
-      InternalTasksMaxThreads: int }
+      InternalTasksMaxThreads: int
+      /// Back-pressure (Parsl has none, its issue #1347): an app call blocks while this many tasks are unfinished,
+      /// so a loop submitting millions of tasks holds memory for at most this many. 0 = unbounded (default).
+      /// Calls made from inside a running task are never blocked, so nested workflows cannot deadlock.
+      MaxTasksInFlight: int }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -66,7 +70,8 @@ module Config =
           DependencyResolver = Shallow
           InitializeLogging = true
           LogLevel = Serilog.Events.LogEventLevel.Information
-          InternalTasksMaxThreads = 10 }
+          InternalTasksMaxThreads = 10
+          MaxTasksInFlight = 0 }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =
@@ -78,6 +83,10 @@ module Config =
               ConfigurationError(
                   "Config.InternalTasksMaxThreads",
                   sprintf "must be at least 1 (got %d); the default is 10" c.InternalTasksMaxThreads)
+          if c.MaxTasksInFlight < 0 then
+              ConfigurationError(
+                  "Config.MaxTasksInFlight",
+                  sprintf "must be 0 (unbounded) or a positive bound (got %d)" c.MaxTasksInFlight)
           if c.Executors |> List.exists (box >> isNull) then
               ConfigurationError("Config.Executors", "contains a null executor; remove it")
           let labels = c.Executors |> List.filter (box >> isNull >> not) |> List.map (fun e -> e.Label)

@@ -354,5 +354,32 @@ let configAndLifecycle =
         }
     ]
 
+let backPressure =
+    testList "back-pressure" [
+        test "with MaxTasksInFlight = 2 a third call blocks until a task finishes" {
+            use dfk = load (fun c -> { c with MaxTasksInFlight = 2 })
+            let gate = TaskCompletionSource<int>()
+            let inc = App.func dfk (fun (x: int) -> x + 1)
+            let first = inc (Arg.task gate.Task)
+            let second = inc (Arg.task gate.Task)
+            let third = Task.Run(fun () -> inc (Arg.value 10))
+            // A bounded wait for something that must not happen: without back-pressure the call returns at once.
+            Expect.isFalse (third.Wait(TimeSpan.FromMilliseconds 300.0)) "third call blocked while two are in flight"
+            gate.SetResult 1
+            Expect.equal (await (await third).Task) 11 "third ran once a slot was free"
+            Expect.equal (first.Result, second.Result) (2, 2) "the first two finished"
+        }
+        test "calls from inside a task are never blocked, so nested workflows cannot deadlock" {
+            use dfk = load (fun c -> { c with MaxTasksInFlight = 1 })
+            let inc = App.func dfk (fun (x: int) -> x + 1)
+            let outer = App.func dfk (fun (x: int) -> (inc (Arg.value x)).Result)
+            Expect.equal (await (outer (Arg.value 1)).Task) 2 "nested call ran"
+        }
+        test "a negative bound is a configuration error naming the field" {
+            let e = Expect.throwsC (fun () -> (load (fun c -> { c with MaxTasksInFlight = -1 }) :> IDisposable).Dispose()) id
+            Expect.equal (e :?> ConfigurationError).Field "Config.MaxTasksInFlight" "field"
+        }
+    ]
+
 let tests =
-    testList "Apps" [ functionApps; dependencies; retries; joins; cancellation; threadPool; configAndLifecycle ]
+    testList "Apps" [ functionApps; dependencies; retries; joins; cancellation; threadPool; configAndLifecycle; backPressure ]

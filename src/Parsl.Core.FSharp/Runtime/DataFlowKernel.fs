@@ -75,6 +75,8 @@ type internal Invocation =
       Resources: IReadOnlyDictionary<string, obj>
       /// For join apps: from the body's return value, the futures to wait on and how to combine their results.
       JoinShape: obj -> (obj[] * (obj[] -> obj)) option
+      /// Whether the call took a slot of `Config.MaxTasksInFlight` (given back when the task is final).
+      HoldsSlot: bool
       mutable JoinFutures: obj[]
       mutable JoinCombine: obj[] -> obj }
 
@@ -103,6 +105,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let userLabels = executors.Keys |> Seq.filter (fun l -> l <> Config.InternalLabel) |> Array.ofSeq
     let mutable loopTask: Task = Task.CompletedTask
     let debug = log.IsEnabled Serilog.Events.LogEventLevel.Debug
+    let inFlight = if config.MaxTasksInFlight > 0 then new SemaphoreSlim(config.MaxTasksInFlight) else null
 
     let post m =
         if not (mailbox.Post m) then
@@ -110,6 +113,9 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             match m with
             | WaitIdle t
             | AbandonAll t -> t.TrySetResult() |> ignore
+            | Submitted inv ->
+                inv.Future.Complete(Failed, Error(KernelShutdownError inv.Id), fun () -> null)
+                if inv.HoldsSlot then inFlight.Release() |> ignore
             | _ -> ()
 
     /// Splits futures into live kernel tasks, failures already known, and a count of unfinished external
@@ -220,6 +226,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             | None -> ()
         | Complete(id, payload, final, completion) ->
             let inv = payload :?> Invocation
+            if inv.HoldsSlot then inFlight.Release() |> ignore
             finalCounts[final] <- (match finalCounts.TryGetValue final with | true, n -> n + 1 | _ -> 1)
             let joinResults () =
                 inv.JoinCombine(inv.JoinFutures |> Array.map FutureValue.result)
@@ -382,6 +389,13 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     member internal this.Submit<'T>(appName, kind, labels: string list, slots: ArgSlot[], build, resources, joinShape) : AppFuture<'T> =
         if Volatile.Read(&closed) = 1 then
             raise (NoDataFlowKernelError(sprintf "Cannot call app '%s': its DataFlowKernel was cleaned up" appName))
+        // Back-pressure: wait for a slot, except on executor threads (a task submitting children must not block).
+        let holdsSlot =
+            not (isNull inFlight) && isNull Blocking.Hook
+            && (inFlight.Wait(); true)
+        if holdsSlot && Volatile.Read(&closed) = 1 then
+            inFlight.Release() |> ignore
+            raise (NoDataFlowKernelError(sprintf "Cannot call app '%s': its DataFlowKernel was cleaned up" appName))
         let id = TaskId(Interlocked.Increment(&taskCount))
         let label = if kind = JoinApp then Config.InternalLabel else choose labels
         let future = AppFuture<'T>(id, appName, this)
@@ -405,6 +419,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                   Build = build
                   Resources = resources
                   JoinShape = joinShape
+                  HoldsSlot = holdsSlot
                   JoinFutures = [||]
                   JoinCombine = fun _ -> null }
         )
