@@ -63,6 +63,15 @@ module internal Native =
     [<DllImport(Libc, SetLastError = true)>]
     extern int kill(int pid, int signal)
 
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int pidfd_open(int pid, uint32 flags)
+
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int poll(nativeint fds, unativeint nfds, int timeout)
+
+    [<DllImport(Libc)>]
+    extern int close(int fd)
+
     let private POSIX_SPAWN_SETPGROUP = 0x02s
     let private POSIX_SPAWN_SETSIGDEF = 0x04s
     let private POSIX_SPAWN_SETSIGMASK = 0x08s
@@ -75,6 +84,7 @@ module internal Native =
     let private WNOWAIT = 0x01000000
     let private SIGKILL = 9
     let private SIGSTOP = 19
+    let private POLLIN = 1s
 
     // glibc's posix_spawnattr_t is 336 bytes, posix_spawn_file_actions_t 80 and sigset_t 128, siginfo_t 128:
     // allocating more costs nothing and survives a layout change.
@@ -166,6 +176,49 @@ module internal Native =
             errno
         finally
             free info
+
+    /// How a bounded wait for a child ended.
+    type TimedWait =
+        /// The child has exited (it is not reaped yet).
+        | Exited
+        /// The time ran out first.
+        | TimedOut
+        /// This system cannot wait with a limit (no `pidfd_open`: Linux before 5.3, glibc before 2.36).
+        | Unsupported
+
+    /// Waits at most `limit` for child `pid` to exit, without reaping it, on the calling thread (a pidfd polled
+    /// with a timeout), so that the limit holds however busy the thread pool is.
+    let waitExitedFor (pid: int) (limit: TimeSpan) : TimedWait =
+        let fd =
+            try
+                pidfd_open (pid, 0u)
+            with :? EntryPointNotFoundException ->
+                -1
+        if fd < 0 then
+            Unsupported
+        else
+            // struct pollfd { int fd; short events; short revents; }
+            let pollfd = NativePtr.stackalloc<int64> 1
+            try
+                NativePtr.write (NativePtr.ofNativeInt<int> (NativePtr.toNativeInt pollfd)) fd
+                let deadline = Diagnostics.Stopwatch.GetTimestamp() + int64 (limit.TotalSeconds * float Diagnostics.Stopwatch.Frequency)
+                let mutable outcome = None
+                while outcome.IsNone do
+                    let left = Diagnostics.Stopwatch.GetElapsedTime(Diagnostics.Stopwatch.GetTimestamp(), deadline)
+                    if left <= TimeSpan.Zero then
+                        outcome <- Some TimedOut
+                    else
+                        let address = NativePtr.toNativeInt pollfd
+                        Marshal.WriteInt16(address, 4, POLLIN)
+                        Marshal.WriteInt16(address, 6, 0s)
+                        // Rounded up, so that the deadline has passed when poll times out; capped to poll's int.
+                        let ms = int (min (Math.Ceiling left.TotalMilliseconds) (float Int32.MaxValue))
+                        let ready = poll (address, 1un, ms)
+                        if ready > 0 then outcome <- Some Exited
+                        elif ready < 0 && Marshal.GetLastPInvokeError() <> EINTR then outcome <- Some Unsupported
+                outcome.Value
+            finally
+                close fd |> ignore
 
     /// Reaps child `pid` (blocking until it exits). Returns its wait status, or the error number.
     let reap (pid: int) : Result<int, int> =

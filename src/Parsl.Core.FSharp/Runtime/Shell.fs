@@ -122,6 +122,8 @@ module Shell =
             )
         | _ -> ()
 
+    // Only where a pidfd cannot be polled: the callback runs on the thread pool, so it is late while the pool
+    // is starved (a thread-pool executor blocking its threads in shell apps).
     let private startTimer (call: ShellCall) (group: Group) =
         match call.Walltime with
         | Some w when w <= maxTimer ->
@@ -144,10 +146,17 @@ module Shell =
             | Error errno ->
                 raise (AppException(sprintf "Shell app %s could not start /bin/bash" call.AppName, Win32Exception errno))
         let group = Group pid
-        let timer = startTimer call group
         let registration = cancellation.Register(fun () -> group.Stop Cancelled)
+        let mutable timer = null
         let waited =
             try
+                match call.Walltime with
+                | Some limit ->
+                    match Native.waitExitedFor pid limit with
+                    | Native.Exited -> ()
+                    | Native.TimedOut -> group.Stop WalltimeExpired
+                    | Native.Unsupported -> timer <- startTimer call group
+                | None -> ()
                 Native.waitExited pid
             finally
                 group.MarkExited()
