@@ -291,6 +291,18 @@ let private native =
                 && Native.exitCode (signal ||| 0x80) = -signal // core dumped
     ]
 
+let private roundTrip =
+    testList "round trip" [
+        testPropertyWithConfig { FsCheckConfig.defaultConfig with maxTest = 25 }
+            "any text reaches the command intact as UTF-8 through its command line" <| fun (text: NonNull<string>) ->
+            let text = text.Get.Replace("\000", "")
+            let d = tempDir ()
+            let out = Path.Combine(d, "out")
+            let quoted = "'" + text.Replace("'", "'\\''") + "'"
+            run { call ("printf '%s' " + quoted) with Stdout = Some(Truncate out) } |> ignore
+            File.ReadAllBytes out = Encoding.UTF8.GetBytes text
+    ]
+
 let private throughKernel =
     testList "kernel" [
         test "a shell app's future gives 0; a failing one BashExitFailure with the code" {
@@ -406,4 +418,4 @@ let private throughKernel =
         }
     ]
 
-let tests = testList "Shell" [ direct; native; throughKernel ]
+let tests = testList "Shell" [ direct; native; roundTrip; throughKernel ]
