@@ -148,24 +148,23 @@ module Shell =
         let group = Group pid
         let registration = cancellation.Register(fun () -> group.Stop Cancelled)
         let mutable timer = null
-        let waited =
-            try
-                match call.Walltime with
-                | Some limit ->
-                    match Native.waitExitedFor pid limit with
-                    | Native.Exited -> ()
-                    | Native.TimedOut -> group.Stop WalltimeExpired
-                    | Native.Unsupported -> timer <- startTimer call group
-                | None -> ()
-                Native.waitExited pid
-            finally
-                group.MarkExited()
-                registration.Dispose()
-                if not (isNull timer) then timer.Dispose()
+        try
+            match call.Walltime with
+            | Some limit ->
+                match Native.waitExitedFor pid limit with
+                | Native.Exited -> ()
+                | Native.TimedOut -> group.Stop WalltimeExpired
+                | Native.Unsupported -> timer <- startTimer call group
+            | None -> ()
+            // Should this fail, the group can no longer be killed safely; `reap` still waits and reports.
+            Native.waitExited pid |> ignore
+        finally
+            group.MarkExited()
+            registration.Dispose()
+            if not (isNull timer) then timer.Dispose()
         let status =
             match Native.reap pid with
-            | Ok status when waited = 0 -> status
-            | Ok _ -> raise (AppException(sprintf "Shell app %s: waiting for its process failed" call.AppName, Win32Exception waited))
+            | Ok status -> status
             | Error errno ->
                 raise (AppException(sprintf "Shell app %s: waiting for its process failed" call.AppName, Win32Exception errno))
         match group.Reason with
