@@ -1,5 +1,239 @@
 namespace Parsl.Runtime
 
-// Placeholder, replaced by the shell-runner work: P/Invoke declarations for posix_spawn, waitpid and kill.
+#nowarn "9" // native pointers: the glibc calls below take and fill raw memory.
+
+open System
+open System.Runtime.InteropServices
+open System.Text
+open Microsoft.FSharp.NativeInterop
+
+/// glibc's process calls for the shell runner. `posix_spawn` (vfork-style) instead of `Process.Start`, because a
+/// shell app needs its own process group and default signal dispositions, and because going through `setsid`
+/// or `Process` costs a large share of the spawn rate. Everything here is blittable: strings are encoded by hand.
 module internal Native =
-    let placeholder = ()
+    // "libc" is mapped by the .NET runtime to the C library's real soname (libc.so.6 on glibc).
+    [<Literal>]
+    let private Libc = "libc"
+
+    [<DllImport(Libc)>]
+    extern int posix_spawn(int& pid, nativeint path, nativeint fileActions, nativeint attr, nativeint argv, nativeint envp)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawnattr_init(nativeint attr)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawnattr_destroy(nativeint attr)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawnattr_setflags(nativeint attr, int16 flags)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawnattr_setpgroup(nativeint attr, int pgroup)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawnattr_setsigdefault(nativeint attr, nativeint sigset)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawnattr_setsigmask(nativeint attr, nativeint sigset)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawn_file_actions_init(nativeint fileActions)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawn_file_actions_destroy(nativeint fileActions)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawn_file_actions_addopen(nativeint fileActions, int fd, nativeint path, int oflag, int mode)
+
+    [<DllImport(Libc)>]
+    extern int posix_spawn_file_actions_adddup2(nativeint fileActions, int fd, int newfd)
+
+    [<DllImport(Libc)>]
+    extern int sigemptyset(nativeint set)
+
+    [<DllImport(Libc)>]
+    extern int sigaddset(nativeint set, int signum)
+
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int waitid(int idtype, int id, nativeint info, int options)
+
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int waitpid(int pid, int& status, int options)
+
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int kill(int pid, int signal)
+
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int pidfd_open(int pid, uint32 flags)
+
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int poll(nativeint fds, unativeint nfds, int timeout)
+
+    [<DllImport(Libc)>]
+    extern int close(int fd)
+
+    let private POSIX_SPAWN_SETPGROUP = 0x02s
+    let private POSIX_SPAWN_SETSIGDEF = 0x04s
+    let private POSIX_SPAWN_SETSIGMASK = 0x08s
+    let private O_WRONLY = 0x1
+    let private O_CREAT = 0x40
+    let private O_APPEND = 0x400
+    let private EINTR = 4
+    let private P_PID = 1
+    let private WEXITED = 4
+    let private WNOWAIT = 0x01000000
+    let private SIGKILL = 9
+    let private SIGSTOP = 19
+    let private POLLIN = 1s
+
+    // glibc's posix_spawnattr_t is 336 bytes, posix_spawn_file_actions_t 80 and sigset_t 128, siginfo_t 128:
+    // allocating more costs nothing and survives a layout change.
+    let private opaqueSize = 1024un
+
+    let private alloc () = NativePtr.toNativeInt (NativePtr.ofVoidPtr<byte> (NativeMemory.AllocZeroed opaqueSize))
+
+    let private free (p: nativeint) =
+        if p <> 0n then NativeMemory.Free(NativePtr.toVoidPtr (NativePtr.ofNativeInt<byte> p))
+
+    /// One allocation holding a null-terminated array of pointers followed by the NUL-terminated UTF-8 strings
+    /// they point to (an `argv` or `envp`). Free it with `freeBlock`.
+    let stringArray (items: string[]) : nativeint =
+        let header = (items.Length + 1) * IntPtr.Size
+        let lengths = items |> Array.map (fun s -> Encoding.UTF8.GetByteCount s + 1)
+        let block =
+            NativePtr.toNativeInt (NativePtr.ofVoidPtr<byte> (NativeMemory.Alloc(unativeint (header + Array.sum lengths))))
+        let mutable offset = header
+        for i in 0 .. items.Length - 1 do
+            let dest = Span<byte>(NativePtr.toVoidPtr (NativePtr.ofNativeInt<byte> (block + nativeint offset)), lengths[i])
+            let n = Encoding.UTF8.GetBytes(items[i].AsSpan(), dest)
+            dest[n] <- 0uy
+            Marshal.WriteIntPtr(block, i * IntPtr.Size, block + nativeint offset)
+            offset <- offset + lengths[i]
+        Marshal.WriteIntPtr(block, items.Length * IntPtr.Size, 0n)
+        block
+
+    /// Frees a block from `stringArray`.
+    let freeBlock (block: nativeint) = free block
+
+    /// Starts `argv[0]` with `argv` and `envp` in a new process group whose id is the child's pid, with every
+    /// catchable signal at its default action (.NET ignores SIGPIPE, and an ignored signal survives exec) and
+    /// nothing blocked. `stdoutPath`/`stderrPath` (null: inherit) are opened for appending in the child; the
+    /// same path for both shares one open file. Returns the pid, or the error number.
+    let spawn (argv: string[]) (envp: string[]) (stdoutPath: string) (stderrPath: string) : Result<int, int> =
+        let attr = alloc ()
+        let actions = alloc ()
+        let signals = alloc ()
+        let argvBlock = stringArray argv
+        let envBlock = stringArray envp
+        let paths = stringArray [| (if isNull stdoutPath then "" else stdoutPath); (if isNull stderrPath then "" else stderrPath) |]
+        let mutable attrReady = false
+        let mutable actionsReady = false
+        try
+            let mutable rc = posix_spawnattr_init attr
+            attrReady <- rc = 0
+            if rc = 0 then
+                rc <- posix_spawnattr_setflags (attr, POSIX_SPAWN_SETPGROUP ||| POSIX_SPAWN_SETSIGDEF ||| POSIX_SPAWN_SETSIGMASK)
+            if rc = 0 then rc <- posix_spawnattr_setpgroup (attr, 0)
+            if rc = 0 then rc <- sigemptyset signals
+            for s in 1..31 do
+                if rc = 0 && s <> SIGKILL && s <> SIGSTOP then rc <- sigaddset (signals, s)
+            if rc = 0 then rc <- posix_spawnattr_setsigdefault (attr, signals)
+            if rc = 0 then rc <- sigemptyset signals
+            if rc = 0 then rc <- posix_spawnattr_setsigmask (attr, signals)
+            if rc = 0 then
+                rc <- posix_spawn_file_actions_init actions
+                actionsReady <- rc = 0
+            let flags = O_WRONLY ||| O_CREAT ||| O_APPEND
+            if rc = 0 && not (isNull stdoutPath) then
+                rc <- posix_spawn_file_actions_addopen (actions, 1, Marshal.ReadIntPtr(paths, 0), flags, 0o644)
+            if rc = 0 && not (isNull stderrPath) then
+                rc <-
+                    if stderrPath = stdoutPath then posix_spawn_file_actions_adddup2 (actions, 1, 2)
+                    else posix_spawn_file_actions_addopen (actions, 2, Marshal.ReadIntPtr(paths, IntPtr.Size), flags, 0o644)
+            let mutable pid = 0
+            if rc = 0 then rc <- posix_spawn (&pid, Marshal.ReadIntPtr(argvBlock, 0), actions, attr, argvBlock, envBlock)
+            if rc = 0 then Ok pid else Error rc
+        finally
+            if actionsReady then posix_spawn_file_actions_destroy actions |> ignore
+            if attrReady then posix_spawnattr_destroy attr |> ignore
+            free paths
+            free envBlock
+            free argvBlock
+            free signals
+            free actions
+            free attr
+
+    /// Blocks until child `pid` has exited, without reaping it: while it is a zombie its pid and process group id
+    /// cannot be reused, so killing the group stays safe until `reap`. Returns 0 or the error number.
+    let waitExited (pid: int) : int =
+        let info = alloc ()
+        try
+            let mutable result = -1
+            let mutable errno = EINTR
+            while result <> 0 && errno = EINTR do
+                result <- waitid (P_PID, pid, info, WEXITED ||| WNOWAIT)
+                errno <- if result = 0 then 0 else Marshal.GetLastPInvokeError()
+            errno
+        finally
+            free info
+
+    /// How a bounded wait for a child ended.
+    type TimedWait =
+        /// The child has exited (it is not reaped yet).
+        | Exited
+        /// The time ran out first.
+        | TimedOut
+        /// This system cannot wait with a limit (no `pidfd_open`: Linux before 5.3, glibc before 2.36).
+        | Unsupported
+
+    /// Waits at most `limit` for child `pid` to exit, without reaping it, on the calling thread (a pidfd polled
+    /// with a timeout), so that the limit holds however busy the thread pool is.
+    let waitExitedFor (pid: int) (limit: TimeSpan) : TimedWait =
+        let fd =
+            try
+                pidfd_open (pid, 0u)
+            with :? EntryPointNotFoundException ->
+                -1
+        if fd < 0 then
+            Unsupported
+        else
+            // struct pollfd { int fd; short events; short revents; }
+            let pollfd = NativePtr.stackalloc<int64> 1
+            try
+                NativePtr.write (NativePtr.ofNativeInt<int> (NativePtr.toNativeInt pollfd)) fd
+                let deadline = Diagnostics.Stopwatch.GetTimestamp() + int64 (limit.TotalSeconds * float Diagnostics.Stopwatch.Frequency)
+                let mutable outcome = None
+                while outcome.IsNone do
+                    let left = Diagnostics.Stopwatch.GetElapsedTime(Diagnostics.Stopwatch.GetTimestamp(), deadline)
+                    if left <= TimeSpan.Zero then
+                        outcome <- Some TimedOut
+                    else
+                        let address = NativePtr.toNativeInt pollfd
+                        Marshal.WriteInt16(address, 4, POLLIN)
+                        Marshal.WriteInt16(address, 6, 0s)
+                        // Rounded up, so that the deadline has passed when poll times out; capped to poll's int.
+                        let ms = int (min (Math.Ceiling left.TotalMilliseconds) (float Int32.MaxValue))
+                        let ready = poll (address, 1un, ms)
+                        if ready > 0 then outcome <- Some Exited
+                        elif ready < 0 && Marshal.GetLastPInvokeError() <> EINTR then outcome <- Some Unsupported
+                outcome.Value
+            finally
+                close fd |> ignore
+
+    /// Reaps child `pid` (blocking until it exits). Returns its wait status, or the error number.
+    let reap (pid: int) : Result<int, int> =
+        let mutable status = 0
+        let mutable result = -1
+        let mutable errno = EINTR
+        while result < 0 && errno = EINTR do
+            result <- waitpid (pid, &status, 0)
+            errno <- if result >= 0 then 0 else Marshal.GetLastPInvokeError()
+        if result >= 0 then Ok status else Error errno
+
+    /// A wait status as Python's `Popen.returncode`: the exit code, or minus the signal that killed the process.
+    let exitCode (status: int) =
+        let signal = status &&& 0x7f
+        if signal = 0 then (status >>> 8) &&& 0xff else -signal
+
+    /// Sends SIGKILL to every process in process group `pgid`.
+    let killGroup (pgid: int) = kill (-pgid, SIGKILL) |> ignore
