@@ -296,24 +296,28 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                 apply (Abandon(TaskId k, KernelShutdownError(TaskId k)))
             t.TrySetResult() |> ignore
 
-    let run () =
-        task {
-            let mutable go = true
-            while go do
-                let! more = mailbox.WaitToReadAsync()
-                if not more then go <- false
-                else
-                    let mutable m = Unchecked.defaultof<HostMessage>
-                    while mailbox.TryTake(&m) do
-                        try
-                            handle m
-                        with e ->
-                            log.Error(e, "Kernel loop failed to handle {Message}", sprintf "%A" m)
-                    if state.Live = 0 && idleWaiters.Count > 0 then
-                        for w in idleWaiters do
-                            w.TrySetResult() |> ignore
-                        idleWaiters.Clear()
-        }
+    /// The kernel loop, on a thread of its own: it blocks when idle instead of bouncing through the thread pool.
+    let run (finished: TaskCompletionSource) () =
+        try
+            try
+                let mutable go = true
+                while go do
+                    if not (mailbox.WaitToRead()) then go <- false
+                    else
+                        let mutable m = Unchecked.defaultof<HostMessage>
+                        while mailbox.TryTake(&m) do
+                            try
+                                handle m
+                            with e ->
+                                log.Error(e, "Kernel loop failed to handle {Message}", sprintf "%A" m)
+                        if state.Live = 0 && idleWaiters.Count > 0 then
+                            for w in idleWaiters do
+                                w.TrySetResult() |> ignore
+                            idleWaiters.Clear()
+            with e ->
+                log.Fatal(e, "Kernel loop stopped")
+        finally
+            finished.TrySetResult() |> ignore
 
     let choose (labels: string list) =
         match labels with
@@ -328,7 +332,9 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
               Log = log }
         for ex in executors.Values do
             ex.StartAsync(context, CancellationToken.None).GetAwaiter().GetResult()
-        loopTask <- Task.Run(fun () -> run () :> Task)
+        let finished = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+        loopTask <- finished.Task
+        Thread(run finished, IsBackground = true, Name = "parsl-kernel").Start()
         log.Information("Parsl.NET {Version} loaded; run directory {RunDir}; executors {Executors}",
                         typeof<DataFlowKernel>.Assembly.GetName().Version, runDir, String.Join(", ", userLabels))
 

@@ -33,6 +33,20 @@ type internal Mailbox<'T>() =
     /// Takes an item if there is one (consumer only).
     member _.TryTake(item: byref<'T>) = queue.TryDequeue(&item)
 
+    /// Blocks until there is an item (true) or the mailbox is completed and empty (false). Consumer only.
+    member _.WaitToRead() : bool =
+        let mutable result = 0
+        while result = 0 do
+            if not queue.IsEmpty then result <- 1
+            elif Volatile.Read(&completed) = 1 then result <- 2
+            else
+                Volatile.Write(&sleeping, 1)
+                if not queue.IsEmpty || Volatile.Read(&completed) = 1 then
+                    if Interlocked.CompareExchange(&sleeping, 0, 1) <> 1 then signal.Wait()
+                else
+                    signal.Wait()
+        result = 1
+
     /// Waits until there is an item (true) or the mailbox is completed and empty (false). Consumer only.
     member _.WaitToReadAsync() : Task<bool> =
         task {
@@ -85,18 +99,16 @@ type internal WorkQueue<'T>() =
     /// Takes an item if there is one.
     member _.TryTake(item: byref<'T>) = queue.TryDequeue(&item)
 
-    /// Waits until there may be an item (true) or the queue is completed and empty (false). Wake-ups may be
+    /// Blocks until there may be an item (true) or the queue is completed and empty (false). Wake-ups may be
     /// spurious: callers loop on `TryTake`.
-    member _.WaitAsync() : Task<bool> =
-        task {
-            if not queue.IsEmpty then return true
-            elif Volatile.Read(&completed) = 1 then return false
-            else
-                Interlocked.Increment(&idle) |> ignore
-                // Incremented before the re-check: a Post after it sees `idle > 0` and releases.
-                if queue.IsEmpty && Volatile.Read(&completed) = 0 then
-                    do! signal.WaitAsync()
-                    Interlocked.Decrement(&wakes) |> ignore
-                Interlocked.Decrement(&idle) |> ignore
-                return not queue.IsEmpty || Volatile.Read(&completed) = 0
-        }
+    member _.Wait() : bool =
+        if not queue.IsEmpty then true
+        elif Volatile.Read(&completed) = 1 then false
+        else
+            Interlocked.Increment(&idle) |> ignore
+            // Incremented before the re-check: a Post after it sees `idle > wakes` and releases.
+            if queue.IsEmpty && Volatile.Read(&completed) = 0 then
+                signal.Wait()
+                Interlocked.Decrement(&wakes) |> ignore
+            Interlocked.Decrement(&idle) |> ignore
+            not queue.IsEmpty || Volatile.Read(&completed) = 0

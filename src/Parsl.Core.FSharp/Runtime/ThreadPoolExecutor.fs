@@ -8,9 +8,12 @@ open System.Threading.Tasks
 open Parsl
 open Parsl.Runtime
 
-/// Runs tries in the client process on at most `MaxThreads` threads at once (Parsl's `ThreadPoolExecutor`).
-/// A task body that blocks waiting on an `AppFuture` lends its slot, so tasks may submit further tasks and
-/// wait on them without deadlock. Accepts no resource specification keys.
+/// Runs tries in the client process on `MaxThreads` threads of its own (Parsl's `ThreadPoolExecutor`).
+/// The threads are dedicated, not borrowed from the .NET thread pool: shell apps and blocking bodies would
+/// otherwise starve the pool, which adds threads only slowly. A body blocked waiting on an `AppFuture` lends its
+/// thread's slot (a compensating thread starts), so tasks may submit further tasks and wait on them without
+/// deadlock. An async body holds its slot until its first await; its result is reported when its Task ends.
+/// Accepts no resource specification keys.
 [<Sealed>]
 type ThreadPoolExecutor(label: string, maxThreads: int) =
     let queue = WorkQueue<ExecTask>()
@@ -18,43 +21,38 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
     let cancelRequested = ConcurrentDictionary<struct (int * int), bool>()
     // Running tries that can be stopped (shell apps, bodies taking a CancellationToken).
     let running = ConcurrentDictionary<struct (int * int), CancellationTokenSource>()
-    let loops = ConcurrentDictionary<int, Task>()
+    // Each worker thread's end, and each async body still running: awaited at shutdown.
+    let threads = ConcurrentDictionary<int, Task>()
+    let asyncBodies = ConcurrentDictionary<struct (int * int), Task>()
     let gate = obj ()
-    let mutable active = 0 // loops running
-    let mutable blocked = 0 // loops whose body is blocked waiting on a future
-    let mutable nextLoop = 0
+    let mutable active = 0 // worker threads running
+    let mutable blocked = 0 // worker threads whose body is blocked waiting on a future
+    let mutable nextThread = 0
     let mutable ctx = Unchecked.defaultof<ExecutorContext>
     let mutable blockingHook: Func<IDisposable> = null
     let mutable stopping = false
     let shutdownToken = new CancellationTokenSource()
 
-    let rec unwrapInvocation (e: exn) =
+    let rec unwrap (e: exn) =
         match e with
-        | :? TargetInvocationException as t when not (isNull t.InnerException) -> unwrapInvocation t.InnerException
-        | :? AggregateException as a when a.InnerExceptions.Count = 1 -> unwrapInvocation a.InnerException
+        | :? TargetInvocationException as t when not (isNull t.InnerException) -> unwrap t.InnerException
+        | :? AggregateException as a when a.InnerExceptions.Count = 1 -> unwrap a.InnerException
         | e -> e
 
-    let finish (t: ExecTask) (result: Result<obj, exn>) =
+    let report (t: ExecTask) (result: Result<obj, exn>) =
         match result with
         | Ok v -> ctx.Report(TryDone(t.Id, t.Try, v))
-        | Result.Error e -> ctx.Report(TryFailed(t.Id, t.Try, unwrapInvocation e))
+        | Result.Error e -> ctx.Report(TryFailed(t.Id, t.Try, unwrap e))
 
-    /// Awaits a body's Task result, if it returned one, as `obj`.
-    let awaitResult (v: obj) : ValueTask<obj> =
-        match v with
-        | :? Task as t ->
-            let ty = t.GetType()
-            let resultOf () =
-                if ty.IsGenericType then
-                    let p = ty.GetProperty "Result"
-                    let r = p.GetValue t
-                    // Task<VoidTaskResult> (a plain Task built by async machinery) has no user value.
-                    if p.PropertyType.FullName = "System.Threading.Tasks.VoidTaskResult" then null else r
-                else
-                    null
-            if t.IsCompletedSuccessfully then ValueTask<obj>(resultOf ())
-            else ValueTask<obj>(t.ContinueWith((fun (t: Task) -> t.GetAwaiter().GetResult(); resultOf ()), TaskScheduler.Default))
-        | v -> ValueTask<obj>(v)
+    /// The value of a completed Task (null for a plain Task).
+    let taskValue (t: Task) : obj =
+        let ty = t.GetType()
+        if ty.IsGenericType then
+            let p = ty.GetProperty "Result"
+            // Task<VoidTaskResult> (a plain Task built by async machinery) has no user value.
+            if p.PropertyType.FullName = "System.Threading.Tasks.VoidTaskResult" then null else p.GetValue t
+        else
+            null
 
     let runBody (t: ExecTask) (token: CancellationToken) : obj =
         match t.Body with
@@ -71,21 +69,20 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
             lock gate (fun () ->
                 blocked <- blocked + 1
                 not stopping && active - blocked < maxThreads)
-        if spawn then startLoop ()
+        if spawn then startThread ()
         { new IDisposable with
             member _.Dispose() = lock gate (fun () -> blocked <- blocked - 1) }
 
-    and runOne (t: ExecTask) : Task =
+    and runOne (t: ExecTask) =
         let key = struct (t.Id.Value, t.Try.Value)
-        if not cancelRequested.IsEmpty && cancelRequested.TryRemove key |> fst then
-            finish t (Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)))
-            Task.CompletedTask
+        if not cancelRequested.IsEmpty && fst (cancelRequested.TryRemove key) then
+            report t (Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)))
         else
             let cts =
                 if needsToken t then
                     let c = CancellationTokenSource.CreateLinkedTokenSource shutdownToken.Token
                     running[key] <- c
-                    if not cancelRequested.IsEmpty && cancelRequested.TryRemove key |> fst then c.Cancel()
+                    if not cancelRequested.IsEmpty && fst (cancelRequested.TryRemove key) then c.Cancel()
                     c
                 else
                     null
@@ -94,7 +91,7 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                 if not (isNull cts) then
                     running.TryRemove key |> ignore
                     cts.Dispose()
-            let v =
+            let result =
                 Blocking.Hook <- blockingHook
                 try
                     try
@@ -103,35 +100,36 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                         Result.Error e
                 finally
                     Blocking.Hook <- null
-            match v with
-            | Ok(:? Task as pending) ->
-                task {
-                    try
-                        try
-                            let! r = awaitResult pending
-                            finish t (Ok r)
-                        with e ->
-                            finish t (Result.Error e)
-                    finally
-                        cleanup ()
-                }
-                :> Task
-            | v ->
+            match result with
+            | Ok(:? Task as pending) when not pending.IsCompleted ->
+                // An async body: its thread is free again; report when its Task ends.
+                let finished =
+                    pending.ContinueWith(
+                        (fun (p: Task) ->
+                            try
+                                report t (if p.IsCompletedSuccessfully then Ok(taskValue p) elif p.IsCanceled then Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)) else Result.Error p.Exception)
+                            finally
+                                cleanup ()
+                                asyncBodies.TryRemove key |> ignore),
+                        TaskScheduler.Default)
+                asyncBodies[key] <- finished
+            | Ok(:? Task as completed) ->
                 cleanup ()
-                finish t (v |> Result.mapError id)
-                Task.CompletedTask
+                report t (if completed.IsCompletedSuccessfully then Ok(taskValue completed) elif completed.IsCanceled then Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)) else Result.Error completed.Exception)
+            | result ->
+                cleanup ()
+                report t result
 
-    and loop (n: int) : Task =
-        task {
+    and work (n: int) (finished: TaskCompletionSource) () =
+        try
             let mutable go = true
             while go do
-                let! more = queue.WaitAsync()
-                if not more then go <- false
+                if not (queue.Wait()) then go <- false
                 else
                     let mutable item = Unchecked.defaultof<ExecTask>
                     while go && queue.TryTake(&item) do
-                        do! runOne item
-                        // A compensating loop ends once the loop it stood in for is running again.
+                        runOne item
+                        // A compensating thread ends once the thread it stood in for is running again.
                         if Volatile.Read(&active) - Volatile.Read(&blocked) > maxThreads then
                             go <- lock gate (fun () ->
                                 if active - blocked > maxThreads then
@@ -139,14 +137,18 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                                     false
                                 else
                                     true)
-                            if not go then loops.TryRemove n |> ignore
             if go then lock gate (fun () -> active <- active - 1)
-        }
+        finally
+            threads.TryRemove n |> ignore
+            finished.TrySetResult() |> ignore
 
-    and startLoop () =
-        let n = Interlocked.Increment(&nextLoop)
+    and startThread () =
+        let n = Interlocked.Increment(&nextThread)
         lock gate (fun () -> active <- active + 1)
-        loops[n] <- Task.Run(fun () -> loop n)
+        let finished = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+        threads[n] <- finished.Task
+        let t = Thread(work n finished, IsBackground = true, Name = sprintf "parsl-%s-%d" label n)
+        t.Start()
 
     do blockingHook <- Func<IDisposable>(enterBlocking)
 
@@ -172,7 +174,7 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
         member _.StartAsync(context, _) =
             ctx <- context
             for _ in 1..maxThreads do
-                startLoop ()
+                startThread ()
             Task.CompletedTask
 
         member _.Submit t =
@@ -197,11 +199,11 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                     let mutable item = Unchecked.defaultof<ExecTask>
                     while queue.TryTake(&item) do
                         ctx.Report(TryFailed(item.Id, item.Try, KernelShutdownError(item.Id)))
-                // Loops end when the queue is drained; compensating loops may start meanwhile, so repeat.
-                let mutable pending = loops.Values |> Array.ofSeq
+                // Threads end when the queue is drained; compensating threads may start meanwhile, so repeat.
+                let mutable pending = Array.append (threads.Values |> Array.ofSeq) (asyncBodies.Values |> Array.ofSeq)
                 while pending.Length > 0 do
                     do! Task.WhenAll pending
-                    pending <- loops.Values |> Seq.filter (fun t -> not t.IsCompleted) |> Array.ofSeq
+                    pending <- Array.append (threads.Values |> Array.ofSeq) (asyncBodies.Values |> Array.ofSeq)
                 shutdownToken.Dispose()
             }
             :> Task
