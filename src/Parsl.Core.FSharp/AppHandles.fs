@@ -1,0 +1,130 @@
+namespace Parsl
+
+open System
+open System.Collections.Generic
+open System.Threading
+open System.Threading.Tasks
+open Parsl.Core
+open Parsl.Executors
+
+/// A Task returned by a join body, boxed so that the executor hands it to the kernel as the join's inner
+/// future instead of awaiting it on its own thread (the executor awaits any Task a body returns).
+[<Sealed>]
+type internal JoinTask(task: Task) =
+    member _.Task = task
+
+/// One app, defined once and called many times with argument slots: what the C# façade and `parsl { }`
+/// are built on. Arguments arrive boxed in slots, so one type serves every arity.
+[<Sealed>]
+type internal AppHandle<'R>
+    (dfk: DataFlowKernel, name: string, kind: AppKind, opts: AppOptions, build: TaskId -> obj[] -> TaskBody,
+     joinShape: obj -> (obj[] * (obj[] -> obj)) option) =
+    /// The app's name.
+    member _.Name = name
+    /// The kernel the app submits to.
+    member _.Kernel = dfk
+    /// Submits one call; the slots are the arguments in order.
+    member _.Call(slots: ArgSlot[]) : AppFuture<'R> = App.submit<'R> dfk name kind opts slots build joinShape
+
+/// Builds `AppHandle`s from delegates over boxed argument arrays.
+[<AbstractClass; Sealed>]
+type internal AppHandles private () =
+    /// A name for a delegate: the method's name for a method group or a local function, else "app"
+    /// (compiler-generated lambda names such as `<Main>b__0_0` mean nothing to a user).
+    static member NameOf(del: Delegate) =
+        let m = del.Method.Name
+        let local = m.IndexOf "g__"
+        if local >= 0 then
+            let rest = m.Substring(local + 3)
+            match rest.IndexOf '|' with
+            | -1 -> rest
+            | i -> rest.Substring(0, i)
+        elif m.Contains "<" || m.Contains "@" || m = "Invoke" then "app"
+        else m
+
+    /// Options from parts a caller without F# types can supply; null/empty means "not given".
+    static member Options
+        (name: string, executors: string[], resources: IReadOnlyDictionary<string, obj>, stdout: StdSpec,
+         stderr: StdSpec, walltime: Nullable<TimeSpan>, outputs: string[]) : AppOptions =
+        { Name = Option.ofObj name
+          Executors = if isNull executors then [] else List.ofArray executors
+          Resources =
+            if isNull resources then Map.empty
+            else resources |> Seq.map (fun (KeyValue(k, v)) -> k, v) |> Map.ofSeq
+          Stdout = Option.ofObj stdout
+          Stderr = Option.ofObj stderr
+          Walltime = Option.ofNullable walltime
+          Outputs = if isNull outputs then [] else List.ofArray outputs }
+
+    static member private Prepare(dfk: DataFlowKernel, opts: AppOptions, del: Delegate) =
+        if isNull (box dfk) then nullArg "dfk"
+        if isNull del then nullArg "function"
+        let name = defaultArg opts.Name (AppHandles.NameOf del)
+        dfk.CheckLabels(name, opts.Executors)
+        { opts with Name = Some name }, name
+
+    /// A function app. `invoke` calls the delegate with the resolved arguments (and the try's token when
+    /// `takesToken`); it may return a Task, which the executor awaits.
+    static member Function<'R>
+        (dfk: DataFlowKernel, opts: AppOptions, del: Delegate, takesToken: bool, invoke: Func<obj[], CancellationToken, obj>)
+        : AppHandle<'R> =
+        if isNull invoke then nullArg "invoke"
+        let opts, name = AppHandles.Prepare(dfk, opts, del)
+        let build = App.functionCall name del takesToken (fun a ct -> invoke.Invoke(a, ct))
+        AppHandle<'R>(dfk, name, FunctionApp, opts, build, fun _ -> None)
+
+    /// A shell app: `command` builds the command line from the resolved arguments, on the client.
+    static member Shell(dfk: DataFlowKernel, opts: AppOptions, del: Delegate, command: Func<obj[], string>) : AppHandle<int> =
+        if isNull command then nullArg "command"
+        let opts, name = AppHandles.Prepare(dfk, opts, del)
+        let build (id: TaskId) (args: obj[]) =
+            Shell
+                { AppName = name
+                  BuildCommand = fun () -> command.Invoke args
+                  Stdout = opts.Stdout |> Option.map (App.stdPath dfk name id "stdout")
+                  Stderr = opts.Stderr |> Option.map (App.stdPath dfk name id "stderr")
+                  Walltime = opts.Walltime
+                  Outputs = opts.Outputs }
+        AppHandle<int>(dfk, name, ShellApp, opts, build, fun _ -> None)
+
+    static member private JoinBody(name, del, invoke: Func<obj[], obj>) =
+        App.functionCall name del false (fun a _ ->
+            match invoke.Invoke a with
+            | :? AppFuture as f -> box f
+            | :? Task as t -> box (JoinTask t)
+            | v -> v)
+
+    static member private Inner(v: obj) : obj option =
+        match v with
+        | :? AppFuture -> Some v
+        | :? JoinTask as j -> Some(box j.Task)
+        | _ -> None
+
+    /// A join app whose body returns one future: an `AppFuture<'R>` or a `Task<'R>`. The app's future completes
+    /// with its result; if it fails, the app fails with `JoinError`.
+    static member Join<'R>(dfk: DataFlowKernel, opts: AppOptions, del: Delegate, invoke: Func<obj[], obj>) : AppHandle<'R> =
+        if isNull invoke then nullArg "invoke"
+        let opts, name = AppHandles.Prepare(dfk, { opts with Executors = [] }, del)
+        let shape (v: obj) =
+            AppHandles.Inner v |> Option.map (fun f -> [| f |], fun (rs: obj[]) -> rs[0])
+        AppHandle<'R>(dfk, name, JoinApp, opts, AppHandles.JoinBody(name, del, invoke), shape)
+
+    /// A join app whose body returns several futures (`AppFuture<'R>` or `Task<'R>`); the app's future
+    /// completes with their results, in order.
+    static member JoinMany<'R>(dfk: DataFlowKernel, opts: AppOptions, del: Delegate, invoke: Func<obj[], seq<obj>>) : AppHandle<'R[]> =
+        if isNull invoke then nullArg "invoke"
+        let opts, name = AppHandles.Prepare(dfk, { opts with Executors = [] }, del)
+        let body =
+            App.functionCall name del false (fun a _ ->
+                match invoke.Invoke a with
+                | null -> null
+                | fs -> box (fs |> Seq.map (fun f -> match f with :? Task as t -> box (JoinTask t) | f -> f) |> Array.ofSeq))
+        let shape (v: obj) =
+            match v with
+            | :? (obj[]) as fs ->
+                let inner = fs |> Array.map AppHandles.Inner
+                if inner |> Array.forall Option.isSome then
+                    Some(inner |> Array.map Option.get, fun (rs: obj[]) -> box (rs |> Array.map unbox<'R>))
+                else None
+            | _ -> None
+        AppHandle<'R[]>(dfk, name, JoinApp, opts, body, shape)
