@@ -128,3 +128,30 @@ type internal AppHandles private () =
                 else None
             | _ -> None
         AppHandle<'R[]>(dfk, name, JoinApp, opts, body, shape)
+
+/// Builds a `Config` from parts a caller without F# types can supply (the C# façade's options).
+[<AbstractClass; Sealed>]
+type internal ConfigParts private () =
+    /// `exitMode`: 0 cleanup, 1 wait, 2 skip. A null `retryHandler` means the default cost of 1 per failure.
+    static member Create
+        (executors: IExecutor[], retries: int, retryHandler: Func<exn, TaskInfo, float>, runDir: string, exitMode: int,
+         deepResolver: bool, initializeLogging: bool, logLevel: Serilog.Events.LogEventLevel, internalTasksMaxThreads: int)
+        : Config =
+        { Executors = List.ofArray executors
+          Retries = retries
+          RetryHandler =
+            if isNull retryHandler then None
+            else Some(fun e info -> retryHandler.Invoke(e, info))
+          RunDir = runDir
+          ExitMode = ConfigParts.ExitMode exitMode
+          DependencyResolver = if deepResolver then Deep else Shallow
+          InitializeLogging = initializeLogging
+          LogLevel = logLevel
+          InternalTasksMaxThreads = internalTasksMaxThreads }
+
+    /// An exit mode from its number (0 cleanup, 1 wait, 2 skip).
+    static member ExitMode(mode: int) =
+        match mode with
+        | 1 -> Wait
+        | 2 -> Skip
+        | _ -> Cleanup

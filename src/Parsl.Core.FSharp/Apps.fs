@@ -21,7 +21,7 @@ type Arg<'T> internal (slot: ArgSlot) =
     static member op_Implicit(task: Task<'T>) : Arg<'T> = Arg<'T>(Future task)
 
 /// Builds app arguments.
-[<RequireQualifiedAccess>]
+[<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
 module Arg =
     /// A plain value.
     let value (v: 'T) = Arg<'T>(Plain(box v))
