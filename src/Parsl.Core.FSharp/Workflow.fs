@@ -33,6 +33,11 @@ type WorkflowBuilder(dfk: DataFlowKernel, name: string) =
     member _.Source(task: Task<'T>) : Task<'T> =
         if isNull task then nullArg "task"
         task
+    /// Waits on a task with no result (`do!`).
+    member _.Source(task: Task) : Task<unit> =
+        if isNull task then nullArg "task"
+        let t = task
+        backgroundTask { do! t }
     /// Iterates a sequence (`for`).
     member _.Source(items: seq<'T>) : seq<'T> = items
 

@@ -153,6 +153,25 @@ let tests =
             Expect.equal results [ for i in 1..50 -> 100 + i ] "each workflow's result"
         }
 
+        test "use, while and do! on a plain Task work as in task { }" {
+            use dfk = load id
+            let inc = App.func dfk (fun (x: int) -> x + 1)
+            let disposed = ref false
+            let wf =
+                parsl dfk {
+                    use _ = { new IDisposable with member _.Dispose() = disposed.Value <- true }
+                    let mutable x = 0
+                    while x < 5 do
+                        let! next = inc (Arg.value x)
+                        x <- next
+                    do! Task.CompletedTask
+                    let! fromTask = Task.FromResult 10
+                    return x + fromTask
+                }
+            Expect.equal (await wf.Task) 15 "five increments, then 10"
+            Expect.isTrue disposed.Value "use disposed its resource"
+        }
+
         test "Workflow.all gathers results in order and named workflows carry their name" {
             use dfk = load id
             let square = App.func dfk (fun (x: int) -> x * x)
