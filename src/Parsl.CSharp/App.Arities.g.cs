@@ -20,6 +20,15 @@ public sealed class App<TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(CancellationToken cancellationToken = default) =>
         Submit(handle, [], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 
 /// <summary>An app of 1 argument, made by <see cref="Dfk"/>'s <c>App</c>, <c>ShellApp</c> or <c>JoinApp</c>.
@@ -40,6 +49,15 @@ public sealed class App<T1, TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(Arg<T1> arg1, CancellationToken cancellationToken = default) =>
         Submit(handle, [Slot(arg1)], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<T1, TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 
 /// <summary>An app of 2 arguments, made by <see cref="Dfk"/>'s <c>App</c>, <c>ShellApp</c> or <c>JoinApp</c>.
@@ -62,6 +80,15 @@ public sealed class App<T1, T2, TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(Arg<T1> arg1, Arg<T2> arg2, CancellationToken cancellationToken = default) =>
         Submit(handle, [Slot(arg1), Slot(arg2)], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<T1, T2, TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 
 /// <summary>An app of 3 arguments, made by <see cref="Dfk"/>'s <c>App</c>, <c>ShellApp</c> or <c>JoinApp</c>.
@@ -86,6 +113,15 @@ public sealed class App<T1, T2, T3, TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(Arg<T1> arg1, Arg<T2> arg2, Arg<T3> arg3, CancellationToken cancellationToken = default) =>
         Submit(handle, [Slot(arg1), Slot(arg2), Slot(arg3)], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<T1, T2, T3, TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 
 /// <summary>An app of 4 arguments, made by <see cref="Dfk"/>'s <c>App</c>, <c>ShellApp</c> or <c>JoinApp</c>.
@@ -112,6 +148,15 @@ public sealed class App<T1, T2, T3, T4, TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(Arg<T1> arg1, Arg<T2> arg2, Arg<T3> arg3, Arg<T4> arg4, CancellationToken cancellationToken = default) =>
         Submit(handle, [Slot(arg1), Slot(arg2), Slot(arg3), Slot(arg4)], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<T1, T2, T3, T4, TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 
 /// <summary>An app of 5 arguments, made by <see cref="Dfk"/>'s <c>App</c>, <c>ShellApp</c> or <c>JoinApp</c>.
@@ -140,6 +185,15 @@ public sealed class App<T1, T2, T3, T4, T5, TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(Arg<T1> arg1, Arg<T2> arg2, Arg<T3> arg3, Arg<T4> arg4, Arg<T5> arg5, CancellationToken cancellationToken = default) =>
         Submit(handle, [Slot(arg1), Slot(arg2), Slot(arg3), Slot(arg4), Slot(arg5)], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<T1, T2, T3, T4, T5, TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 
 /// <summary>An app of 6 arguments, made by <see cref="Dfk"/>'s <c>App</c>, <c>ShellApp</c> or <c>JoinApp</c>.
@@ -170,4 +224,13 @@ public sealed class App<T1, T2, T3, T4, T5, T6, TResult> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(Arg<T1> arg1, Arg<T2> arg2, Arg<T3> arg3, Arg<T4> arg4, Arg<T5> arg5, Arg<T6> arg6, CancellationToken cancellationToken = default) =>
         Submit(handle, [Slot(arg1), Slot(arg2), Slot(arg3), Slot(arg4), Slot(arg5), Slot(arg6)], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<T1, T2, T3, T4, T5, T6, TResult> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }

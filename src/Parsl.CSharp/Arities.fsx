@@ -44,9 +44,18 @@ public sealed class App<%s> : ParslApp
     /// <exception cref="NoDataFlowKernelError">The kernel was disposed.</exception>
     public AppFuture<TResult> Invoke(%sCancellationToken cancellationToken = default) =>
         Submit(handle, [%s], cancellationToken);
+
+    /// <summary>This app with the options that <paramref name="options"/> sets replacing its own, for the calls made
+    /// through the copy: Parsl's per-call keyword arguments (<c>stdout</c>, <c>outputs</c>, <c>walltime</c>,
+    /// <c>parsl_resource_specification</c>, ...). Unset options keep the app's values. Shell options apply to shell apps only.</summary>
+    /// <param name="options">The options to change.</param>
+    /// <returns>The changed app; this one is unchanged.</returns>
+    /// <exception cref="System.ArgumentNullException"><paramref name="options"/> is null.</exception>
+    /// <exception cref="ConfigurationError">The options name an executor that is not configured.</exception>
+    public App<%s> With(FunctionAppOptions options) => new(handle.With(Overrides(options)));
 }
 """
-                n (if n = 1 then "" else "s") (typeArgsDoc n) g argDocs pars slots)
+                n (if n = 1 then "" else "s") (typeArgsDoc n) g argDocs pars slots g)
         |> ignore
     sb.ToString()
 

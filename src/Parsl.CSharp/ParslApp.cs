@@ -18,6 +18,14 @@ public abstract class ParslApp
         // A null Arg is what C# makes of a null literal for a reference-typed parameter: a null value.
         arg is null ? ArgSlot.NewPlain(null) : arg.Slot;
 
+    private protected static AppOptions Overrides(FunctionAppOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var shell = options as ShellAppOptions;
+        return AppHandles.Options(options.Name, options.Executors.ToArray(), new Dictionary<string, object>(options.Resources),
+            shell?.Stdout?.Spec, shell?.Stderr?.Spec, shell?.Walltime, shell?.Outputs.ToArray());
+    }
+
     private protected static AppFuture<TResult> Submit<TResult>(AppHandle<TResult> handle, ArgSlot[] slots, CancellationToken cancellationToken)
     {
         var future = handle.Call(slots);

@@ -18,13 +18,31 @@ type internal JoinTask(task: Task) =
 [<Sealed>]
 type internal AppHandle<'R>
     (dfk: DataFlowKernel, name: string, kind: AppKind, opts: AppOptions, build: TaskId -> obj[] -> TaskBody,
-     joinShape: obj -> (obj[] * (obj[] -> obj)) option) =
+     joinShape: obj -> (obj[] * (obj[] -> obj)) option, remake: AppOptions -> AppHandle<'R>) =
     /// The app's name.
     member _.Name = name
     /// The kernel the app submits to.
     member _.Kernel = dfk
+    /// The app's options.
+    member _.Options = opts
     /// Submits one call; the slots are the arguments in order.
     member _.Call(slots: ArgSlot[]) : AppFuture<'R> = App.submit<'R> dfk name kind opts slots build joinShape
+
+    /// The same app with the options that `overrides` sets (a name, executors, resources, streams, walltime,
+    /// outputs) replacing its own: Parsl's per-call keyword arguments, for the calls made through the copy.
+    member _.With(overrides: AppOptions) : AppHandle<'R> =
+        let pick (o: 'a option) (d: 'a option) = match o with Some _ -> o | None -> d
+        let merged =
+            { opts with
+                Name = pick overrides.Name opts.Name
+                Executors = if overrides.Executors.IsEmpty then opts.Executors else overrides.Executors
+                Resources = if overrides.Resources.IsEmpty then opts.Resources else overrides.Resources
+                Stdout = pick overrides.Stdout opts.Stdout
+                Stderr = pick overrides.Stderr opts.Stderr
+                Walltime = pick overrides.Walltime opts.Walltime
+                Outputs = if overrides.Outputs.IsEmpty then opts.Outputs else overrides.Outputs }
+        dfk.CheckLabels(defaultArg merged.Name name, merged.Executors)
+        remake merged
 
 /// Builds `AppHandle`s from delegates over boxed argument arrays.
 [<AbstractClass; Sealed>]
@@ -69,23 +87,29 @@ type internal AppHandles private () =
         (dfk: DataFlowKernel, opts: AppOptions, del: Delegate, takesToken: bool, invoke: Func<obj[], CancellationToken, obj>)
         : AppHandle<'R> =
         if isNull invoke then nullArg "invoke"
-        let opts, name = AppHandles.Prepare(dfk, opts, del)
-        let build = App.functionCall name del takesToken (fun a ct -> invoke.Invoke(a, ct))
-        AppHandle<'R>(dfk, name, FunctionApp, opts, build, fun _ -> None)
+        let opts, _ = AppHandles.Prepare(dfk, opts, del)
+        let rec make (o: AppOptions) =
+            let name = o.Name.Value
+            let build = App.functionCall name del takesToken (fun a ct -> invoke.Invoke(a, ct))
+            AppHandle<'R>(dfk, name, FunctionApp, o, build, (fun _ -> None), make)
+        make opts
 
     /// A shell app: `command` builds the command line from the resolved arguments, on the client.
     static member Shell(dfk: DataFlowKernel, opts: AppOptions, del: Delegate, command: Func<obj[], string>) : AppHandle<int> =
         if isNull command then nullArg "command"
-        let opts, name = AppHandles.Prepare(dfk, opts, del)
-        let build (id: TaskId) (args: obj[]) =
-            Shell
-                { AppName = name
-                  BuildCommand = fun () -> command.Invoke args
-                  Stdout = opts.Stdout |> Option.map (App.stdPath dfk name id "stdout")
-                  Stderr = opts.Stderr |> Option.map (App.stdPath dfk name id "stderr")
-                  Walltime = opts.Walltime
-                  Outputs = opts.Outputs }
-        AppHandle<int>(dfk, name, ShellApp, opts, build, fun _ -> None)
+        let opts, _ = AppHandles.Prepare(dfk, opts, del)
+        let rec make (o: AppOptions) =
+            let name = o.Name.Value
+            let build (id: TaskId) (args: obj[]) =
+                Shell
+                    { AppName = name
+                      BuildCommand = fun () -> command.Invoke args
+                      Stdout = o.Stdout |> Option.map (App.stdPath dfk name id "stdout")
+                      Stderr = o.Stderr |> Option.map (App.stdPath dfk name id "stderr")
+                      Walltime = o.Walltime
+                      Outputs = o.Outputs }
+            AppHandle<int>(dfk, name, ShellApp, o, build, (fun _ -> None), make)
+        make opts
 
     static member private JoinBody(name, del, invoke: Func<obj[], obj>) =
         App.functionCall name del false (fun a _ ->
@@ -104,17 +128,21 @@ type internal AppHandles private () =
     /// with its result; if it fails, the app fails with `JoinError`.
     static member Join<'R>(dfk: DataFlowKernel, opts: AppOptions, del: Delegate, invoke: Func<obj[], obj>) : AppHandle<'R> =
         if isNull invoke then nullArg "invoke"
-        let opts, name = AppHandles.Prepare(dfk, { opts with Executors = [] }, del)
+        let opts, _ = AppHandles.Prepare(dfk, { opts with Executors = [] }, del)
         let shape (v: obj) =
             AppHandles.Inner v |> Option.map (fun f -> [| f |], fun (rs: obj[]) -> rs[0])
-        AppHandle<'R>(dfk, name, JoinApp, opts, AppHandles.JoinBody(name, del, invoke), shape)
+        let rec make (o: AppOptions) =
+            // Join bodies always run on the internal executor.
+            let o = { o with Executors = [] }
+            AppHandle<'R>(dfk, o.Name.Value, JoinApp, o, AppHandles.JoinBody(o.Name.Value, del, invoke), shape, make)
+        make opts
 
     /// A join app whose body returns several futures (`AppFuture<'R>` or `Task<'R>`); the app's future
     /// completes with their results, in order.
     static member JoinMany<'R>(dfk: DataFlowKernel, opts: AppOptions, del: Delegate, invoke: Func<obj[], seq<obj>>) : AppHandle<'R[]> =
         if isNull invoke then nullArg "invoke"
-        let opts, name = AppHandles.Prepare(dfk, { opts with Executors = [] }, del)
-        let body =
+        let opts, _ = AppHandles.Prepare(dfk, { opts with Executors = [] }, del)
+        let body name =
             App.functionCall name del false (fun a _ ->
                 match invoke.Invoke a with
                 | null -> null
@@ -127,7 +155,10 @@ type internal AppHandles private () =
                     Some(inner |> Array.map Option.get, fun (rs: obj[]) -> box (rs |> Array.map unbox<'R>))
                 else None
             | _ -> None
-        AppHandle<'R[]>(dfk, name, JoinApp, opts, body, shape)
+        let rec make (o: AppOptions) =
+            let o = { o with Executors = [] }
+            AppHandle<'R[]>(dfk, o.Name.Value, JoinApp, o, body o.Name.Value, shape, make)
+        make opts
 
 /// Builds a `Config` from parts a caller without F# types can supply (the C# façade's options).
 [<AbstractClass; Sealed>]

@@ -230,6 +230,24 @@ public class AppTests
     }
 
     [Fact]
+    public async Task With_changes_options_for_the_calls_made_through_the_copy()
+    {
+        await using var dfk = await LoadAsync(o => o.Executors.Add(new ThreadPoolExecutorOptions { Label = "only" }));
+        var identity = dfk.App((int x) => x, new FunctionAppOptions { Name = "identity" });
+        var renamed = identity.With(new FunctionAppOptions { Name = "renamed" });
+        var withResources = identity.With(new FunctionAppOptions { Resources = { ["cores"] = 1 } });
+        Assert.Equal("renamed", renamed.Name);
+        Assert.Equal("identity", identity.Name);
+        Assert.Equal("renamed", renamed.Invoke(1).AppName);
+        Assert.IsType<InvalidResourceSpecification>(await FailureOf(withResources.Invoke(1)));
+        Assert.Equal(2, await identity.Invoke(2).Within()); // the original keeps its options
+        Assert.Throws<ConfigurationError>(() => identity.With(new FunctionAppOptions { Executors = { "missing" } }));
+        Assert.Throws<ArgumentNullException>(() => identity.With(null!));
+        var shell = dfk.ShellApp((int code) => $"exit {code}").With(new ShellAppOptions { Name = "exit_code" });
+        Assert.Equal("exit_code", Assert.IsType<BashExitFailure>(await FailureOf(shell.Invoke(4))).AppName);
+    }
+
+    [Fact]
     public async Task Apps_run_on_the_executors_their_options_name()
     {
         await using var dfk = await LoadAsync(o =>
