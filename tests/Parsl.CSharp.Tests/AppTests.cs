@@ -192,6 +192,37 @@ public class AppTests
     }
 
     [Fact]
+    public async Task An_awaiting_async_join_body_holds_no_thread()
+    {
+        // One internal thread, twenty join bodies: all must be waiting at once for any of them to finish.
+        await using var dfk = await LoadAsync(o => o.InternalTasksMaxThreads = 1);
+        var release = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var started = new CountdownEvent(20);
+        var join = dfk.JoinApp(async (int i) =>
+        {
+            started.Signal();
+            return await release.Task + i;
+        });
+        var futures = Enumerable.Range(0, 20).Select(i => join.Invoke(i)).ToList();
+        Assert.True(started.Wait(Limit), "every body started while none could finish");
+        Assert.All(futures, f => Assert.False(f.IsCompleted));
+        release.SetResult(100);
+        Assert.Equal(Enumerable.Range(100, 20), await Task.WhenAll(futures.Select(f => f.Within())));
+        Assert.All(futures, f => Assert.Equal(States.ExecDone, f.Status));
+    }
+
+    [Fact]
+    public void Stream_targets_say_what_they_do_and_refuse_blank_paths()
+    {
+        StreamTarget plain = "out.txt";
+        Assert.Equal("append to out.txt", plain.Description);
+        Assert.Equal("truncate err.txt", StreamTarget.Truncate("err.txt").Description);
+        Assert.Equal("automatic file name", StreamTarget.Auto.ToString());
+        Assert.Throws<ArgumentException>(() => StreamTarget.Append(" "));
+        Assert.Throws<ArgumentNullException>(() => StreamTarget.Truncate(null!));
+    }
+
+    [Fact]
     public async Task A_failure_inside_a_join_is_a_JoinError()
     {
         await using var dfk = await LoadAsync();
