@@ -21,7 +21,7 @@ type Arg<'T> internal (slot: ArgSlot) =
     static member op_Implicit(task: Task<'T>) : Arg<'T> = Arg<'T>(Future task)
 
 /// Builds app arguments.
-[<RequireQualifiedAccess>]
+[<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
 module Arg =
     /// A plain value.
     let value (v: 'T) = Arg<'T>(Plain(box v))
@@ -87,18 +87,18 @@ module App =
         let n = match n.IndexOf '@' with -1 -> n | i -> n.Substring(0, i)
         if n = "" || n.StartsWith "clo" then "app" else n
 
-    let private resources (opts: AppOptions) : IReadOnlyDictionary<string, obj> =
+    let internal resources (opts: AppOptions) : IReadOnlyDictionary<string, obj> =
         if opts.Resources.IsEmpty then Resources.empty
         else Dictionary<string, obj>(opts.Resources) :> _
 
-    let private prepare (dfk: DataFlowKernel) (opts: AppOptions) (f: obj) =
+    let internal prepare (dfk: DataFlowKernel) (opts: AppOptions) (f: obj) =
         if isNull (box dfk) then nullArg "dfk"
         if isNull f then nullArg "f"
         let name = defaultArg opts.Name (nameOf f)
         dfk.CheckLabels(name, opts.Executors)
         name
 
-    let private functionCall name (del: Delegate) takesToken (invoke: obj[] -> CancellationToken -> obj) =
+    let internal functionCall name (del: Delegate) takesToken (invoke: obj[] -> CancellationToken -> obj) =
         fun (_: TaskId) (args: obj[]) ->
             Function
                 { AppName = name
@@ -154,7 +154,7 @@ module App =
     /// An asynchronous function app.
     let async dfk (f: 'A -> CancellationToken -> Task<'R>) = asyncWith dfk AppOptions.defaults f
 
-    let private stdPath (dfk: DataFlowKernel) (name: string) (id: TaskId) (which: string) (spec: StdSpec) =
+    let internal stdPath (dfk: DataFlowKernel) (name: string) (id: TaskId) (which: string) (spec: StdSpec) =
         match spec with
         | Path p -> Append p
         | PathMode(p, "w") -> Truncate p

@@ -92,7 +92,8 @@ type DependencyError(dependencies: TaskId list, taskId: TaskId, rootCause: exn) 
 type JoinError(failed: TaskId list, taskId: TaskId, firstCause: exn) =
     inherit ParslException(
         sprintf "Join failure for task %d with failed join dependencies from %s" taskId.Value
-            (failed |> List.map (fun t -> sprintf "task %d" t.Value) |> String.concat ", "),
+            (if failed.IsEmpty then "an awaited Task (workflow or join body); see InnerException"
+             else failed |> List.map (fun t -> sprintf "task %d" t.Value) |> String.concat ", "),
         firstCause)
     /// The failed inner tasks.
     member _.FailedTasks = failed

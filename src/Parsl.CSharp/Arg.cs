@@ -1,0 +1,56 @@
+namespace Parsl;
+
+/// <summary>Builds app arguments where C# cannot apply the implicit conversions to <see cref="Arg{T}"/> by itself
+/// (a generic method, a <c>var</c>, a conditional expression).</summary>
+public static class Arg
+{
+    /// <summary>A plain value.</summary>
+    /// <typeparam name="T">The argument's type.</typeparam>
+    /// <param name="value">The value.</param>
+    /// <returns>The argument.</returns>
+    public static Arg<T> Of<T>(T value) => ArgModule.value(value);
+
+    /// <summary>The result of an app's future: the call depends on it.</summary>
+    /// <typeparam name="T">The argument's type.</typeparam>
+    /// <param name="future">The future.</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="future"/> is null.</exception>
+    public static Arg<T> Of<T>(AppFuture<T> future)
+    {
+        ArgumentNullException.ThrowIfNull(future);
+        return ArgModule.future(future);
+    }
+
+    /// <summary>The result of a task from outside Parsl: the call depends on it.</summary>
+    /// <typeparam name="T">The argument's type.</typeparam>
+    /// <param name="task">The task.</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="task"/> is null.</exception>
+    public static Arg<T> Of<T>(Task<T> task)
+    {
+        ArgumentNullException.ThrowIfNull(task);
+        return ArgModule.task(task);
+    }
+
+    /// <summary>The results of several futures, in order, as one array argument (Parsl's <c>inputs=[...]</c>):
+    /// the call depends on each of them.</summary>
+    /// <typeparam name="T">The futures' result type.</typeparam>
+    /// <param name="futures">The futures.</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="futures"/> or one of them is null.</exception>
+    public static Arg<T[]> All<T>(IEnumerable<AppFuture<T>> futures)
+    {
+        ArgumentNullException.ThrowIfNull(futures);
+        var list = futures.ToArray();
+        if (Array.IndexOf(list, null) >= 0)
+            throw new ArgumentNullException(nameof(futures), "One of the futures is null.");
+        return ArgModule.all(list);
+    }
+
+    /// <summary>The results of several futures, in order, as one array argument (Parsl's <c>inputs=[...]</c>).</summary>
+    /// <typeparam name="T">The futures' result type.</typeparam>
+    /// <param name="futures">The futures.</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="futures"/> or one of them is null.</exception>
+    public static Arg<T[]> All<T>(params AppFuture<T>[] futures) => All((IEnumerable<AppFuture<T>>)futures);
+}
