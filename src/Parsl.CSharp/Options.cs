@@ -57,6 +57,10 @@ public sealed class DfkOptions
     /// <summary>Threads that run join app bodies. Default 10. Async join bodies and workflows hold none while they wait.</summary>
     public int InternalTasksMaxThreads { get; set; } = 10;
 
+    /// <summary>Back-pressure: an app call blocks while this many tasks are unfinished, so submitting millions of
+    /// tasks holds memory for at most this many. Calls made from inside a running task never block. Default 0: unbounded.</summary>
+    public int MaxTasksInFlight { get; set; }
+
     internal const string FieldPrefix = "DfkOptions.";
 
     /// <summary>The core's configuration, or every problem found, each naming its C# property.</summary>
@@ -83,7 +87,7 @@ public sealed class DfkOptions
         var config = ConfigParts.Create(
             executors.ToArray(), Retries, RetryHandler is null ? null : new Func<Exception, TaskInfo, double>(RetryHandler),
             RunDir, (int)ExitMode, DependencyResolver == DependencyResolution.Deep, InitializeLogging, LogLevel,
-            InternalTasksMaxThreads);
+            InternalTasksMaxThreads, MaxTasksInFlight);
         foreach (var e in ConfigModule.validate(config))
             errors.Add(Rename(e));
         if (errors.Count == 1) throw errors[0];

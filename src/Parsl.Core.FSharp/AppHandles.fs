@@ -166,19 +166,23 @@ type internal ConfigParts private () =
     /// `exitMode`: 0 cleanup, 1 wait, 2 skip. A null `retryHandler` means the default cost of 1 per failure.
     static member Create
         (executors: IExecutor[], retries: int, retryHandler: Func<exn, TaskInfo, float>, runDir: string, exitMode: int,
-         deepResolver: bool, initializeLogging: bool, logLevel: Serilog.Events.LogEventLevel, internalTasksMaxThreads: int)
+         deepResolver: bool, initializeLogging: bool, logLevel: Serilog.Events.LogEventLevel, internalTasksMaxThreads: int,
+         maxTasksInFlight: int)
         : Config =
-        { Executors = List.ofArray executors
-          Retries = retries
-          RetryHandler =
-            if isNull retryHandler then None
-            else Some(fun e info -> retryHandler.Invoke(e, info))
-          RunDir = runDir
-          ExitMode = ConfigParts.ExitMode exitMode
-          DependencyResolver = if deepResolver then Deep else Shallow
-          InitializeLogging = initializeLogging
-          LogLevel = logLevel
-          InternalTasksMaxThreads = internalTasksMaxThreads }
+        // From the defaults, so that options the façade does not know yet keep their default values.
+        { Config.defaults with
+            Executors = List.ofArray executors
+            Retries = retries
+            RetryHandler =
+              if isNull retryHandler then None
+              else Some(fun e info -> retryHandler.Invoke(e, info))
+            RunDir = runDir
+            ExitMode = ConfigParts.ExitMode exitMode
+            DependencyResolver = if deepResolver then Deep else Shallow
+            InitializeLogging = initializeLogging
+            LogLevel = logLevel
+            InternalTasksMaxThreads = internalTasksMaxThreads
+            MaxTasksInFlight = maxTasksInFlight }
 
     /// An exit mode from its number (0 cleanup, 1 wait, 2 skip).
     static member ExitMode(mode: int) =
