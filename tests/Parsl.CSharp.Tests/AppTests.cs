@@ -292,4 +292,29 @@ public class AppTests
         var error = Assert.Throws<ConfigurationError>(() => dfk.App((int x) => x, new FunctionAppOptions { Executors = { "gpu" } }));
         Assert.Contains("gpu", error.Message);
     }
+
+    [Fact]
+    public async Task Shell_streams_walltime_and_outputs_work_end_to_end_through_With()
+    {
+        await using var dfk = await LoadAsync();
+        var dir = TempRunDir();
+        var say = dfk.ShellApp((string word) => $"echo {word}; echo oops >&2",
+            new ShellAppOptions { Name = "say", Stdout = StreamTarget.Auto, Stderr = StreamTarget.Truncate(Path.Combine(dir, "err.txt")) });
+        var f = say.Invoke("hello");
+        Assert.Equal(0, await f.Within());
+        var autoOut = Path.Combine(dfk.RunDir, "task_logs", "0000", $"task_{f.TaskId.Value:0000}_say.stdout");
+        Assert.Equal("hello\n", File.ReadAllText(autoOut));
+        var err = File.ReadAllText(Path.Combine(dir, "err.txt"));
+        Assert.StartsWith("--> executable follows <--", err);
+        Assert.EndsWith("oops\n", err);
+
+        var make = dfk.ShellApp((string path) => $"touch '{path}'");
+        var missing = make.With(new ShellAppOptions { Outputs = { Path.Combine(dir, "never.txt") } });
+        Assert.IsType<MissingOutputs>(await FailureOf(missing.Invoke(Path.Combine(dir, "other.txt"))));
+        var made = make.With(new ShellAppOptions { Outputs = { Path.Combine(dir, "made.txt") } });
+        Assert.Equal(0, await made.Invoke(Path.Combine(dir, "made.txt")).Within());
+
+        var sleep = dfk.ShellApp((int seconds) => $"sleep {seconds}").With(new ShellAppOptions { Walltime = TimeSpan.FromMilliseconds(500) });
+        Assert.IsType<AppTimeout>(await FailureOf(sleep.Invoke(60)));
+    }
 }
