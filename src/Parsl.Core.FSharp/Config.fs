@@ -47,7 +47,26 @@ type Config =
       /// The log file's minimum level. Default Information (Debug logs every task transition).
       LogLevel: Serilog.Events.LogEventLevel
       /// Threads of the internal executor that runs join app bodies. Default 10.
-      InternalTasksMaxThreads: int }
+      InternalTasksMaxThreads: int
+      /// Memoize the calls of apps created with `AppOptions.Cache = true` (Parsl's `app_cache`). Default true.
+      AppCache: bool
+      /// When to write checkpoints of cached tasks' results to `runinfo/NNN/checkpoint/` (Parsl's
+      /// `checkpoint_mode`). Default None: no checkpoints.
+      CheckpointMode: CheckpointMode option
+      /// How often `Periodic` checkpoints are written (Parsl's `checkpoint_period`); required by `Periodic`.
+      CheckpointPeriod: System.TimeSpan option
+      /// Checkpoints to load: checkpoint directories (`runinfo/NNN/checkpoint`) or checkpoint files; their
+      /// results are reused, and those calls do not run. Default None: when `CheckpointMode` is set, every
+      /// checkpoint under `RunDir` (as current Parsl); otherwise none. See `Checkpoints.all`/`Checkpoints.last`.
+      CheckpointFiles: string list option
+      /// Memo encodings for argument types of the user's own (Parsl's `id_for_memo.register`). Default none.
+      MemoHashers: (System.Type * MemoHasher) list
+      /// Staging providers, tried in order for each file (Parsl's `storage_access`). Default
+      /// `StagingProvider.defaults`: no-op for local files, FTP, HTTP and zip as separate tasks.
+      Staging: StagingProvider list
+      /// Where staged-in files (and zip members before they are added to the archive) are written
+      /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
+      StagingDir: string option }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -66,7 +85,14 @@ module Config =
           DependencyResolver = Shallow
           InitializeLogging = true
           LogLevel = Serilog.Events.LogEventLevel.Information
-          InternalTasksMaxThreads = 10 }
+          InternalTasksMaxThreads = 10
+          AppCache = true
+          CheckpointMode = None
+          CheckpointPeriod = None
+          CheckpointFiles = None
+          MemoHashers = []
+          Staging = StagingProvider.defaults
+          StagingDir = None }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =
@@ -91,4 +117,25 @@ module Config =
               if isNull l || l.Trim() = "" then
                   ConfigurationError("Config.Executors", "an executor has an empty Label; give it a name")
           for e in c.Executors |> List.filter (box >> isNull >> not) do
-              yield! e.Validate() ]
+              yield! e.Validate()
+          match c.CheckpointMode, c.CheckpointPeriod with
+          | Some Periodic, None ->
+              ConfigurationError(
+                  "Config.CheckpointPeriod",
+                  "is required by CheckpointMode Periodic; set it, e.g. Some(TimeSpan.FromMinutes 30.0)")
+          | _, Some p when p <= System.TimeSpan.Zero ->
+              ConfigurationError("Config.CheckpointPeriod", sprintf "must be positive (got %O)" p)
+          | _ -> ()
+          match c.CheckpointFiles with
+          | Some files when files |> List.exists (fun f -> isNull f || f.Trim() = "") ->
+              ConfigurationError("Config.CheckpointFiles", "contains an empty path; list checkpoint directories or files")
+          | _ -> ()
+          if isNull (box c.Staging) then
+              ConfigurationError("Config.Staging", "is null; use StagingProvider.defaults or a list of providers")
+          match c.StagingDir with
+          | Some d when isNull d || d.Trim() = "" ->
+              ConfigurationError("Config.StagingDir", "is empty; give a directory, or None for data/ in the run directory")
+          | _ -> ()
+          for t, h in c.MemoHashers do
+              if isNull t || isNull (box h) then
+                  ConfigurationError("Config.MemoHashers", "has a null type or hasher; each entry is (type, value -> bytes)") ]
