@@ -183,7 +183,7 @@ module StagingIO =
         }
 
     let private addMember (zipPath: string) (inner: string) (source: string) =
-        use zip = ZipFile.Open(zipPath, (if System.IO.File.Exists zipPath then ZipArchiveMode.Update else ZipArchiveMode.Create))
+        use zip = ZipFile.Open(zipPath, ZipArchiveMode.Update)
         match zip.GetEntry inner with
         | null -> ()
         | old -> old.Delete()
