@@ -157,6 +157,21 @@ let tests =
             let many = (App.func dfk (fun (fs: Parsl.File[]) -> fs.Length)) (Arg.files [ p.Outputs.Head; p.Outputs.Head ])
             Expect.equal (await many.Task) 2 "several data futures"
         }
+        test "a shell app's File stdout is staged out like an output, and its data future completes" {
+            let dir = tempRunDir ()
+            let archive = Path.Combine(dir, "logs.zip")
+            use dfk = load id
+            let out = File.Of(sprintf "zip:%s/task/out.txt" archive)
+            let local = Staging.stdPath dfk out
+            // The command writes the file itself as well, so this test does not depend on the shell runner's redirection.
+            let echo = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Staged out) } (fun (x: int) -> sprintf "printf 'line %d' > '%s'" x local)
+            let r = echo (Arg.value 1)
+            Expect.equal (await r.Task) 0 "exit 0"
+            Expect.isSome r.Stdout "stdout has a data future"
+            let f = await r.Stdout.Value.Task
+            Expect.equal f.Url out.Url "the stdout file"
+            Expect.equal (memberText archive "task/out.txt") "line 1" "staged into the archive"
+        }
         test "a scheme no provider handles is refused at the call, naming the URL" {
             use dfk = load (withStaging [ NoOpFileStaging ])
             let read = App.func dfk readText

@@ -179,6 +179,14 @@ module internal Staging =
         (dfk: DataFlowKernel) (name: string) (kind: AppKind) (labels: string list) (slots: ArgSlot[])
         (build: TaskId -> obj[] -> TaskBody) resources joinShape (memo: MemoSpec option) (stdFiles: File option * File option)
         : AppFuture<'R> =
+        let involvesFiles (slot: ArgSlot) =
+            match slot with
+            | Plain(:? OutputArg | :? DataArg | :? File | :? (File[]) | :? (File list)) -> true
+            | _ -> false
+        if Option.isNone (fst stdFiles) && Option.isNone (snd stdFiles) && not (Array.exists involvesFiles slots) then
+            // Most calls involve no file: no staging bookkeeping at all.
+            dfk.SubmitWith<'R>(name, kind, labels, slots, build, resources, joinShape, memo)
+        else
         let label = dfk.ChooseExecutor(kind, labels)
         let isShell = kind = ShellApp
         let inTaskIns = ResizeArray<StageIn>()
