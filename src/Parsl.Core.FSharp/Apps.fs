@@ -120,17 +120,32 @@ module App =
         if opts.Resources.IsEmpty then Resources.empty
         else Dictionary<string, obj>(opts.Resources) :> _
 
-    /// The parameter names of a function value of `arity` arguments, where the compiler kept them.
+    /// The parameter names of a function value (an F# function or a delegate) of `arity` arguments, where the
+    /// compiler kept them.
     let private parameterNames (f: obj) (arity: int) =
         let fromInvoke =
-            f.GetType().GetMethods()
-            |> Array.tryFind (fun m -> m.Name = "Invoke" && m.GetParameters().Length = arity && m.DeclaringType = f.GetType())
-            |> Option.map (fun m -> m.GetParameters() |> Array.map (fun p -> p.Name))
+            match f with
+            | :? Delegate as d -> Some(d.Method.GetParameters() |> Array.map (fun p -> p.Name) |> Array.truncate arity)
+            | _ ->
+                f.GetType().GetMethods()
+                |> Array.tryFind (fun m -> m.Name = "Invoke" && m.GetParameters().Length = arity && m.DeclaringType = f.GetType())
+                |> Option.map (fun m -> m.GetParameters() |> Array.map (fun p -> p.Name))
         match fromInvoke with
+        | Some names when names.Length <> arity -> Array.init arity (sprintf "arg%d")
         | Some names when names |> Array.forall (fun n -> not (String.IsNullOrEmpty n)) -> names
         | _ -> Array.init arity (sprintf "arg%d")
 
-    let private memoSpec (opts: AppOptions) (name: string) (f: obj) (arity: int) =
+    /// The app's identity beyond its name: for an F# function, its compiled closure type; for a delegate, the
+    /// method's declaring type and name. Parsl uses the function's module and name, not its code.
+    let private identity (f: obj) =
+        match f with
+        | :? Delegate as d when not (isNull d.Method.DeclaringType) ->
+            Memo.stableTypeName d.Method.DeclaringType + "::" + d.Method.Name
+        | _ -> Memo.stableTypeName (f.GetType())
+
+    /// How to memoize calls of an app of `arity` arguments made from `f` (an F# function or a delegate);
+    /// None unless `opts.Cache`. Raises `ConfigurationError` for an `IgnoreForCache` entry naming no parameter.
+    let internal memoSpec (opts: AppOptions) (name: string) (f: obj) (arity: int) =
         if not opts.Cache then None
         else
             let names = parameterNames f arity
@@ -151,7 +166,7 @@ module App =
                             ))
             Some
                 { AppName = name
-                  Identity = Memo.stableTypeName (f.GetType())
+                  Identity = identity f
                   ArgNames = names
                   Ignored = Array.init arity (fun i -> List.contains i positions) }
 
@@ -178,9 +193,14 @@ module App =
         | Some(Staged f) -> Some f
         | _ -> None
 
-    let internal submit<'R> (dfk: DataFlowKernel) (name: string, memo) kind (opts: AppOptions) slots build joinShape =
+    /// Submits a call, with its staging, memoized when `memo` is given (see `memoSpec`).
+    let internal submitWith<'R> (dfk: DataFlowKernel) (name: string) (memo: MemoSpec option) kind (opts: AppOptions) slots build joinShape =
         Staging.submit<'R> dfk name kind opts.Executors slots build (resources opts) joinShape memo
             (stdFile opts.Stdout, stdFile opts.Stderr)
+
+    /// Submits a call with its staging, not memoized.
+    let internal submit<'R> (dfk: DataFlowKernel) (name: string) kind (opts: AppOptions) slots build joinShape =
+        submitWith<'R> dfk name None kind opts slots build joinShape
 
     /// A function app with options.
     let funcWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'R) : Arg<'A> -> AppFuture<'R> =
@@ -188,7 +208,7 @@ module App =
         let name = fst app
         let del = Func<'A, 'R>(f)
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
-        fun (a: Arg<'A>) -> submit<'R> dfk app FunctionApp opts [| a.Slot |] build noJoin
+        fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot |] build noJoin
 
     /// A function app: `let square = App.func dfk (fun x -> x * x)` then `square (Arg.value 3)`.
     let func dfk (f: 'A -> 'R) = funcWith dfk AppOptions.defaults f
@@ -199,7 +219,7 @@ module App =
         let name = fst app
         let del = Func<'A, 'B, 'R>(fun a b -> f a b)
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1])))
-        fun (a: Arg<'A>) (b: Arg<'B>) -> submit<'R> dfk app FunctionApp opts [| a.Slot; b.Slot |] build noJoin
+        fun (a: Arg<'A>) (b: Arg<'B>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot; b.Slot |] build noJoin
 
     /// A function app of two arguments.
     let func2 dfk (f: 'A -> 'B -> 'R) = func2With dfk AppOptions.defaults f
@@ -212,7 +232,7 @@ module App =
         let build =
             functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1]) (unbox<'C> a[2])))
         fun (a: Arg<'A>) (b: Arg<'B>) (c: Arg<'C>) ->
-            submit<'R> dfk app FunctionApp opts [| a.Slot; b.Slot; c.Slot |] build noJoin
+            submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot; b.Slot; c.Slot |] build noJoin
 
     /// A function app of three arguments.
     let func3 dfk (f: 'A -> 'B -> 'C -> 'R) = func3With dfk AppOptions.defaults f
@@ -223,7 +243,7 @@ module App =
         let name = fst app
         let del = Func<'A, CancellationToken, Task<'R>>(fun a ct -> f a ct)
         let build = functionCall name del true (fun a ct -> box (f (unbox<'A> a[0]) ct))
-        fun (a: Arg<'A>) -> submit<'R> dfk app FunctionApp opts [| a.Slot |] build noJoin
+        fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot |] build noJoin
 
     /// An asynchronous function app.
     let async dfk (f: 'A -> CancellationToken -> Task<'R>) = asyncWith dfk AppOptions.defaults f
@@ -254,7 +274,7 @@ module App =
                   Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
                   Walltime = opts.Walltime
                   Outputs = opts.Outputs }
-        fun (a: Arg<'A>) -> submit<int> dfk app ShellApp opts [| a.Slot |] build noJoin
+        fun (a: Arg<'A>) -> submitWith<int> dfk name (snd app) ShellApp opts [| a.Slot |] build noJoin
 
     /// A shell app.
     let shell dfk (f: 'A -> string) = shellWith dfk AppOptions.defaults f
@@ -271,7 +291,7 @@ module App =
                   Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
                   Walltime = opts.Walltime
                   Outputs = opts.Outputs }
-        fun (a: Arg<'A>) (b: Arg<'B>) -> submit<int> dfk app ShellApp opts [| a.Slot; b.Slot |] build noJoin
+        fun (a: Arg<'A>) (b: Arg<'B>) -> submitWith<int> dfk name (snd app) ShellApp opts [| a.Slot; b.Slot |] build noJoin
 
     let private oneFuture (v: obj) =
         match v with
@@ -287,7 +307,7 @@ module App =
         let name = fst app
         let del = Func<'A, AppFuture<'R>>(f)
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
-        fun (a: Arg<'A>) -> submit<'R> dfk app JoinApp opts [| a.Slot |] build oneFuture
+        fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) JoinApp opts [| a.Slot |] build oneFuture
 
     /// A join app whose body returns several futures; the app's future completes with their results, in order.
     let joinAll (dfk: DataFlowKernel) (f: 'A -> seq<AppFuture<'R>>) : Arg<'A> -> AppFuture<'R[]> =
@@ -300,7 +320,7 @@ module App =
             match v with
             | :? (AppFuture<'R>[]) as fs -> Some(fs |> Array.map box, fun (rs: obj[]) -> box (rs |> Array.map unbox<'R>))
             | _ -> None
-        fun (a: Arg<'A>) -> submit<'R[]> dfk app JoinApp opts [| a.Slot |] build shape
+        fun (a: Arg<'A>) -> submitWith<'R[]> dfk name (snd app) JoinApp opts [| a.Slot |] build shape
 
 /// Waiting on futures from F#.
 [<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]

@@ -174,19 +174,10 @@ module internal Staging =
     /// One staged argument: the futures it waits on and how to build its value from their results.
     type private Piece = { Futures: obj[]; Make: obj[] -> obj }
 
-    /// Submits an app call with its staging. `stdFiles` are a shell app's `File` stdout and stderr.
-    let submit<'R>
+    let private submitStaged<'R>
         (dfk: DataFlowKernel) (name: string) (kind: AppKind) (labels: string list) (slots: ArgSlot[])
         (build: TaskId -> obj[] -> TaskBody) resources joinShape (memo: MemoSpec option) (stdFiles: File option * File option)
         : AppFuture<'R> =
-        let involvesFiles (slot: ArgSlot) =
-            match slot with
-            | Plain(:? OutputArg | :? DataArg | :? File | :? (File[]) | :? (File list)) -> true
-            | _ -> false
-        if Option.isNone (fst stdFiles) && Option.isNone (snd stdFiles) && not (Array.exists involvesFiles slots) then
-            // Most calls involve no file: no staging bookkeeping at all.
-            dfk.SubmitWith<'R>(name, kind, labels, slots, build, resources, joinShape, memo)
-        else
         let label = dfk.ChooseExecutor(kind, labels)
         let isShell = kind = ShellApp
         let inTaskIns = ResizeArray<StageIn>()
@@ -302,6 +293,21 @@ module internal Staging =
             stdout |> Option.map (fun (f, s) -> dataFuture f s),
             stderr |> Option.map (fun (f, s) -> dataFuture f s))
         future
+
+    /// Submits an app call with its staging. `stdFiles` are a shell app's `File` stdout and stderr.
+    let submit<'R>
+        (dfk: DataFlowKernel) (name: string) (kind: AppKind) (labels: string list) (slots: ArgSlot[])
+        (build: TaskId -> obj[] -> TaskBody) resources joinShape (memo: MemoSpec option) (stdFiles: File option * File option)
+        : AppFuture<'R> =
+        let involvesFiles (slot: ArgSlot) =
+            match slot with
+            | Plain(:? OutputArg | :? DataArg | :? File | :? (File[]) | :? (File list)) -> true
+            | _ -> false
+        if Option.isNone (fst stdFiles) && Option.isNone (snd stdFiles) && not (Array.exists involvesFiles slots) then
+            // Most calls involve no file: no staging bookkeeping at all.
+            dfk.SubmitWith<'R>(name, kind, labels, slots, build, resources, joinShape, memo)
+        else
+            submitStaged<'R> dfk name kind labels slots build resources joinShape memo stdFiles
 
     /// The local path a shell app writes a `File` stdout/stderr to (the same one `submit` stages out).
     let stdPath (dfk: DataFlowKernel) (file: File) =
