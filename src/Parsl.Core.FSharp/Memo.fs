@@ -60,7 +60,8 @@ type MemoKey =
 /// 1.0 differ), decimal, char, string, BigInteger, DateTime, DateTimeOffset, TimeSpan, Guid, enums, byte
 /// arrays, sequences (arrays, lists, any `IEnumerable`), tuples, F# records and unions, maps and
 /// dictionaries (entries sorted, so insertion order does not matter), sets (sorted), and `File` (by URL, not
-/// by where it was staged). Anything else needs a hasher.
+/// by where it was staged). Anything else needs a hasher, and so do lazy sequences (they may be infinite:
+/// pass a list or an array) and structures nested more than 512 deep (taken for cycles).
 [<RequireQualifiedAccess>]
 module Memo =
     /// The version of the encoding, part of every key: a change of encoding never matches old checkpoints.
@@ -96,8 +97,20 @@ module Memo =
 
     let private lexCompare (a: byte[]) (b: byte[]) = ReadOnlySpan(a).SequenceCompareTo(ReadOnlySpan b)
 
-    let rec private encodeInto (hashers: (Type * MemoHasher) list) (w: BinaryWriter) (v: obj) : unit =
+    /// Deeper than this is taken for a cycle (a mutable structure that contains itself).
+    [<Literal>]
+    let private MaxDepth = 512
+
+    /// Collections whose items are all in memory; a lazy sequence may be infinite, so it has no encoding.
+    let private isMaterialized (t: Type) =
+        t.IsArray || typeof<ICollection>.IsAssignableFrom t
+        || (findInterface typedefof<ICollection<int>> t).IsSome
+        || (findInterface typedefof<IReadOnlyCollection<int>> t).IsSome
+
+    let rec private encodeInto (hashers: (Type * MemoHasher) list) (depth: int) (w: BinaryWriter) (v: obj) : unit =
         let tag (b: byte) = w.Write b
+        if depth > MaxDepth then raise (Unencodable(if isNull v then typeof<obj> else v.GetType()))
+        let encodeInto hashers w v = encodeInto hashers (depth + 1) w v
         let nested (x: obj) =
             use ms = new MemoryStream()
             use w2 = new BinaryWriter(ms)
@@ -214,7 +227,7 @@ module Memo =
                 writeLen w fields.Length
                 for f in fields do
                     encodeInto hashers w f
-            | :? IEnumerable as xs ->
+            | :? IEnumerable as xs when isMaterialized t ->
                 tag 30uy
                 let items = [| for x in xs -> x |]
                 writeLen w items.Length
@@ -227,7 +240,7 @@ module Memo =
         use ms = new MemoryStream()
         use w = new BinaryWriter(ms)
         try
-            encodeInto hashers w value
+            encodeInto hashers 0 w value
             w.Flush()
             Ok(ms.ToArray())
         with Unencodable t ->

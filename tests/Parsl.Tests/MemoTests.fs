@@ -109,6 +109,12 @@ let tests =
             | Error e -> Expect.stringContains e.Message "inside a" "nested"
             | Ok _ -> failtest "expected an error"
         }
+        test "a lazy sequence, which may be infinite, has no encoding; a list of it does" {
+            match Memo.key [] (spec 1) [| box (Seq.initInfinite id) |] with
+            | Error e -> Expect.stringContains e.Message "argument 1" "names the argument"
+            | Ok _ -> failtest "expected an error"
+            Expect.equal (key1 (box (List.ofSeq (Seq.init 3 id)))) (key1 (box [ 0; 1; 2 ])) "materialized"
+        }
         test "a registered hasher encodes the user's type" {
             let hashers = [ typeof<Opaque>, (fun (o: obj) -> BitConverter.GetBytes((o :?> Opaque).X)) ]
             let k (x: int) =

@@ -54,7 +54,7 @@ module internal CheckpointValue =
         else
             match Type.GetType(typeName, false) with
             | null -> failwithf "the type %s cannot be found (is its assembly loaded?)" typeName
-            | t -> MessagePackSerializer.Deserialize(t, ReadOnlyMemory bytes, options ())
+            | t -> MessagePackSerializer.Deserialize(t, ReadOnlyMemory bytes, options().WithSecurity MessagePackSecurity.UntrustedData)
 
 /// What the memo table knows about a call about to launch.
 type internal MemoDecision =
