@@ -140,6 +140,33 @@ module Memo =
             if isNull b then raise (Unencodable t)
             writeLen w b.Length
             w.Write b
+        // Arrays of common primitives, without boxing each item: the same bytes as the general case below.
+        | (:? (int[]) as a), None when hashers.IsEmpty ->
+            tag 30uy
+            writeLen w a.Length
+            for x in a do
+                w.Write 6uy
+                w.Write x
+        | (:? (int64[]) as a), None when hashers.IsEmpty ->
+            tag 30uy
+            writeLen w a.Length
+            for x in a do
+                w.Write 8uy
+                w.Write x
+        | (:? (double[]) as a), None when hashers.IsEmpty ->
+            tag 30uy
+            writeLen w a.Length
+            for x in a do
+                w.Write 11uy
+                w.Write(BitConverter.DoubleToInt64Bits x)
+        | (:? (string[]) as a), None when hashers.IsEmpty ->
+            tag 30uy
+            writeLen w a.Length
+            for x in a do
+                if isNull x then w.Write 0uy
+                else
+                    w.Write 14uy
+                    writeString w x
         | _, None ->
             match v with
             | :? bool as x -> tag 1uy; w.Write x
@@ -184,12 +211,15 @@ module Memo =
             | _ when (findInterface typedefof<IDictionary<int, int>> t).IsSome
                      || (findInterface typedefof<IReadOnlyDictionary<int, int>> t).IsSome ->
                 tag 32uy
+                let mutable props: Reflection.PropertyInfo * Reflection.PropertyInfo = null, null
                 let entries =
                     seq {
                         for kv in (v :?> IEnumerable) do
-                            let kt = kv.GetType()
-                            let k = kt.GetProperty("Key").GetValue kv
-                            let x = kt.GetProperty("Value").GetValue kv
+                            if isNull (fst props) then
+                                let kt = kv.GetType()
+                                props <- kt.GetProperty "Key", kt.GetProperty "Value"
+                            let k = (fst props).GetValue kv
+                            let x = (snd props).GetValue kv
                             let kb = nested k
                             yield kb, nested x
                     }

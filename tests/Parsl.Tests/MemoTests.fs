@@ -143,6 +143,11 @@ let tests =
             key1 (box m) = key1 (box d))
         testProperty "arrays and lists with the same items have the same key" (fun (xs: int list) ->
             key1 (box xs) = key1 (box (Array.ofList xs)))
+        testProperty "primitive arrays encode as the same items in a list" (fun (a: int list) (b: int64 list) (c: float list) (d: string list) ->
+            key1 (box (Array.ofList a)) = key1 (box (List.map box a))
+            && key1 (box (Array.ofList b)) = key1 (box (List.map box b))
+            && key1 (box (Array.ofList c)) = key1 (box (List.map box c))
+            && key1 (box (Array.ofList d)) = key1 (box (List.map box d)))
         testProperty "different integers have different keys" (fun (a: int) (b: int) ->
             (a = b) = (key1 (box a) = key1 (box b)))
     ]

@@ -358,7 +358,15 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         for e in userExecutors do
             executors[e.Label] <- e
         executors[Config.InternalLabel] <- ThreadPoolExecutor(Config.InternalLabel, config.InternalTasksMaxThreads)
-        let dfk = new DataFlowKernel(config, runDir, log, executors)
+        let dfk =
+            try
+                new DataFlowKernel(config, runDir, log, executors)
+            with _ ->
+                // A bad checkpoint is found while the kernel is built: close the log file it opened.
+                match log with
+                | :? IDisposable as d -> d.Dispose()
+                | _ -> ()
+                reraise ()
         dfk.Start()
         dfk
 
