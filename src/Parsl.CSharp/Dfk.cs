@@ -57,7 +57,9 @@ public sealed partial class Dfk : IAsyncDisposable
     /// <param name="cancellationToken">Stops waiting (the tasks go on).</param>
     /// <returns>A task that completes when the tasks are final.</returns>
     public Task WaitForCurrentTasksAsync(CancellationToken cancellationToken = default) =>
-        kernel.WaitForCurrentTasksAsync().WaitAsync(cancellationToken);
+        cancellationToken.IsCancellationRequested
+            ? Task.FromCanceled(cancellationToken)
+            : kernel.WaitForCurrentTasksAsync().WaitAsync(cancellationToken);
 
     /// <summary>Shuts the kernel down as <see cref="DfkOptions.ExitMode"/> says (Parsl's <c>cleanup</c>).</summary>
     /// <param name="cancellationToken">Stops waiting (the shutdown goes on).</param>
@@ -95,11 +97,12 @@ public sealed partial class Dfk : IAsyncDisposable
     private static AppOptions Options(FunctionAppOptions? o) =>
         o is null
             ? AppOptionsModule.defaults
-            : AppHandles.Options(o.Name, o.Executors.ToArray(), new Dictionary<string, object>(o.Resources), null, null, null, null);
+            : AppHandles.Options(o.Name, o.Executors.ToArray(), new Dictionary<string, object>(o.Resources), null, null, null, null,
+                o.Cache, o.IgnoreForCache.ToArray());
 
     private static AppOptions ShellOptions(ShellAppOptions? o) =>
         o is null
             ? AppOptionsModule.defaults
             : AppHandles.Options(o.Name, o.Executors.ToArray(), new Dictionary<string, object>(o.Resources),
-                o.Stdout?.Spec, o.Stderr?.Spec, o.Walltime, o.Outputs.ToArray());
+                o.Stdout?.Spec, o.Stderr?.Spec, o.Walltime, o.Outputs.ToArray(), o.Cache, o.IgnoreForCache.ToArray());
 }

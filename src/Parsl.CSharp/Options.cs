@@ -155,6 +155,15 @@ public class FunctionAppOptions
     /// <summary>Parsl's <c>parsl_resource_specification</c>, checked by the executor
     /// (<see cref="InvalidResourceSpecification"/> for keys it does not know). Default empty.</summary>
     public IDictionary<string, object> Resources { get; } = new Dictionary<string, object>();
+
+    /// <summary>Memoize calls (Parsl's <c>cache</c>): a call with the same arguments as one that completed returns
+    /// that result without running (state <c>memo_done</c>), and with a checkpoint mode it is reused by later runs.
+    /// Default false.</summary>
+    public bool Cache { get; set; }
+
+    /// <summary>Parameters left out of the memo key, by name or 0-based position (Parsl's <c>ignore_for_cache</c>).
+    /// Default empty.</summary>
+    public IList<string> IgnoreForCache { get; } = new List<string>();
 }
 
 /// <summary>Options of a shell app (Parsl's <c>bash_app</c> parameters). All optional.</summary>

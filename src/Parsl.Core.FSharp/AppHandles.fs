@@ -6,6 +6,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
+open Parsl.Data
 
 /// A Task returned by a join body, boxed so that the executor hands it to the kernel as the join's inner
 /// future instead of awaiting it on its own thread (the executor awaits any Task a body returns).
@@ -18,7 +19,7 @@ type internal JoinTask(task: Task) =
 [<Sealed>]
 type internal AppHandle<'R>
     (dfk: DataFlowKernel, name: string, kind: AppKind, opts: AppOptions, build: TaskId -> obj[] -> TaskBody,
-     joinShape: obj -> (obj[] * (obj[] -> obj)) option, remake: AppOptions -> AppHandle<'R>) =
+     joinShape: obj -> (obj[] * (obj[] -> obj)) option, memo: MemoSpec option, remake: AppOptions -> AppHandle<'R>) =
     /// The app's name.
     member _.Name = name
     /// The kernel the app submits to.
@@ -26,7 +27,7 @@ type internal AppHandle<'R>
     /// The app's options.
     member _.Options = opts
     /// Submits one call; the slots are the arguments in order.
-    member _.Call(slots: ArgSlot[]) : AppFuture<'R> = App.submit<'R> dfk name kind opts slots build joinShape
+    member _.Call(slots: ArgSlot[]) : AppFuture<'R> = App.submitWith<'R> dfk name memo kind opts slots build joinShape
 
     /// The same app with the options that `overrides` sets (a name, executors, resources, streams, walltime,
     /// outputs) replacing its own: Parsl's per-call keyword arguments, for the calls made through the copy.
@@ -40,7 +41,9 @@ type internal AppHandle<'R>
                 Stdout = pick overrides.Stdout opts.Stdout
                 Stderr = pick overrides.Stderr opts.Stderr
                 Walltime = pick overrides.Walltime opts.Walltime
-                Outputs = if overrides.Outputs.IsEmpty then opts.Outputs else overrides.Outputs }
+                Outputs = if overrides.Outputs.IsEmpty then opts.Outputs else overrides.Outputs
+                Cache = overrides.Cache || opts.Cache
+                IgnoreForCache = if overrides.IgnoreForCache.IsEmpty then opts.IgnoreForCache else overrides.IgnoreForCache }
         dfk.CheckLabels(defaultArg merged.Name name, merged.Executors)
         remake merged
 
@@ -63,16 +66,25 @@ type internal AppHandles private () =
     /// Options from parts a caller without F# types can supply; null/empty means "not given".
     static member Options
         (name: string, executors: string[], resources: IReadOnlyDictionary<string, obj>, stdout: StdSpec,
-         stderr: StdSpec, walltime: Nullable<TimeSpan>, outputs: string[]) : AppOptions =
-        { Name = Option.ofObj name
-          Executors = if isNull executors then [] else List.ofArray executors
-          Resources =
-            if isNull resources then Map.empty
-            else resources |> Seq.map (fun (KeyValue(k, v)) -> k, v) |> Map.ofSeq
-          Stdout = Option.ofObj stdout
-          Stderr = Option.ofObj stderr
-          Walltime = Option.ofNullable walltime
-          Outputs = if isNull outputs then [] else List.ofArray outputs }
+         stderr: StdSpec, walltime: Nullable<TimeSpan>, outputs: string[], cache: bool, ignoreForCache: string[])
+        : AppOptions =
+        { AppOptions.defaults with
+            Name = Option.ofObj name
+            Executors = if isNull executors then [] else List.ofArray executors
+            Resources =
+              if isNull resources then Map.empty
+              else resources |> Seq.map (fun (KeyValue(k, v)) -> k, v) |> Map.ofSeq
+            Stdout = Option.ofObj stdout
+            Stderr = Option.ofObj stderr
+            Walltime = Option.ofNullable walltime
+            Outputs = if isNull outputs then [] else List.ofArray outputs
+            Cache = cache
+            IgnoreForCache = if isNull ignoreForCache then [] else List.ofArray ignoreForCache }
+
+    /// How to memoize an app's calls: its parameters, less the trailing CancellationToken the executor supplies.
+    static member private Memo(o: AppOptions, name: string, del: Delegate, takesToken: bool) =
+        let arity = del.Method.GetParameters().Length - (if takesToken then 1 else 0)
+        App.memoSpec o name del arity
 
     static member private Prepare(dfk: DataFlowKernel, opts: AppOptions, del: Delegate) =
         if isNull (box dfk) then nullArg "dfk"
@@ -91,7 +103,7 @@ type internal AppHandles private () =
         let rec make (o: AppOptions) =
             let name = o.Name.Value
             let build = App.functionCall name del takesToken (fun a ct -> invoke.Invoke(a, ct))
-            AppHandle<'R>(dfk, name, FunctionApp, o, build, (fun _ -> None), make)
+            AppHandle<'R>(dfk, name, FunctionApp, o, build, (fun _ -> None), AppHandles.Memo(o, name, del, takesToken), make)
         make opts
 
     /// A shell app: `command` builds the command line from the resolved arguments, on the client.
@@ -108,7 +120,7 @@ type internal AppHandles private () =
                       Stderr = o.Stderr |> Option.map (App.stdPath dfk name id "stderr")
                       Walltime = o.Walltime
                       Outputs = o.Outputs }
-            AppHandle<int>(dfk, name, ShellApp, o, build, (fun _ -> None), make)
+            AppHandle<int>(dfk, name, ShellApp, o, build, (fun _ -> None), AppHandles.Memo(o, name, del, false), make)
         make opts
 
     static member private JoinBody(name, del, invoke: Func<obj[], obj>) =
@@ -134,7 +146,7 @@ type internal AppHandles private () =
         let rec make (o: AppOptions) =
             // Join bodies always run on the internal executor.
             let o = { o with Executors = [] }
-            AppHandle<'R>(dfk, o.Name.Value, JoinApp, o, AppHandles.JoinBody(o.Name.Value, del, invoke), shape, make)
+            AppHandle<'R>(dfk, o.Name.Value, JoinApp, o, AppHandles.JoinBody(o.Name.Value, del, invoke), shape, AppHandles.Memo(o, o.Name.Value, del, false), make)
         make opts
 
     /// A join app whose body returns several futures (`AppFuture<'R>` or `Task<'R>`); the app's future
@@ -157,7 +169,7 @@ type internal AppHandles private () =
             | _ -> None
         let rec make (o: AppOptions) =
             let o = { o with Executors = [] }
-            AppHandle<'R[]>(dfk, o.Name.Value, JoinApp, o, body o.Name.Value, shape, make)
+            AppHandle<'R[]>(dfk, o.Name.Value, JoinApp, o, body o.Name.Value, shape, AppHandles.Memo(o, o.Name.Value, del, false), make)
         make opts
 
 /// Builds a `Config` from parts a caller without F# types can supply (the C# façade's options).

@@ -7,6 +7,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
+open Parsl.Data
 
 /// An argument of an app call: a value, a future whose result is the value (a dependency), or several
 /// futures gathered into an array. C# converts values, `AppFuture<T>` and `Task<T>` implicitly.
@@ -37,6 +38,26 @@ module Arg =
     let all (futures: seq<AppFuture<'T>>) : Arg<'T[]> =
         let fs = futures |> Seq.map box |> Array.ofSeq
         Arg<'T[]>(Gather(fs, fun rs -> box (rs |> Array.map unbox<'T>)))
+    /// A file the app reads: staged in first when it is remote (`http`, `ftp`, `zip`, ...); the app gets it
+    /// with `LocalPath` set.
+    let file (f: Parsl.Data.File) : Arg<Parsl.Data.File> =
+        if isNull (box f) then nullArg "f"
+        Arg<Parsl.Data.File>(Plain(box f))
+    /// A file the call writes (Parsl's `outputs=[...]`): the call's future gets a `DataFuture` for it in
+    /// `Outputs`, completed once the file is written and staged out. The app gets it with `LocalPath` set
+    /// when it is staged (write to `Filepath`).
+    let output (f: Parsl.Data.File) : Arg<Parsl.Data.File> =
+        if isNull (box f) then nullArg "f"
+        Arg<Parsl.Data.File>(Plain(box { Output = f }))
+    /// A file another call produces: the call depends on it, and gets the file, staged in when needed.
+    let data (d: DataFuture) : Arg<Parsl.Data.File> =
+        if isNull d then nullArg "d"
+        Arg<Parsl.Data.File>(Plain(box { Data = [| d |]; Single = true }))
+    /// Several files other calls produce, in order (Parsl's `inputs=[...]` of DataFutures).
+    let files (ds: seq<DataFuture>) : Arg<Parsl.Data.File[]> =
+        let ds = Array.ofSeq ds
+        if ds |> Array.exists isNull then invalidArg "ds" "contains a null DataFuture"
+        Arg<Parsl.Data.File[]>(Plain(box { Data = ds; Single = false }))
 
 /// Where a shell app's stdout or stderr goes.
 type StdSpec =
@@ -47,6 +68,8 @@ type StdSpec =
     /// A file named after the task under the run directory (Parsl's `AUTO_LOGNAME`):
     /// `task_logs/NNNN/task_NNNN_<app>.stdout|stderr`.
     | Auto
+    /// A `File`, truncated first and staged out like an output; the future's `Stdout`/`Stderr` is its `DataFuture`.
+    | Staged of Parsl.Data.File
 
 /// Per-app options (Parsl's decorator parameters and reserved keyword arguments).
 type AppOptions =
@@ -62,7 +85,12 @@ type AppOptions =
       /// Shell apps: kill the process group and fail with `AppTimeout` after this long.
       Walltime: TimeSpan option
       /// Shell apps: files that must exist afterwards (`MissingOutputs` otherwise).
-      Outputs: string list }
+      Outputs: string list
+      /// Memoize calls: a call with the same app and argument values as one that completed returns its result
+      /// without running (Parsl's `cache`). Needs `Config.AppCache` (on by default). Default false.
+      Cache: bool
+      /// Arguments left out of the memo key, by parameter name or 0-based position (Parsl's `ignore_for_cache`).
+      IgnoreForCache: string list }
 
 /// Functions over app options.
 [<RequireQualifiedAccess>]
@@ -75,7 +103,9 @@ module AppOptions =
           Stdout = None
           Stderr = None
           Walltime = None
-          Outputs = [] }
+          Outputs = []
+          Cache = false
+          IgnoreForCache = [] }
 
 /// Creates apps. Each app is a function returning an `AppFuture` at once; its arguments may be futures.
 [<RequireQualifiedAccess>]
@@ -91,12 +121,62 @@ module App =
         if opts.Resources.IsEmpty then Resources.empty
         else Dictionary<string, obj>(opts.Resources) :> _
 
-    let internal prepare (dfk: DataFlowKernel) (opts: AppOptions) (f: obj) =
+    /// The parameter names of a function value (an F# function or a delegate) of `arity` arguments, where the
+    /// compiler kept them.
+    let private parameterNames (f: obj) (arity: int) =
+        let fromInvoke =
+            match f with
+            | :? Delegate as d -> Some(d.Method.GetParameters() |> Array.map (fun p -> p.Name) |> Array.truncate arity)
+            | _ ->
+                f.GetType().GetMethods()
+                |> Array.tryFind (fun m -> m.Name = "Invoke" && m.GetParameters().Length = arity && m.DeclaringType = f.GetType())
+                |> Option.map (fun m -> m.GetParameters() |> Array.map (fun p -> p.Name))
+        match fromInvoke with
+        | Some names when names.Length <> arity -> Array.init arity (sprintf "arg%d")
+        | Some names when names |> Array.forall (fun n -> not (String.IsNullOrEmpty n)) -> names
+        | _ -> Array.init arity (sprintf "arg%d")
+
+    /// The app's identity beyond its name: for an F# function, its compiled closure type; for a delegate, the
+    /// method's declaring type and name. Parsl uses the function's module and name, not its code.
+    let private identity (f: obj) =
+        match f with
+        | :? Delegate as d when not (isNull d.Method.DeclaringType) ->
+            Memo.stableTypeName d.Method.DeclaringType + "::" + d.Method.Name
+        | _ -> Memo.stableTypeName (f.GetType())
+
+    /// How to memoize calls of an app of `arity` arguments made from `f` (an F# function or a delegate);
+    /// None unless `opts.Cache`. Raises `ConfigurationError` for an `IgnoreForCache` entry naming no parameter.
+    let internal memoSpec (opts: AppOptions) (name: string) (f: obj) (arity: int) =
+        if not opts.Cache then None
+        else
+            let names = parameterNames f arity
+            let positions =
+                opts.IgnoreForCache
+                |> List.map (fun entry ->
+                    match Array.tryFindIndex ((=) entry) names with
+                    | Some i -> i
+                    | None ->
+                        match Int32.TryParse entry with
+                        | true, i when i >= 0 && i < arity -> i
+                        | _ ->
+                            raise (
+                                ConfigurationError(
+                                    "AppOptions.IgnoreForCache",
+                                    sprintf "app '%s' has no parameter '%s'; its parameters are %s (or give 0-based positions)"
+                                        name entry (String.Join(", ", names)))
+                            ))
+            Some
+                { AppName = name
+                  Identity = identity f
+                  ArgNames = names
+                  Ignored = Array.init arity (fun i -> List.contains i positions) }
+
+    let internal prepare (dfk: DataFlowKernel) (opts: AppOptions) (f: obj) (arity: int) =
         if isNull (box dfk) then nullArg "dfk"
         if isNull f then nullArg "f"
         let name = defaultArg opts.Name (nameOf f)
         dfk.CheckLabels(name, opts.Executors)
-        name
+        name, memoSpec opts name f arity
 
     let internal functionCall name (del: Delegate) takesToken (invoke: obj[] -> CancellationToken -> obj) =
         fun (_: TaskId) (args: obj[]) ->
@@ -109,47 +189,62 @@ module App =
 
     let private noJoin = fun (_: obj) -> None
 
-    let internal submit<'R> (dfk: DataFlowKernel) name kind (opts: AppOptions) slots build joinShape =
-        dfk.Submit<'R>(name, kind, opts.Executors, slots, build, resources opts, joinShape)
+    let private stdFile (spec: StdSpec option) =
+        match spec with
+        | Some(Staged f) -> Some f
+        | _ -> None
+
+    /// Submits a call, with its staging, memoized when `memo` is given (see `memoSpec`).
+    let internal submitWith<'R> (dfk: DataFlowKernel) (name: string) (memo: MemoSpec option) kind (opts: AppOptions) slots build joinShape =
+        Staging.submit<'R> dfk name kind opts.Executors slots build (resources opts) joinShape memo
+            (stdFile opts.Stdout, stdFile opts.Stderr)
+
+    /// Submits a call with its staging, not memoized.
+    let internal submit<'R> (dfk: DataFlowKernel) (name: string) kind (opts: AppOptions) slots build joinShape =
+        submitWith<'R> dfk name None kind opts slots build joinShape
 
     /// A function app with options.
     let funcWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'R) : Arg<'A> -> AppFuture<'R> =
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 1
+        let name = fst app
         let del = Func<'A, 'R>(f)
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
-        fun (a: Arg<'A>) -> submit<'R> dfk name FunctionApp opts [| a.Slot |] build noJoin
+        fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot |] build noJoin
 
     /// A function app: `let square = App.func dfk (fun x -> x * x)` then `square (Arg.value 3)`.
     let func dfk (f: 'A -> 'R) = funcWith dfk AppOptions.defaults f
 
     /// A function app of two arguments, with options.
     let func2With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> 'R) : Arg<'A> -> Arg<'B> -> AppFuture<'R> =
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 2
+        let name = fst app
         let del = Func<'A, 'B, 'R>(fun a b -> f a b)
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1])))
-        fun (a: Arg<'A>) (b: Arg<'B>) -> submit<'R> dfk name FunctionApp opts [| a.Slot; b.Slot |] build noJoin
+        fun (a: Arg<'A>) (b: Arg<'B>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot; b.Slot |] build noJoin
 
     /// A function app of two arguments.
     let func2 dfk (f: 'A -> 'B -> 'R) = func2With dfk AppOptions.defaults f
 
     /// A function app of three arguments, with options.
     let func3With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> 'C -> 'R) =
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 3
+        let name = fst app
         let del = Func<'A, 'B, 'C, 'R>(fun a b c -> f a b c)
         let build =
             functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1]) (unbox<'C> a[2])))
         fun (a: Arg<'A>) (b: Arg<'B>) (c: Arg<'C>) ->
-            submit<'R> dfk name FunctionApp opts [| a.Slot; b.Slot; c.Slot |] build noJoin
+            submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot; b.Slot; c.Slot |] build noJoin
 
     /// A function app of three arguments.
     let func3 dfk (f: 'A -> 'B -> 'C -> 'R) = func3With dfk AppOptions.defaults f
 
     /// An asynchronous function app: the body gets a token that is cancelled when the task is.
     let asyncWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> CancellationToken -> Task<'R>) : Arg<'A> -> AppFuture<'R> =
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 1
+        let name = fst app
         let del = Func<'A, CancellationToken, Task<'R>>(fun a ct -> f a ct)
         let build = functionCall name del true (fun a ct -> box (f (unbox<'A> a[0]) ct))
-        fun (a: Arg<'A>) -> submit<'R> dfk name FunctionApp opts [| a.Slot |] build noJoin
+        fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot |] build noJoin
 
     /// An asynchronous function app.
     let async dfk (f: 'A -> CancellationToken -> Task<'R>) = asyncWith dfk AppOptions.defaults f
@@ -165,11 +260,13 @@ module App =
             let dir = System.IO.Path.Combine(dfk.RunDir, "task_logs", sprintf "%04d" (id.Value / 10000))
             Directory.CreateDirectory dir |> ignore
             Append(System.IO.Path.Combine(dir, sprintf "task_%04d_%s.%s" id.Value name which))
+        | Staged f -> Truncate(Staging.stdPath dfk f)
 
     /// A shell app with options: the function returns a command line, run by `/bin/bash`. The future's
     /// result is 0; a non-zero exit fails it with `BashExitFailure` carrying the code.
     let shellWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> string) : Arg<'A> -> AppFuture<int> =
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 1
+        let name = fst app
         let build (id: TaskId) (args: obj[]) =
             Shell
                 { AppName = name
@@ -178,14 +275,15 @@ module App =
                   Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
                   Walltime = opts.Walltime
                   Outputs = opts.Outputs }
-        fun (a: Arg<'A>) -> submit<int> dfk name ShellApp opts [| a.Slot |] build noJoin
+        fun (a: Arg<'A>) -> submitWith<int> dfk name (snd app) ShellApp opts [| a.Slot |] build noJoin
 
     /// A shell app.
     let shell dfk (f: 'A -> string) = shellWith dfk AppOptions.defaults f
 
     /// A shell app of two arguments, with options.
     let shell2With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> string) : Arg<'A> -> Arg<'B> -> AppFuture<int> =
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 2
+        let name = fst app
         let build (id: TaskId) (args: obj[]) =
             Shell
                 { AppName = name
@@ -194,7 +292,7 @@ module App =
                   Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
                   Walltime = opts.Walltime
                   Outputs = opts.Outputs }
-        fun (a: Arg<'A>) (b: Arg<'B>) -> submit<int> dfk name ShellApp opts [| a.Slot; b.Slot |] build noJoin
+        fun (a: Arg<'A>) (b: Arg<'B>) -> submitWith<int> dfk name (snd app) ShellApp opts [| a.Slot; b.Slot |] build noJoin
 
     let private oneFuture (v: obj) =
         match v with
@@ -206,22 +304,24 @@ module App =
     /// A failure of the inner future fails the app with `JoinError`. Bodies run on the internal executor.
     let join (dfk: DataFlowKernel) (f: 'A -> AppFuture<'R>) : Arg<'A> -> AppFuture<'R> =
         let opts = AppOptions.defaults
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 1
+        let name = fst app
         let del = Func<'A, AppFuture<'R>>(f)
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
-        fun (a: Arg<'A>) -> submit<'R> dfk name JoinApp opts [| a.Slot |] build oneFuture
+        fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) JoinApp opts [| a.Slot |] build oneFuture
 
     /// A join app whose body returns several futures; the app's future completes with their results, in order.
     let joinAll (dfk: DataFlowKernel) (f: 'A -> seq<AppFuture<'R>>) : Arg<'A> -> AppFuture<'R[]> =
         let opts = AppOptions.defaults
-        let name = prepare dfk opts f
+        let app = prepare dfk opts f 1
+        let name = fst app
         let del = Func<'A, seq<AppFuture<'R>>>(f)
         let build = functionCall name del false (fun a _ -> box (Array.ofSeq (f (unbox<'A> a[0]))))
         let shape (v: obj) =
             match v with
             | :? (AppFuture<'R>[]) as fs -> Some(fs |> Array.map box, fun (rs: obj[]) -> box (rs |> Array.map unbox<'R>))
             | _ -> None
-        fun (a: Arg<'A>) -> submit<'R[]> dfk name JoinApp opts [| a.Slot |] build shape
+        fun (a: Arg<'A>) -> submitWith<'R[]> dfk name (snd app) JoinApp opts [| a.Slot |] build shape
 
 /// Waiting on futures from F#.
 [<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]

@@ -1,6 +1,7 @@
 namespace Parsl
 
 open Parsl.Executors
+open Parsl.Data
 
 /// What happens when a kernel used with `use`/`await using` is disposed (Parsl's `Config.exit_mode`).
 type ExitMode =
@@ -51,7 +52,26 @@ type Config =
       /// Back-pressure (Parsl has none, its issue #1347): an app call blocks while this many tasks are unfinished,
       /// so a loop submitting millions of tasks holds memory for at most this many. 0 = unbounded (default).
       /// Calls made from inside a running task are never blocked, so nested workflows cannot deadlock.
-      MaxTasksInFlight: int }
+      MaxTasksInFlight: int
+      /// Memoize the calls of apps created with `AppOptions.Cache = true` (Parsl's `app_cache`). Default true.
+      AppCache: bool
+      /// When to write checkpoints of cached tasks' results to `runinfo/NNN/checkpoint/` (Parsl's
+      /// `checkpoint_mode`). Default None: no checkpoints.
+      CheckpointMode: CheckpointMode option
+      /// How often `Periodic` checkpoints are written (Parsl's `checkpoint_period`); required by `Periodic`.
+      CheckpointPeriod: System.TimeSpan option
+      /// Checkpoints to load: checkpoint directories (`runinfo/NNN/checkpoint`) or checkpoint files; their
+      /// results are reused, and those calls do not run. Default None: when `CheckpointMode` is set, every
+      /// checkpoint under `RunDir` (as current Parsl); otherwise none. See `Checkpoints.all`/`Checkpoints.last`.
+      CheckpointFiles: string list option
+      /// Memo encodings for argument types of the user's own (Parsl's `id_for_memo.register`). Default none.
+      MemoHashers: (System.Type * MemoHasher) list
+      /// Staging providers, tried in order for each file (Parsl's `storage_access`). Default
+      /// `StagingProvider.defaults`: no-op for local files, FTP, HTTP and zip as separate tasks.
+      Staging: StagingProvider list
+      /// Where staged-in files (and zip members before they are added to the archive) are written
+      /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
+      StagingDir: string option }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -71,7 +91,14 @@ module Config =
           InitializeLogging = true
           LogLevel = Serilog.Events.LogEventLevel.Information
           InternalTasksMaxThreads = 10
-          MaxTasksInFlight = 0 }
+          MaxTasksInFlight = 0
+          AppCache = true
+          CheckpointMode = None
+          CheckpointPeriod = None
+          CheckpointFiles = None
+          MemoHashers = []
+          Staging = StagingProvider.defaults
+          StagingDir = None }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =
@@ -100,4 +127,25 @@ module Config =
               if isNull l || l.Trim() = "" then
                   ConfigurationError("Config.Executors", "an executor has an empty Label; give it a name")
           for e in c.Executors |> List.filter (box >> isNull >> not) do
-              yield! e.Validate() ]
+              yield! e.Validate()
+          match c.CheckpointMode, c.CheckpointPeriod with
+          | Some Periodic, None ->
+              ConfigurationError(
+                  "Config.CheckpointPeriod",
+                  "is required by CheckpointMode Periodic; set it, e.g. Some(TimeSpan.FromMinutes 30.0)")
+          | _, Some p when p <= System.TimeSpan.Zero ->
+              ConfigurationError("Config.CheckpointPeriod", sprintf "must be positive (got %O)" p)
+          | _ -> ()
+          match c.CheckpointFiles with
+          | Some files when files |> List.exists (fun f -> isNull f || f.Trim() = "") ->
+              ConfigurationError("Config.CheckpointFiles", "contains an empty path; list checkpoint directories or files")
+          | _ -> ()
+          if isNull (box c.Staging) then
+              ConfigurationError("Config.Staging", "is null; use StagingProvider.defaults or a list of providers")
+          match c.StagingDir with
+          | Some d when isNull d || d.Trim() = "" ->
+              ConfigurationError("Config.StagingDir", "is empty; give a directory, or None for data/ in the run directory")
+          | _ -> ()
+          for t, h in c.MemoHashers do
+              if isNull t || isNull (box h) then
+                  ConfigurationError("Config.MemoHashers", "has a null type or hasher; each entry is (type, value -> bytes)") ]

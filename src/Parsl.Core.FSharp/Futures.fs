@@ -4,6 +4,7 @@ open System
 open System.Threading
 open System.Threading.Tasks
 open Parsl.Core
+open Parsl.Data
 
 /// Lets an executor lend a thread's slot while the code on it blocks waiting for a future, so that a task
 /// may submit further tasks and wait on them without deadlock (a "managed blocker").
@@ -36,6 +37,9 @@ type AppFuture
      complete: TaskState -> Completion -> (unit -> obj) -> unit) =
     [<VolatileField>]
     let mutable state = Pending
+    let mutable outputs: DataFuture list = []
+    let mutable stdoutFuture: DataFuture option = None
+    let mutable stderrFuture: DataFuture option = None
 
     /// The task's id.
     member _.TaskId = id
@@ -75,8 +79,51 @@ type AppFuture
             use _ = Blocking.Enter()
             (task :> IAsyncResult).AsyncWaitHandle.WaitOne() |> ignore
 
+    /// The futures of the files the call declared as outputs (`Arg.output`), in order (Parsl's `outputs`).
+    member _.Outputs: DataFuture list = outputs
+    /// A shell app's stdout when it was given as a `File` (staged out like an output).
+    member _.Stdout: DataFuture option = stdoutFuture
+    /// A shell app's stderr when it was given as a `File` (staged out like an output).
+    member _.Stderr: DataFuture option = stderrFuture
+    member internal _.SetFiles(o, out, err) =
+        outputs <- o
+        stdoutFuture <- out
+        stderrFuture <- err
+
     override this.ToString() =
         sprintf "<AppFuture task %d (%s) %s>" id.Value appName (TaskState.name this.State)
+
+/// The future of a file an app produces (Parsl's `DataFuture`): completes with the `File` when the task that
+/// produces it (the app, or its stage-out task) succeeds, and fails with that task's exception otherwise.
+/// Pass it to another app with `Arg.data` to depend on it.
+and [<Sealed; AllowNullLiteral>] DataFuture internal (file: File, parent: AppFuture) =
+    let task =
+        parent.AsTask.ContinueWith(
+            (fun (t: Task) ->
+                if t.IsCanceled then raise (OperationCanceledException(sprintf "Task %d was cancelled" parent.TaskId.Value))
+                elif t.IsFaulted then raise parent.Exception
+                else file),
+            CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously,
+            TaskScheduler.Default)
+
+    /// The file (with its local path when it was staged).
+    member _.File = file
+    /// The id of the task that produces the file (Parsl's `tid`).
+    member _.TaskId = parent.TaskId
+    /// The producing task's future.
+    member _.Parent = parent
+    /// The file's path (Parsl's `filepath`).
+    member _.Filepath = file.Filepath
+    /// The file's name (Parsl's `filename`).
+    member _.FileName = file.FileName
+    /// The future as a `Task<File>`.
+    member _.Task: Task<File> = task
+    /// Whether the producing task is final.
+    member _.IsCompleted = task.IsCompleted
+    /// Makes the future awaitable.
+    member _.GetAwaiter() = task.GetAwaiter()
+    override _.ToString() = sprintf "<DataFuture %s of task %d>" file.Url parent.TaskId.Value
 
 module internal FutureCompletion =
     let complete (tcs: TaskCompletionSource<'T>) (final: TaskState) (completion: Completion) (joinResults: unit -> obj) =

@@ -317,4 +317,20 @@ public class AppTests
         var sleep = dfk.ShellApp((int seconds) => $"sleep {seconds}").With(new ShellAppOptions { Walltime = TimeSpan.FromMilliseconds(500) });
         Assert.IsType<AppTimeout>(await FailureOf(sleep.Invoke(60)));
     }
+
+    [Fact]
+    public async Task Cached_apps_return_earlier_results_without_running_again()
+    {
+        await using var dfk = await LoadAsync();
+        var runs = 0;
+        var slow = dfk.App((int x, string note) => { Interlocked.Increment(ref runs); return x * 2; },
+            new FunctionAppOptions { Cache = true, IgnoreForCache = { "note" } });
+        Assert.Equal(42, await slow.Invoke(21, "first").Within());
+        var again = slow.Invoke(21, "a different note");
+        Assert.Equal(42, await again.Within());
+        Assert.Equal(States.MemoDone, again.Status);
+        Assert.Equal(1, runs);
+        Assert.Equal(44, await slow.Invoke(22, "first").Within());
+        Assert.Equal(2, runs);
+    }
 }

@@ -10,7 +10,18 @@ let all =
         DeepResolverTests.tests
         AppTests.tests
         WorkflowTests.tests
+        FilesTests.tests
+        MemoTests.tests
+        CheckpointTests.tests
+        MemoizationTests.tests
+        StagingTests.tests
     ]
 
 [<EntryPoint>]
-let main argv = runTestsWithCLIArgs [] argv all
+let main argv =
+    match argv with
+    // A child process for the memo-key stability test: prints the key of fixed arguments.
+    | [| "--memo-key" |] ->
+        printfn "%s" (MemoTests.sampleKey false)
+        0
+    | _ -> runTestsWithCLIArgs [] argv all

@@ -8,6 +8,7 @@ open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
 open Parsl.Runtime
+open Parsl.Data
 
 /// One argument of an app call, before resolution.
 type internal ArgSlot =
@@ -78,7 +79,9 @@ type internal Invocation =
       /// Whether the call took a slot of `Config.MaxTasksInFlight` (given back when the task is final).
       HoldsSlot: bool
       mutable JoinFutures: obj[]
-      mutable JoinCombine: obj[] -> obj }
+      mutable JoinCombine: obj[] -> obj
+      /// How to memoize the call; None when the app is not cached.
+      Memo: MemoSpec option }
 
 type internal HostMessage =
     | Submitted of Invocation
@@ -106,6 +109,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let mutable loopTask: Task = Task.CompletedTask
     let debug = log.IsEnabled Serilog.Events.LogEventLevel.Debug
     let inFlight = if config.MaxTasksInFlight > 0 then new SemaphoreSlim(config.MaxTasksInFlight) else null
+    let memoizer = Memoizer(config, runDir, log)
 
     let post m =
         if not (mailbox.Post m) then
@@ -206,11 +210,20 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                     | None ->
                         match
                             (try
-                                Ok(inv.Build id (inv.Slots |> Array.map resolve))
+                                let args = inv.Slots |> Array.map resolve
+                                // Parsl's launch_task: the memo table first; a hit never reaches the executor.
+                                match memoizer.Check(id, inv.Memo, args) with
+                                | Miss -> Ok(Some(inv.Build id args))
+                                | HitValue v ->
+                                    followUps.Enqueue(MemoHit(id, tryId, v))
+                                    Ok None
+                                | HitError e
+                                | KeyFailed e -> Result.Error e
                              with e ->
                                  Result.Error e)
                         with
-                        | Ok body ->
+                        | Ok None -> ()
+                        | Ok(Some body) ->
                             if debug then
                                 log.Debug("Task {Task} try {Try} launched on executor {Executor}", id.Value, tryId.Value, label)
                             ex.Submit
@@ -235,6 +248,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             with e ->
                 // A result of the wrong type, or a join combine that failed: the future still completes.
                 inv.Future.Complete(Failed, Error(AppException(sprintf "Task %d's result could not be delivered" id.Value, e)), joinResults)
+            memoizer.Record(id, final, completion, fun () -> inv.Future.ResultObject)
             if final <> ExecDone && final <> MemoDone then
                 match completion with
                 | Error e -> log.Information("Task {Task} ({App}) ended {State}: {Error}", id.Value, inv.AppName, TaskState.name final, e.Message)
@@ -326,6 +340,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | ls -> ls[Random.Shared.Next ls.Length]
 
     member private _.Start() =
+        memoizer.Start()
         let context =
             { RunDir = runDir
               Report = fun e -> post (FromExecutor e)
@@ -354,7 +369,15 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         for e in userExecutors do
             executors[e.Label] <- e
         executors[Config.InternalLabel] <- ThreadPoolExecutor(Config.InternalLabel, config.InternalTasksMaxThreads)
-        let dfk = new DataFlowKernel(config, runDir, log, executors)
+        let dfk =
+            try
+                new DataFlowKernel(config, runDir, log, executors)
+            with _ ->
+                // A bad checkpoint is found while the kernel is built: close the log file it opened.
+                match log with
+                | :? IDisposable as d -> d.Dispose()
+                | _ -> ()
+                reraise ()
         dfk.Start()
         dfk
 
@@ -393,6 +416,14 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                 )
 
     member internal this.Submit<'T>(appName, kind, labels: string list, slots: ArgSlot[], build, resources, joinShape) : AppFuture<'T> =
+        this.SubmitWith<'T>(appName, kind, labels, slots, build, resources, joinShape, None)
+
+    /// The executor label a call of an app will run on (Parsl chooses once, at submit).
+    member internal _.ChooseExecutor(kind: AppKind, labels: string list) =
+        if kind = JoinApp then Config.InternalLabel else choose labels
+
+    /// `Submit`, memoized when `memo` is given.
+    member internal this.SubmitWith<'T>(appName, kind, labels: string list, slots: ArgSlot[], build, resources, joinShape, memo: MemoSpec option) : AppFuture<'T> =
         if Volatile.Read(&closed) = 1 then
             raise (NoDataFlowKernelError(sprintf "Cannot call app '%s': its DataFlowKernel was cleaned up" appName))
         // Back-pressure: wait for a slot, except on executor threads (a task submitting children must not block).
@@ -403,7 +434,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             inFlight.Release() |> ignore
             raise (NoDataFlowKernelError(sprintf "Cannot call app '%s': its DataFlowKernel was cleaned up" appName))
         let id = TaskId(Interlocked.Increment(&taskCount))
-        let label = if kind = JoinApp then Config.InternalLabel else choose labels
+        let label = this.ChooseExecutor(kind, labels)
         let future = AppFuture<'T>(id, appName, this)
         let slots =
             if config.DependencyResolver = Deep then
@@ -427,9 +458,17 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                   JoinShape = joinShape
                   HoldsSlot = holdsSlot
                   JoinFutures = [||]
-                  JoinCombine = fun _ -> null }
+                  JoinCombine = fun _ -> null
+                  Memo = memo }
         )
         future
+
+    /// Writes a checkpoint of the cached results gathered since the last one (Parsl's `checkpoint()`; the
+    /// way to checkpoint in `Manual` mode). Returns the number of records written; 0 when checkpoints are off.
+    member _.CheckpointAsync() : Task<int> = memoizer.CheckpointAsync()
+
+    /// This run's checkpoint file (`runinfo/NNN/checkpoint/tasks.ckpt`); it exists once a record was written.
+    member _.CheckpointFile = memoizer.CheckpointFile
 
     /// Waits until every task submitted so far is final (Parsl's `wait_for_current_tasks`).
     member _.WaitForCurrentTasksAsync() : Task =
@@ -464,6 +503,9 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             do! abandoned.Task
             mailbox.Complete()
             do! loopTask
+            // After the loop: every result that will ever be recorded has been (Parsl closes its memoizer
+            // before the executors, losing results of tries that finish during shutdown).
+            do! memoizer.CloseAsync()
             log.Information("DataFlowKernel cleaned up; final task states: {Counts}",
                             String.Join(", ", finalCounts |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))
             cleanedUp <- true
