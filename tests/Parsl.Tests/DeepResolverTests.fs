@@ -2,4 +2,4 @@ module Parsl.Tests.DeepResolverTests
 
 open Expecto
 
-let tests = testList "DeepResolverTests" []
+let tests = testList "DeepResolver" []

@@ -2,4 +2,4 @@ module Parsl.Tests.KernelTests
 
 open Expecto
 
-let tests = testList "KernelTests" []
+let tests = testList "Kernel" []
