@@ -26,6 +26,8 @@ module internal FutureValue =
             typeof<Reader>.GetMethod("Read", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic).MakeGenericMethod(r).CreateDelegate<Func<Task, obj>>()
         | _ -> Func<Task, obj>(fun _ -> null)
 
+    let private makeReaderFunc = Func<Type, Func<Task, obj>>(makeReader)
+
     /// The future as a Task.
     let asTask (f: obj) : Task =
         match f with
@@ -44,7 +46,7 @@ module internal FutureValue =
     let result (f: obj) : obj =
         match f with
         | :? AppFuture as a -> a.ResultObject
-        | :? Task as t -> readers.GetOrAdd(t.GetType(), makeReader).Invoke t
+        | :? Task as t -> readers.GetOrAdd(t.GetType(), makeReaderFunc).Invoke t
         | _ -> f
 
     /// A completed future's exception, or null if it succeeded.
@@ -236,7 +238,10 @@ module DeepResolver =
                 | None -> Leaf
             | _ -> Leaf
 
-    let private planOf (v: obj) = plans.GetOrAdd(v.GetType(), makePlan)
+    // One delegate, not one per lookup.
+    let private makePlanFunc = Func<Type, Plan>(makePlan)
+
+    let private planOf (v: obj) = plans.GetOrAdd(v.GetType(), makePlanFunc)
 
     let private cycle (v: obj) =
         ArgumentException(
@@ -245,9 +250,7 @@ module DeepResolver =
             "value"
         )
 
-    /// Every future (`AppFuture` or `Task`) inside the value, at any depth, in order; futures are not walked into.
-    /// Raises `ArgumentException` if a container contains itself.
-    let gather (value: obj) : obj list =
+    let private gatherWalk (value: obj) : obj list =
         let found = List<obj>()
         let path = HashSet<obj>(ReferenceEqualityComparer.Instance)
         let rec walk (v: obj) =
@@ -263,9 +266,7 @@ module DeepResolver =
         walk value
         List.ofSeq found
 
-    /// The value with every future replaced by its result (the futures must be complete), containers rebuilt
-    /// with their element types substituted. A value without futures comes back as the same object.
-    let unwrap (value: obj) : obj =
+    let private unwrapWalk (value: obj) : obj =
         let path = HashSet<obj>(ReferenceEqualityComparer.Instance)
         // Returns the value and whether it differs from the input (boxed struct children read afresh are
         // not reference-equal to anything, so "changed" cannot be judged by reference).
@@ -289,3 +290,24 @@ module DeepResolver =
                     else struct (build.Invoke(results, v), true)
         let struct (r, _) = go value
         r
+
+    /// Every future (`AppFuture` or `Task`) inside the value, at any depth, in order; futures are not walked into.
+    /// Raises `ArgumentException` if a container contains itself.
+    let gather (value: obj) : obj list =
+        // Most arguments are plain values: answer those without allocating a walk.
+        if isNull value then []
+        else
+            match planOf value with
+            | Leaf -> []
+            | Future -> [ value ]
+            | Container _ -> gatherWalk value
+
+    /// The value with every future replaced by its result (the futures must be complete), containers rebuilt
+    /// with their element types substituted. A value without futures comes back as the same object.
+    let unwrap (value: obj) : obj =
+        if isNull value then value
+        else
+            match planOf value with
+            | Leaf -> value
+            | Future -> FutureValue.result value
+            | Container _ -> unwrapWalk value
