@@ -73,7 +73,7 @@ type Completion =
 
 /// An event the kernel refused: an error value, never a crash.
 type Rejection =
-    /// The event names a task that is not live.
+    /// The event names a task that is not live, or (`ExternalDone`) one that waits on no external future.
     | UnknownTask of TaskId
     /// A result for a try that is not the current one.
     | StaleTry of TaskId * TryId
