@@ -73,7 +73,7 @@ type Completion =
 
 /// An event the kernel refused: an error value, never a crash.
 type Rejection =
-    /// The event names a task that is not live.
+    /// The event names a task that is not live, or (`ExternalDone`) one that waits on no external future.
     | UnknownTask of TaskId
     /// A result for a try that is not the current one.
     | StaleTry of TaskId * TryId
@@ -104,6 +104,9 @@ type TaskRecord =
       FailCost: float
       /// Unfinished dependencies (while pending) or inner futures (while joining).
       Waiting: int
+      /// How many of `Waiting` are futures from outside the kernel: only these may be ended by `ExternalDone`,
+      /// so a stale or duplicate `ExternalDone` cannot release a task whose kernel dependencies are unfinished.
+      External: int
       /// Failed dependencies (while pending) or failed inner futures (while joining), newest first.
       Failures: FailedDependency list
       CancelRequested: bool }
@@ -266,6 +269,7 @@ module Kernel =
                       FailCount = 0
                       FailCost = 0.0
                       Waiting = 0
+                      External = spec.ExternalDeps
                       Failures = List.rev spec.FailedDeps
                       CancelRequested = false }
                 acc.State <- { acc.State with Live = acc.State.Live + 1 }
@@ -274,12 +278,17 @@ module Kernel =
                 whenReady acc { r with Waiting = live + spec.ExternalDeps }
         | ExternalDone(id, failure) ->
             match Map.tryFind id.Value state.Tasks with
-            | Some r when r.Waiting > 0 ->
+            | Some r when r.External > 0 ->
                 let failures =
                     match failure with
                     | Some e -> (None, e) :: r.Failures
                     | None -> r.Failures
-                whenReady acc { r with Waiting = r.Waiting - 1; Failures = failures }
+                whenReady
+                    acc
+                    { r with
+                        Waiting = r.Waiting - 1
+                        External = r.External - 1
+                        Failures = failures }
             | _ -> emit acc (Rejected(UnknownTask id))
         | TryEnded(id, tryId, result) ->
             current acc id tryId (fun r ->
@@ -291,7 +300,6 @@ module Kernel =
                     else
                         match e with
                         | :? DependencyError -> finish acc r DepFail (Error e)
-                        | _ when r.Spec.Kind = JoinApp -> finish acc r Failed (Error e)
                         | _ ->
                             match Retry.decide r.Spec.Retries r.FailCost cost e with
                             | Retry.GiveUp final -> finish acc r Failed (Error final)
@@ -304,11 +312,20 @@ module Kernel =
                                 | None -> ())
         | JoinReturned(id, tryId, inner, failed, external) ->
             current acc id tryId (fun r ->
-                match transition acc r Joining with
-                | Some r ->
-                    let live = wait acc id inner
-                    whenReady acc { r with Waiting = live + external; Failures = List.rev failed }
-                | None -> ())
+                if r.CancelRequested then
+                    // The body ran to its end before the cancel reached it: the join must not wait any more.
+                    finish acc r Failed (Error(System.OperationCanceledException(sprintf "Task %d was cancelled" id.Value)))
+                else
+                    match transition acc r Joining with
+                    | Some r ->
+                        let live = wait acc id inner
+                        whenReady
+                            acc
+                            { r with
+                                Waiting = live + external
+                                External = external
+                                Failures = List.rev failed }
+                    | None -> ())
         | MemoHit(id, tryId, v) -> current acc id tryId (fun r -> finish acc r MemoDone (Value v))
         | Cancel id ->
             match Map.tryFind id.Value state.Tasks with

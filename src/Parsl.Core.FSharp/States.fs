@@ -76,18 +76,21 @@ module TaskState =
     ///   from \ to        | allowed
     ///   -----------------+-------------------------------------------------------------
     ///   pending          | launched, memo_done, dep_fail, failed (cancel)
-    ///   launched         | running, exec_done, failed, fail_retryable, joining, memo_done
-    ///   running          | running_ended, exec_done, failed, fail_retryable, joining
-    ///   running_ended    | exec_done, failed, fail_retryable, joining
+    ///   launched         | running, exec_done, failed, dep_fail, fail_retryable, joining, memo_done
+    ///   running          | running_ended, exec_done, failed, dep_fail, fail_retryable, joining
+    ///   running_ended    | exec_done, failed, dep_fail, fail_retryable, joining
+    ///
+    /// A launched try may end `dep_fail`: a body that raises `DependencyError` (it waited on a failed future
+    /// itself) is never retried, as in Parsl.
     ///   fail_retryable   | pending
     ///   joining          | exec_done, failed
     ///   final states     | (none)
     let canTransition (from: TaskState) (into: TaskState) =
         match from, into with
         | Pending, (Launched | MemoDone | DepFail | Failed) -> true
-        | Launched, (Running | ExecDone | Failed | FailRetryable | Joining | MemoDone) -> true
-        | Running, (RunningEnded | ExecDone | Failed | FailRetryable | Joining) -> true
-        | RunningEnded, (ExecDone | Failed | FailRetryable | Joining) -> true
+        | Launched, (Running | ExecDone | Failed | DepFail | FailRetryable | Joining | MemoDone) -> true
+        | Running, (RunningEnded | ExecDone | Failed | DepFail | FailRetryable | Joining) -> true
+        | RunningEnded, (ExecDone | Failed | DepFail | FailRetryable | Joining) -> true
         | FailRetryable, Pending -> true
         | Joining, (ExecDone | Failed) -> true
         | _ -> false

@@ -21,48 +21,6 @@ type internal ArgSlot =
     /// A value with futures inside (deep resolver): rebuilt with their results.
     | Nested of obj
 
-/// Results and exceptions of futures of either kind (AppFuture, Task).
-module internal FutureValue =
-    let private resultGetters = ConcurrentDictionary<Type, Reflection.PropertyInfo>()
-
-    /// The future as a Task.
-    let asTask (f: obj) : Task =
-        match f with
-        | :? AppFuture as a -> a.AsTask
-        | :? Task as t -> t
-        | _ -> invalidArg "f" "not a future"
-
-    /// Is this object a future?
-    let isFuture (f: obj) =
-        match f with
-        | :? AppFuture
-        | :? Task -> true
-        | _ -> false
-
-    /// A completed future's result.
-    let result (f: obj) : obj =
-        match f with
-        | :? AppFuture as a -> a.ResultObject
-        | :? Task as t ->
-            let ty = t.GetType()
-            if ty.IsGenericType then
-                let p = resultGetters.GetOrAdd(ty, fun ty -> ty.GetProperty "Result")
-                p.GetValue t
-            else
-                null
-        | _ -> f
-
-    /// A completed future's exception, or null if it succeeded.
-    let error (f: obj) : exn =
-        match f with
-        | :? AppFuture as a -> a.Exception
-        | :? Task as t ->
-            if t.IsCanceled then OperationCanceledException("The awaited task was cancelled") :> exn
-            elif t.IsFaulted then
-                if t.Exception.InnerExceptions.Count = 1 then t.Exception.InnerException else t.Exception :> exn
-            else null
-        | _ -> null
-
 /// A call of an app, as the kernel's shell keeps it (the kernel sees it as an opaque payload).
 type internal Invocation =
     { Id: TaskId
@@ -307,7 +265,8 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | Closing -> closing <- true
         | AbandonAll t ->
             for KeyValue(k, _) in state.Tasks |> Seq.toArray do
-                apply (Abandon(TaskId k, KernelShutdownError(TaskId k)))
+                // Abandoning a task fails its dependents with it: those are no longer live.
+                if Kernel.isLive state (TaskId k) then apply (Abandon(TaskId k, KernelShutdownError(TaskId k)))
             t.TrySetResult() |> ignore
 
     /// The kernel loop, on a thread of its own: it blocks when idle instead of bouncing through the thread pool.
