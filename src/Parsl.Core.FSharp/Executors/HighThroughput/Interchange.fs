@@ -22,6 +22,8 @@ type ManagerInfo =
     { ManagerId: string
       BlockId: string
       Hostname: string
+      /// The manager's process id on its host.
+      Pid: int
       WorkerCount: int
       /// Tries sent to it and not yet returned.
       TasksInFlight: int
@@ -205,6 +207,7 @@ module Interchange =
                     { ManagerId = m.Reg.ManagerId
                       BlockId = m.Reg.BlockId
                       Hostname = m.Reg.Hostname
+                      Pid = m.Reg.Pid
                       WorkerCount = m.Reg.WorkerCount
                       TasksInFlight = m.InFlight.Count
                       IdleFor = (if m.InFlight.Count > 0 then TimeSpan.Zero else t - m.IdleSince)
