@@ -30,13 +30,11 @@ type HighThroughputExecutor(options: HtexOptions) =
     let functionIds = ConcurrentDictionary<Delegate, int>(HashIdentity.Reference)
     let hashes = ConcurrentDictionary<string, string>()
     let shipped = ConcurrentDictionary<string, bool>()
-    let events = Channel.CreateUnbounded<InterchangeEvent>(UnboundedChannelOptions(SingleReader = true))
     let mutable nextFunction = 0
     let mutable sequence = 0L
     let mutable ctx = Unchecked.defaultof<ExecutorContext>
     let mutable interchange: InterchangeHandle option = None
     let mutable poller: BlockPollerHandle option = None
-    let mutable resultLoop: Task = Task.CompletedTask
     let mutable bad: exn option = None
     let mutable launch: string -> string = fun _ -> ""
     let mutable certDir: string option = None
@@ -94,7 +92,10 @@ type HighThroughputExecutor(options: HtexOptions) =
                 ctx.Log.Error(ex, "{Label}: bad state", label)
                 interchange |> Option.iter (fun i -> i.Post(FailAll(fun _ -> ex)))
 
-    let setBad (ex: exn) = events.Writer.TryWrite(Fatal ex) |> ignore
+    // Events are handled on the interchange's thread: one thread hop less per result, and the
+    // interchange itself still only forwards bytes (decoding the results is this executor's code).
+    let setBad (ex: exn) =
+        interchange |> Option.iter (fun i -> i.Post(Raise(Fatal ex)))
 
     let assemblyRefs () =
         AppDomain.CurrentDomain.GetAssemblies()
@@ -220,20 +221,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                       Selector = options.ManagerSelector
                       Curve = curve
                       Log = context.Log
-                      Report = fun e -> events.Writer.TryWrite e |> ignore }
+                      Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
             interchange <- Some ic
-            resultLoop <-
-                task {
-                    let reader = events.Reader
-                    let mutable go = true
-                    while go do
-                        let! more = reader.WaitToReadAsync()
-                        if not more then go <- false
-                        else
-                            let mutable e = Unchecked.defaultof<InterchangeEvent>
-                            while reader.TryRead(&e) do
-                                try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label)
-                }
             let worker =
                 match options.WorkerCommand with
                 | Some words -> words
@@ -317,8 +306,6 @@ type HighThroughputExecutor(options: HtexOptions) =
                     do! stopped.Task
                     do! p.Completion
                 | None -> ()
-                events.Writer.TryComplete() |> ignore
-                do! resultLoop
                 // Anything still unreported can never finish now.
                 for KeyValue(k, _) in inflight.ToArray() do
                     report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))

@@ -52,6 +52,8 @@ type InterchangeRequest =
     | QueryBlocks of TaskCompletionSource<string list>
     | HoldBlocks of blockIds: string list * TaskCompletionSource<unit>
     | FailAll of (int64 -> exn)
+    /// Hands an event to the executor from the interchange's thread (the block poller's bad-state verdict).
+    | Raise of InterchangeEvent
     | Stop of failWith: (int64 -> exn) * TaskCompletionSource<unit>
 
 /// How the interchange is set up.
@@ -233,6 +235,7 @@ module Interchange =
                     for k in m.InFlight do
                         s.Report(TryLost(k, f k))
                     m.InFlight.Clear()
+            | Raise e -> s.Report e
             | Stop(f, reply) ->
                 failWith <- Some f
                 failQueued f

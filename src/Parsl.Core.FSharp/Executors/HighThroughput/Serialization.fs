@@ -98,11 +98,11 @@ type internal DelegateFormatter<'T>() =
             | :? Delegate as d ->
                 let m = d.Method
                 let asm = m.Module.Assembly
-                if asm.IsDynamic || String.IsNullOrEmpty asm.Location then
+                if isNull m.DeclaringType || asm.IsDynamic || String.IsNullOrEmpty asm.Location then
                     raise (
                         Unshippable(
-                            sprintf "the function %s.%s was compiled in memory (F# Interactive or Reflection.Emit), so workers cannot load it; compile it into an assembly (a project), or run it on a ThreadPoolExecutor"
-                                m.DeclaringType.Name m.Name))
+                            sprintf "the function %s was compiled in memory (F# Interactive or Reflection.Emit), so workers cannot load it; compile it into an assembly (a project), or run it on a ThreadPoolExecutor"
+                                m.Name))
                 writer.WriteArrayHeader 4
                 writer.Write m.DeclaringType.AssemblyQualifiedName
                 writer.Write m.MetadataToken

@@ -1,0 +1,6 @@
+module Parsl.Bench.Program
+
+[<EntryPoint>]
+let main _ =
+    Htex.run (printfn "%s")
+    0
