@@ -9,6 +9,7 @@ let all =
         ShellTests.tests
         DeepResolverTests.tests
         AppTests.tests
+        HtexPolicyTests.tests
         HtexTests.tests
     ]
 
