@@ -11,7 +11,7 @@ let private usage =
     "usage: Parsl.Workers --manager --address tcp://HOST:PORT --block-id ID [--max-workers-per-node N] \
 [--cores-per-worker C] [--mem-per-worker GB] [--prefetch-capacity N] [--hb-period MS] [--hb-threshold MS] \
 [--drain-period MS] [--cpu-affinity none|block|block-reverse|alternating|list:...] [--available-accelerators a,b] \
-[--cert-dir DIR] [--cache-dir DIR] [--manager-id ID]\n       Parsl.Workers --worker RANK"
+[--cert-dir DIR] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID]\n       Parsl.Workers --worker RANK"
 
 /// The flags, as a map from name to value (flags without a value map to "").
 let private parse (argv: string[]) =
@@ -19,8 +19,10 @@ let private parse (argv: string[]) =
         if i >= argv.Length then Ok acc
         elif argv[i].StartsWith "--" then
             let name = argv[i].Substring 2
-            if i + 1 < argv.Length && not (argv[i + 1].StartsWith "--") then go (i + 2) (Map.add name argv[i + 1] acc)
-            else go (i + 1) (Map.add name "" acc)
+            // The first occurrence wins, so flags in a user's WorkerCommand override the executor's.
+            let add v acc = if Map.containsKey name acc then acc else Map.add name v acc
+            if i + 1 < argv.Length && not (argv[i + 1].StartsWith "--") then go (i + 2) (add argv[i + 1] acc)
+            else go (i + 1) (add "" acc)
         else Error(sprintf "unexpected argument '%s'" argv[i])
     go 0 Map.empty
 
@@ -64,6 +66,7 @@ let main argv =
                   CertDir = get "cert-dir"
                   WorkerCommand = self ()
                   CacheDir = get "cache-dir" |> Option.defaultValue (Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies"))
+                  SharedFileSystem = not (flags.ContainsKey "no-shared-fs")
                   ParslVersion = get "parsl-version"
                   Log = Console.Error }
             Manager.run settings

@@ -349,4 +349,28 @@ let scaling =
         }
     ]
 
-let tests = testList "HTEx" [ e2e; shells; priorities; failures; security; scaling ]
+let placement =
+    testList "HTEx placement" [
+        test "each worker gets one accelerator through its environment" {
+            let _, dfk = withHtex (fun o -> { o with AvailableAccelerators = [ "gpu0"; "gpu1" ] })
+            use _ = dfk
+            let gate = tmpFile "gate"
+            let env = App.func dfk (fun (g: string) -> gateWait g; Environment.GetEnvironmentVariable "CUDA_VISIBLE_DEVICES")
+            let fs = [ env (Arg.value gate); env (Arg.value gate) ]
+            File.WriteAllText(gate, "")
+            let seen = fs |> List.map (fun f -> await f.Task) |> List.sort
+            Expect.equal seen [ "gpu0"; "gpu1" ] "one accelerator per worker"
+        }
+        test "without a shared file system the manager fetches the application's assemblies once and caches them by hash" {
+            let cache = Path.Combine(tempRunDir (), "cache")
+            let dll = HtexOptions.defaultWorkerDll ()
+            let _, dfk = withHtex (fun o -> { o with WorkerCommand = Some [ "dotnet"; dll; "--no-shared-fs"; "--cache-dir"; cache ] })
+            use _ = dfk
+            let square = App.func dfk (fun (x: int) -> { X = x * x; Y = 0; Label = "sq" })
+            Expect.equal (await (square (Arg.value 5)).Task).X 25 "ran with fetched assemblies"
+            let testsHash = Serialization.hashFile (typeof<Point>.Assembly.Location)
+            Expect.isTrue (File.Exists(Path.Combine(cache, testsHash + ".dll"))) "the test assembly was cached by its hash"
+        }
+    ]
+
+let tests = testList "HTEx" [ e2e; shells; priorities; failures; security; scaling; placement ]

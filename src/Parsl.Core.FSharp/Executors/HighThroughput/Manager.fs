@@ -31,6 +31,9 @@ type ManagerSettings =
       WorkerCommand: string list
       /// Where assemblies fetched from the interchange are cached by hash.
       CacheDir: string
+      /// False when this node does not share the client's file system: assemblies are always fetched from
+      /// the interchange (once per node, cached by hash) instead of loaded from the client's paths.
+      SharedFileSystem: bool
       /// Overrides the version sent at registration (used to check that a mismatch is refused).
       ParslVersion: string option
       Log: TextWriter }
@@ -183,7 +186,7 @@ module Manager =
                         h
                 let cached = Path.Combine(s.CacheDir, r.Hash + ".dll")
                 let found =
-                    if File.Exists r.Path && hashOf r.Path = r.Hash then Some r.Path
+                    if s.SharedFileSystem && File.Exists r.Path && hashOf r.Path = r.Hash then Some r.Path
                     elif File.Exists cached && hashOf cached = r.Hash then Some cached
                     else None
                 found |> Option.iter (fun p -> resolved[r.Hash] <- p)
