@@ -227,6 +227,18 @@ let failures =
             Expect.isTrue (errorOf (useCts (Arg.value cts)) :? SerializationError) "CancellationTokenSource refused"
             Expect.equal (await (square (Arg.value 4)).Task) 16 "next task runs"
         }
+        test "cancelling a running try kills its worker, fails it as cancelled, and the pool goes on" {
+            let _, dfk = withHtex id
+            use _ = dfk
+            let started = tmpFile "started"
+            let slow = App.func dfk (fun (p: string) -> File.WriteAllText(p, "x"); Thread.Sleep 60000; 0)
+            let square = App.func dfk (fun (x: int) -> x * x)
+            let f = slow (Arg.value started)
+            waitUntil 60.0 "the task to start" (fun () -> File.Exists started)
+            f.Cancel() |> ignore
+            Expect.isTrue (errorOf f :? OperationCanceledException) "cancelled"
+            Expect.equal (await (square (Arg.value 9)).Task) 81 "next task runs"
+        }
         test "an exception in the app comes back as RemoteException with type, message and remote stack" {
             let _, dfk = withHtex id
             use _ = dfk

@@ -201,7 +201,10 @@ module Interchange =
                 | None -> queue.Enqueue(t, t.Order)
             | Define(id, def) -> definitions[id] <- def
             | AddAssembly(h, p) -> assemblies[h] <- p
-            | CancelQueued k -> cancelled.Add k |> ignore
+            | CancelQueued k ->
+                match managers.Values |> Seq.tryFind (fun m -> m.InFlight.Contains k) with
+                | Some m -> send m.Identity (CancelTry k)
+                | None -> cancelled.Add k |> ignore
             | QueryManagers reply ->
                 let t = now ()
                 managers.Values

@@ -172,6 +172,10 @@ module Manager =
         let held = List<WireTask>()
         let pending = LinkedList<WireTask>()
         let outbox = List<WireResult>()
+        let cancelled = HashSet<int64>()
+        let cancelledOutcome k =
+            let id, _ = Protocol.ofKey k
+            { Key = k; Outcome = Raised("System.OperationCanceledException", sprintf "Task %d was cancelled" id, "", []) }
 
         let localCopy (r: AssemblyRef) =
             match resolved.TryGetValue r.Hash with
@@ -302,6 +306,25 @@ module Manager =
                         resolved[h] <- target
                         for fid in List.ofSeq waiting.Keys do
                             tryComplete fid
+                | Some(CancelTry k) ->
+                    match pending |> Seq.tryFind (fun t -> t.Key = k) with
+                    | Some t ->
+                        pending.Remove t |> ignore
+                        outbox.Add(cancelledOutcome k)
+                    | None ->
+                        match held |> Seq.tryFind (fun t -> t.Key = k) with
+                        | Some t ->
+                            held.Remove t |> ignore
+                            outbox.Add(cancelledOutcome k)
+                        | None ->
+                            match slots |> Array.tryFind (fun w -> w.Outstanding.Exists(fun t -> t.Key = k)) with
+                            | Some w ->
+                                cancelled.Add k |> ignore
+                                // Running now: only killing the worker stops it (it is restarted).
+                                if w.Outstanding[0].Key = k then
+                                    log (sprintf "killing worker %d to cancel a running try" w.Rank)
+                                    try w.Process.Kill true with _ -> ()
+                            | None -> ()
                 | Some Drained ->
                     log "drained"
                     stop 0
@@ -328,14 +351,16 @@ module Manager =
                         for r in rs do
                             let i = slot.Outstanding.FindIndex(fun t -> t.Key = r.Key)
                             if i >= 0 then slot.Outstanding.RemoveAt i
-                            outbox.Add r
+                            outbox.Add(if cancelled.Count > 0 && cancelled.Remove r.Key then cancelledOutcome r.Key else r)
                 | Exited(rank, gen, code) ->
                     let slot = slots[rank]
                     if gen = slot.Generation && not stopping then
                         log (sprintf "worker %d exited with code %d; restarting it" rank code)
                         if slot.Outstanding.Count > 0 then
                             let lost = slot.Outstanding[0]
-                            outbox.Add { Key = lost.Key; Outcome = WorkerDied(rank, host) }
+                            outbox.Add(
+                                if cancelled.Remove lost.Key then cancelledOutcome lost.Key
+                                else { Key = lost.Key; Outcome = WorkerDied(rank, host) })
                             // The rest never started: give them to other workers.
                             for t in Seq.rev (Seq.skip 1 slot.Outstanding) do
                                 let t =

@@ -57,6 +57,7 @@ type Registration =
 ///   manager ──NeedAssembly(hash)──▶ interchange ──Assembly(hash, bytes)──▶ manager   (once per node)
 ///   manager ──Drain──▶ interchange (no new tasks) … ──Drained──▶ manager (exits)
 ///   interchange ──Shutdown──▶ manager (the executor is stopping: stop workers, exit)
+///   interchange ──CancelTry(key)──▶ manager (a cancelled try: dropped, or its worker killed and restarted)
 type ToInterchange =
     | Register of Registration
     | Heartbeat
@@ -73,6 +74,8 @@ type ToManager =
     | Assembly of hash: string * bytes: byte[]
     | Drained
     | Shutdown
+    /// Stop this try: drop it if queued, kill its worker if running (the worker is restarted).
+    | CancelTry of key: int64
 
 /// Manager → worker process (over the worker's stdin, length-prefixed).
 type ToWorker =
@@ -350,6 +353,10 @@ module Protocol =
         | Shutdown ->
             w.WriteArrayHeader 1
             w.Write 6
+        | CancelTry k ->
+            w.WriteArrayHeader 2
+            w.Write 7
+            w.Write k
         w.Flush()
         finish buffer
 
@@ -372,6 +379,7 @@ module Protocol =
             Assembly(h, readBytes &r)
         | 5 -> Drained
         | 6 -> Shutdown
+        | 7 -> CancelTry(r.ReadInt64())
         | t -> failwithf "unknown message tag %d" t
 
     /// Encodes a batch for a worker.
