@@ -10,7 +10,7 @@ open Parsl.Executors.HighThroughput
 open Parsl.Providers
 
 let private options () =
-    { HtexOptions.defaults with
+    { HtexOptions.defaults () with
         MaxWorkersPerNode = Some 2
         // Keep workers fed between batches: throughput comes from batching on every hop.
         PrefetchCapacity = 2000

@@ -150,7 +150,7 @@ let serialization =
             Expect.stringContains e.Message "ThreadPoolExecutor" "names the fix"
         }
         test "options are validated with errors naming the field" {
-            let errs = HtexOptions.validate { HtexOptions.defaults with PrefetchCapacity = -1; CpuAffinity = "bogus"; HeartbeatThreshold = TimeSpan.FromSeconds 1.0 }
+            let errs = HtexOptions.validate { HtexOptions.defaults () with PrefetchCapacity = -1; CpuAffinity = "bogus"; HeartbeatThreshold = TimeSpan.FromSeconds 1.0 }
             let fields = errs |> List.map (fun e -> e.Field)
             Expect.contains fields "HighThroughputExecutor.PrefetchCapacity" "prefetch"
             Expect.contains fields "HighThroughputExecutor.CpuAffinity" "affinity"

@@ -24,7 +24,7 @@ type Shape =
 /// Short heartbeats and polls so failures are seen quickly.
 let fastOptions (f: HtexOptions -> HtexOptions) =
     f
-        { HtexOptions.defaults with
+        { HtexOptions.defaults () with
             MaxWorkersPerNode = Some 2
             HeartbeatPeriod = TimeSpan.FromMilliseconds 200.0
             HeartbeatThreshold = TimeSpan.FromSeconds 3.0
@@ -206,6 +206,29 @@ let failures =
             | e -> failtestf "expected BadStateException, got %O" e
             Expect.isTrue (errorOf (app (Arg.value 2)) :? BadStateException) "later tasks fail at once"
         }
+        test "a manager that hears nothing from the interchange exits after the threshold, taking its workers" {
+            // A port nobody listens on: bind and release one.
+            let port =
+                let l = new Net.Sockets.TcpListener(Net.IPAddress.Loopback, 0)
+                l.Start()
+                let p = (l.LocalEndpoint :?> Net.IPEndPoint).Port
+                l.Stop()
+                p
+            let psi = Diagnostics.ProcessStartInfo("dotnet")
+            for a in [ HtexOptions.defaultWorkerDll (); "--manager"; "--address"; sprintf "tcp://127.0.0.1:%d" port; "--block-id"; "t"
+                       "--hb-period"; "100"; "--hb-threshold"; "1000"; "--max-workers-per-node"; "1" ] do
+                psi.ArgumentList.Add a
+            psi.RedirectStandardError <- true
+            use p = Diagnostics.Process.Start psi
+            let log = p.StandardError.ReadToEndAsync()
+            Expect.isTrue (p.WaitForExit 60000) "the manager exited"
+            Expect.equal p.ExitCode 2 "exit code 2: interchange lost"
+            let text = await log
+            Expect.stringContains text "heard nothing from the interchange" "says why"
+            let worker = Text.RegularExpressions.Regex.Match(text, "worker 0 started as pid (\\d+)")
+            Expect.isTrue worker.Success "a worker was started"
+            waitUntil 10.0 "the worker to be gone" (fun () -> not (Directory.Exists(sprintf "/proc/%s" worker.Groups[1].Value)))
+        }
         test "a manager of another version is refused with VersionMismatch" {
             let dll = HtexOptions.defaultWorkerDll ()
             let _, dfk = withHtex (fun o -> { o with WorkerCommand = Some [ "dotnet"; dll; "--parsl-version"; "0.0.1-other" ] })
@@ -372,6 +395,24 @@ let placement =
             File.WriteAllText(gate, "")
             let seen = fs |> List.map (fun f -> await f.Task) |> List.sort
             Expect.equal seen [ "gpu0"; "gpu1" ] "one accelerator per worker"
+        }
+        test "worker_init runs in the block before the manager, and the launcher starts one manager per node" {
+            let htex, dfk =
+                withHtex (fun o ->
+                    { o with
+                        Provider =
+                            LocalProvider
+                                { LocalProvider.Defaults with
+                                    WorkerInit = "export PARSL_TEST_INIT=from-worker-init"
+                                    NodesPerBlock = 2
+                                    StatusPollingInterval = TimeSpan.FromMilliseconds 200.0 } })
+            use _ = dfk
+            let env = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "PARSL_TEST_INIT")
+            Expect.equal (await (env (Arg.value 0)).Task) "from-worker-init" "worker_init ran"
+            waitUntil 60.0 "two managers in the block" (fun () -> (await (htex.ConnectedManagersAsync())).Length = 2)
+            let ms = await (htex.ConnectedManagersAsync())
+            Expect.equal (ms |> List.map (fun m -> m.BlockId) |> List.distinct) [ "0" ] "both from block 0"
+            Expect.equal (await (htex.ConnectedBlocksAsync())) [ "0" ] "connected blocks"
         }
         test "without a shared file system the manager fetches the application's assemblies once and caches them by hash" {
             let cache = Path.Combine(tempRunDir (), "cache")

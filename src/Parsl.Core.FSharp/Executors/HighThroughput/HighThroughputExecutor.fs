@@ -140,7 +140,7 @@ type HighThroughputExecutor(options: HtexOptions) =
             Command(cmd, stream call.Stdout, stream call.Stderr, wall, call.Outputs), call.AppName
 
     /// Parsl's defaults.
-    new() = HighThroughputExecutor(HtexOptions.defaults)
+    new() = HighThroughputExecutor(HtexOptions.defaults ())
 
     /// The options.
     member _.Options = options

@@ -5,8 +5,8 @@ open Parsl
 open Parsl.Jobs
 open Parsl.Providers
 
-/// The options of a `HighThroughputExecutor`, with Parsl's names and defaults (`HtexOptions.defaults`).
-/// Build them from the defaults with `{ HtexOptions.defaults with MaxWorkersPerNode = Some 4 }`.
+/// The options of a `HighThroughputExecutor`, with Parsl's names and defaults (`HtexOptions.defaults ()`).
+/// Build them from the defaults with `{ HtexOptions.defaults () with MaxWorkersPerNode = Some 4 }`.
 type HtexOptions =
     { /// Default "HighThroughputExecutor".
       Label: string
@@ -60,8 +60,9 @@ type HtexOptions =
 /// Functions over HTEx options.
 [<RequireQualifiedAccess>]
 module HtexOptions =
-    /// Parsl's defaults.
-    let defaults =
+    /// Parsl's defaults. A function, not a value: each call makes a new `LocalProvider`, because a provider
+    /// keeps the blocks it started and must not be shared by two executors.
+    let defaults () =
         { Label = "HighThroughputExecutor"
           Provider = LocalProvider()
           Address = "127.0.0.1"
