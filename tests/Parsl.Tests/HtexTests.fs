@@ -144,6 +144,22 @@ let priorities =
             await first.Task |> ignore
             Expect.equal (File.ReadAllLines order |> List.ofArray) [ "p1a"; "p1b"; "p3"; "p5"; "none1"; "none2" ] "Parsl's order"
         }
+        test "cleanup lets tries on workers finish and fails tries that never reached one" {
+            let htex, dfk = withHtex (fun o -> { o with MaxWorkersPerNode = Some 1 })
+            let gate = tmpFile "gate"
+            let started = tmpFile "started"
+            let running = App.func dfk (fun (g: string) -> File.WriteAllText(started, ""); gateWait g; 1)
+            let queued = App.func dfk (fun (x: int) -> x)
+            let r = running (Arg.value gate)
+            waitUntil 60.0 "the first task to run" (fun () -> File.Exists started)
+            let q = queued (Arg.value 2)
+            waitUntil 30.0 "the second task to be queued" (fun () -> htex.Outstanding = 2)
+            let cleanup = dfk.CleanupAsync()
+            Expect.isTrue (errorOf q :? KernelShutdownError) "the queued try never starts"
+            File.WriteAllText(gate, "")
+            Expect.equal (await r.Task) 1 "the running try finished"
+            cleanup.Wait(TimeSpan.FromSeconds 60.0) |> ignore
+        }
         test "an unknown resource key is refused" {
             let _, dfk = withHtex (fun o -> { o with Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0 } })
             use _ = dfk

@@ -289,6 +289,8 @@ type HighThroughputExecutor(options: HtexOptions) =
         member _.ShutdownAsync(wait) =
             task {
                 if wait && not inflight.IsEmpty && bad.IsNone then
+                    // Parsl's cleanup: tries already on managers finish; those still queued never start.
+                    interchange |> Option.iter (fun i -> i.Post(DropQueued(fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))))))
                     let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
                     lock idle (fun () -> idleWaiters <- w :: idleWaiters)
                     finished ()

@@ -52,6 +52,8 @@ type InterchangeRequest =
     | QueryBlocks of TaskCompletionSource<string list>
     | HoldBlocks of blockIds: string list * TaskCompletionSource<unit>
     | FailAll of (int64 -> exn)
+    /// Fails every try not yet sent to a manager (and every later one); tries on managers go on.
+    | DropQueued of (int64 -> exn)
     /// Hands an event to the executor from the interchange's thread (the block poller's bad-state verdict).
     | Raise of InterchangeEvent
     | Stop of failWith: (int64 -> exn) * TaskCompletionSource<unit>
@@ -239,6 +241,9 @@ module Interchange =
                         s.Report(TryLost(k, f k))
                     m.InFlight.Clear()
             | Raise e -> s.Report e
+            | DropQueued f ->
+                failWith <- Some f
+                failQueued f
             | Stop(f, reply) ->
                 failWith <- Some f
                 failQueued f
