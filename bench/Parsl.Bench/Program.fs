@@ -1,9 +1,10 @@
-/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex]`: prints one figure per line.
+/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|noop]`: prints one figure per line.
 module Parsl.Bench.Program
 
 [<EntryPoint>]
 let main argv =
-    let want name = (argv.Length = 0 || Array.contains name argv) && not (Array.contains "noop" argv)
-    if want "threads" then ThreadPool.run (printfn "%s")
+    let want name = argv.Length = 0 || Array.contains name argv
     if Array.contains "noop" argv then ThreadPool.noop (printfn "%s")
+    if want "threads" then ThreadPool.run (printfn "%s")
+    if want "htex" then Htex.run (printfn "%s")
     0

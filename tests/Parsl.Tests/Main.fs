@@ -15,6 +15,8 @@ let all =
         CheckpointTests.tests
         MemoizationTests.tests
         StagingTests.tests
+        HtexPolicyTests.tests
+        HtexTests.tests
     ]
 
 [<EntryPoint>]

@@ -126,3 +126,37 @@ module BasicLaunchers =
         { new ILauncher with
             member _.Name = "SimpleLauncher"
             member _.Wrap(command, _, _) = command }
+
+    /// Runs `tasksPerNode × nodesPerBlock` copies of the command in the background on the block's first node
+    /// and waits for them all (Parsl's `SingleNodeLauncher`). The block exits 0 if any copy succeeded (with
+    /// `failOnAny`: only if all did); otherwise with the exit code of the last copy that failed. `CORES` is
+    /// exported as the node's online core count.
+    let singleNodeWith (failOnAny: bool) =
+        { new ILauncher with
+            member _.Name = "SingleNodeLauncher"
+            member _.Wrap(command, tasksPerNode, nodesPerBlock) =
+                let copies = max 1 (tasksPerNode * nodesPerBlock)
+                String.concat "\n" [
+                    "export CORES=$(getconf _NPROCESSORS_ONLN)"
+                    sprintf "PARSL_COPIES=%d" copies
+                    sprintf "PARSL_FAIL_ON_ANY=%d" (if failOnAny then 1 else 0)
+                    "parsl_launch_one() {"
+                    command
+                    "}"
+                    "PARSL_PIDS=\"\""
+                    "for PARSL_I in $(seq 1 $PARSL_COPIES); do"
+                    "    parsl_launch_one $PARSL_I &"
+                    "    PARSL_PIDS=\"$PARSL_PIDS $!\""
+                    "done"
+                    "PARSL_OK=0; PARSL_FAILED=0; PARSL_CODE=0"
+                    "for PARSL_PID in $PARSL_PIDS; do"
+                    "    wait $PARSL_PID; PARSL_RC=$?"
+                    "    if [ $PARSL_RC -eq 0 ]; then PARSL_OK=1; else PARSL_FAILED=1; PARSL_CODE=$PARSL_RC; fi"
+                    "done"
+                    "if [ $PARSL_FAIL_ON_ANY -eq 1 ] && [ $PARSL_FAILED -eq 1 ]; then exit $PARSL_CODE; fi"
+                    "if [ $PARSL_OK -eq 0 ] && [ $PARSL_FAILED -eq 1 ]; then exit $PARSL_CODE; fi"
+                    "exit 0"
+                    "" ] }
+
+    /// `singleNodeWith false`: Parsl's default launcher for most providers.
+    let singleNode = singleNodeWith false

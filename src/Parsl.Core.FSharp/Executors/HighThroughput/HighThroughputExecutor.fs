@@ -1,0 +1,315 @@
+namespace Parsl.Executors
+
+open System
+open System.Collections.Concurrent
+open System.Collections.Generic
+open System.IO
+open System.Reflection
+open System.Threading
+open System.Threading.Channels
+open System.Threading.Tasks
+open NetMQ
+open Parsl
+open Parsl.Executors.HighThroughput
+open Parsl.Providers
+
+/// Runs tries on worker processes started in blocks by a provider (Parsl's `HighThroughputExecutor`).
+///
+///   kernel ──Submit──▶ executor: serialize once ──▶ interchange (ROUTER, this process)
+///                                                     │ batches ≤ free capacity + prefetch, by priority
+///                                                     ▼
+///   block (provider + launcher) ──▶ manager (Parsl.Workers, one per node, DEALER) ──▶ N worker processes
+///   kernel ◀──TryDone/TryFailed── result loop ◀── result batches ◀──────────────────────────┘
+///
+/// Function apps travel as references (assembly, type, method, closure fields), their arguments and
+/// results as MessagePack; shell apps as their command line. Accepts the resource key `priority`.
+[<Sealed>]
+type HighThroughputExecutor(options: HtexOptions) =
+    let label = options.Label
+    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    let functionIds = ConcurrentDictionary<Delegate, int>(HashIdentity.Reference)
+    let hashes = ConcurrentDictionary<string, string>()
+    let shipped = ConcurrentDictionary<string, bool>()
+    let mutable nextFunction = 0
+    let mutable sequence = 0L
+    let mutable ctx = Unchecked.defaultof<ExecutorContext>
+    let mutable interchange: InterchangeHandle option = None
+    let mutable poller: BlockPollerHandle option = None
+    let mutable bad: exn option = None
+    let mutable launch: string -> string = fun _ -> ""
+    let mutable certDir: string option = None
+    let idle = obj ()
+    let mutable idleWaiters: TaskCompletionSource<unit> list = []
+    let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
+
+    let quote (s: string) =
+        if s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) && s <> "" then s
+        else "'" + s.Replace("'", "'\\''") + "'"
+
+    let finished () =
+        if inflight.IsEmpty then
+            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
+            for w in ws do
+                w.TrySetResult() |> ignore
+
+    let report (key: int64) (outcome: Result<obj, exn>) =
+        match inflight.TryRemove key with
+        | true, struct (id, tryId) ->
+            match outcome with
+            | Ok v -> ctx.Report(TryDone(id, tryId, v))
+            | Error e -> ctx.Report(TryFailed(id, tryId, e))
+            finished ()
+        | _ -> ()
+
+    let rebuild (typeName: string) (message: string) (stack: string) (data: string list) : exn =
+        match typeName, data with
+        | "Parsl.BashExitFailure", [ app; code ] -> BashExitFailure(app, int code)
+        | "Parsl.AppTimeout", _ -> AppTimeout(message)
+        | "Parsl.MissingOutputs", outputs -> MissingOutputs("the files were not created", outputs)
+        | "Parsl.BadStdStreamFile", _ -> BadStdStreamFile(message, null)
+        | "System.OperationCanceledException", _ -> OperationCanceledException(message)
+        | _ -> RemoteException(typeName, message, stack)
+
+    let handle (e: InterchangeEvent) =
+        match e with
+        | ResultsArrived rs ->
+            for r in rs do
+                let outcome =
+                    match r.Outcome with
+                    | Value bytes ->
+                        try
+                            Ok(Serialization.deserialize opts.Value bytes)
+                        with ex ->
+                            Error(SerializationError(sprintf "the result could not be deserialized on the client: %s" ex.Message, ex) :> exn)
+                    | Raised(t, m, st, data) -> Error(rebuild t m st data)
+                    | Unserializable m -> Error(SerializationError(m, null) :> exn)
+                    | WorkerDied(w, h) -> Error(WorkerLost(w, h) :> exn)
+                report r.Key outcome
+        | TryLost(k, ex) -> report k (Error ex)
+        | Fatal ex ->
+            if bad.IsNone then
+                bad <- Some ex
+                ctx.Log.Error(ex, "{Label}: bad state", label)
+                interchange |> Option.iter (fun i -> i.Post(FailAll(fun _ -> ex)))
+
+    // Events are handled on the interchange's thread: one thread hop less per result, and the
+    // interchange itself still only forwards bytes (decoding the results is this executor's code).
+    let setBad (ex: exn) =
+        interchange |> Option.iter (fun i -> i.Post(Raise(Fatal ex)))
+
+    let assemblyRefs () =
+        AppDomain.CurrentDomain.GetAssemblies()
+        |> Seq.filter (fun a -> not (Serialization.isProvided a))
+        |> Seq.map (fun a ->
+            let h = hashes.GetOrAdd(a.Location, Serialization.hashFile)
+            shipped[a.GetName().Name] <- true
+            interchange |> Option.iter (fun i -> i.Post(AddAssembly(h, a.Location)))
+            { FullName = a.FullName; Path = a.Location; Hash = h })
+        |> List.ofSeq
+
+    let functionId (f: Delegate) =
+        match functionIds.TryGetValue f with
+        | true, id -> id
+        | _ ->
+            let def = Serialization.encodeDefinition opts.Value (assemblyRefs ()) f
+            lock functionIds (fun () ->
+                match functionIds.TryGetValue f with
+                | true, id -> id
+                | _ ->
+                    let id = Interlocked.Increment &nextFunction
+                    interchange.Value.Post(Define(id, def))
+                    functionIds[f] <- id
+                    id)
+
+    let stream (s: StdStream option) =
+        s |> Option.map (fun s -> match s with Append p -> { WireStream.Path = p; Truncate = false } | Truncate p -> { Path = p; Truncate = true })
+
+    let encode (t: ExecTask) : WireBody * string =
+        match t.Body with
+        | Function call ->
+            let args =
+                if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
+                    Array.sub call.Args 0 (call.Args.Length - 1)
+                else call.Args
+            let fid = functionId call.Function
+            Call(fid, null, Serialization.serializeArgs opts.Value args), call.AppName
+        | Shell call ->
+            let cmd = call.BuildCommand()
+            if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
+            let wall = match call.Walltime with Some w -> int64 w.TotalMilliseconds | None -> -1L
+            Command(cmd, stream call.Stdout, stream call.Stderr, wall, call.Outputs), call.AppName
+
+    /// Parsl's defaults.
+    new() = HighThroughputExecutor(HtexOptions.defaults ())
+
+    /// The options.
+    member _.Options = options
+
+    /// Tries queued or running (Parsl's `outstanding()`).
+    member _.Outstanding = inflight.Count
+
+    /// The interchange's port (after start).
+    member _.WorkerPort = interchange |> Option.map (fun i -> i.Port)
+
+    /// The run's certificate directory when encryption is on (after start).
+    member _.CertificateDirectory = certDir
+
+    /// The command a block runs to start its manager(s) for a block id.
+    member _.LaunchCommand(blockId: string) = launch blockId
+
+    /// The executor's bad-state error, if it is in one.
+    member _.BadState = bad
+
+    /// The connected managers (Parsl's `connected_managers()`).
+    member _.ConnectedManagersAsync() : Task<ManagerInfo list> =
+        match interchange with
+        | Some i ->
+            let q = TaskCompletionSource<ManagerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
+            i.Post(QueryManagers q)
+            q.Task
+        | None -> Task.FromResult []
+
+    /// The ids of blocks whose managers have connected (Parsl's `connected_blocks()`).
+    member _.ConnectedBlocksAsync() : Task<string list> =
+        match interchange with
+        | Some i ->
+            let q = TaskCompletionSource<string list>(TaskCreationOptions.RunContinuationsAsynchronously)
+            i.Post(QueryBlocks q)
+            q.Task
+        | None -> Task.FromResult []
+
+    /// Every block this executor started, with its status (Parsl's `status()`).
+    member _.BlocksAsync() : Task<BlockInfo list> =
+        match poller with
+        | Some p ->
+            let q = TaskCompletionSource<BlockInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
+            p.Post(QueryBlockStatus q)
+            q.Task
+        | None -> Task.FromResult []
+
+    interface IExecutor with
+        member _.Label = label
+        member _.Validate() = HtexOptions.validate options
+        member _.CheckResources spec = Resources.check label [ "priority" ] spec
+
+        member this.StartAsync(context, _) =
+            ctx <- context
+            let curve =
+                if options.Encrypted then
+                    let server = NetMQCertificate()
+                    let client = NetMQCertificate()
+                    let dir = Path.Combine(context.RunDir, label, "certificates")
+                    Directory.CreateDirectory dir |> ignore
+                    if not (OperatingSystem.IsWindows()) then
+                        File.SetUnixFileMode(dir, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+                    let write name (text: string) =
+                        let p = Path.Combine(dir, name)
+                        File.WriteAllText(p, text)
+                        if not (OperatingSystem.IsWindows()) then
+                            File.SetUnixFileMode(p, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
+                    write "server.key" server.PublicKeyZ85
+                    write "client.key" (client.PublicKeyZ85 + "\n" + client.SecretKeyZ85 + "\n")
+                    certDir <- Some dir
+                    Some server
+                else None
+            let ic =
+                Interchange.start
+                    { Address = options.Address
+                      Port = options.WorkerPort
+                      PortRange = options.WorkerPortRange
+                      HeartbeatThreshold = options.HeartbeatThreshold
+                      Selector = options.ManagerSelector
+                      Curve = curve
+                      Log = context.Log
+                      Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
+            interchange <- Some ic
+            let worker =
+                match options.WorkerCommand with
+                | Some words -> words
+                | None -> [ "dotnet"; HtexOptions.defaultWorkerDll () ]
+            let cacheDir = Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies")
+            let ms (t: TimeSpan) = string (int64 t.TotalMilliseconds)
+            launch <-
+                fun blockId ->
+                    [ yield! worker
+                      "--manager"
+                      "--address"; sprintf "tcp://%s:%d" options.Address ic.Port
+                      "--block-id"; blockId
+                      match options.MaxWorkersPerNode with Some n -> yield! [ "--max-workers-per-node"; string n ] | None -> ()
+                      "--cores-per-worker"; string options.CoresPerWorker
+                      match options.MemPerWorker with Some m -> yield! [ "--mem-per-worker"; string m ] | None -> ()
+                      "--prefetch-capacity"; string options.PrefetchCapacity
+                      "--hb-period"; ms options.HeartbeatPeriod
+                      "--hb-threshold"; ms options.HeartbeatThreshold
+                      match options.DrainPeriod with Some d -> yield! [ "--drain-period"; ms d ] | None -> ()
+                      "--cpu-affinity"; options.CpuAffinity
+                      if not options.AvailableAccelerators.IsEmpty then
+                          yield! [ "--available-accelerators"; String.Join(",", options.AvailableAccelerators) ]
+                      match certDir with Some d -> yield! [ "--cert-dir"; d ] | None -> ()
+                      "--cache-dir"; cacheDir ]
+                    |> List.map quote
+                    |> String.concat " "
+            options.Provider.Initialize { ScriptDir = Path.Combine(context.RunDir, "submit_scripts"); Log = context.Log }
+            poller <-
+                Some(
+                    BlockPoller.start
+                        { Label = label
+                          Provider = options.Provider
+                          Options = options
+                          LaunchCommand = launch
+                          Outstanding = fun () -> inflight.Count
+                          Interchange = ic
+                          SetBad = setBad
+                          IsBad = fun () -> bad.IsSome
+                          Log = context.Log })
+            ignore this
+            Task.CompletedTask
+
+        member _.Submit t =
+            match bad, interchange with
+            | Some ex, _ -> ctx.Report(TryFailed(t.Id, t.Try, ex))
+            | _, None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
+            | None, Some ic ->
+                match (try Ok(encode t) with e -> Error e) with
+                | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
+                | Ok(body, app) ->
+                    let key = Protocol.key t.Id.Value t.Try.Value
+                    inflight[key] <- struct (t.Id, t.Try)
+                    let priority = match t.Resources.TryGetValue "priority" with | true, p -> p | _ -> null
+                    ic.Post(
+                        Enqueue
+                            { Key = key
+                              AppName = app
+                              Order = Policies.order priority (Interlocked.Increment &sequence)
+                              Body = body })
+
+        member _.Cancel(id, tryId) =
+            interchange |> Option.iter (fun i -> i.Post(CancelQueued(Protocol.key id.Value tryId.Value)))
+
+        member _.ShutdownAsync(wait) =
+            task {
+                if wait && not inflight.IsEmpty && bad.IsNone then
+                    // Parsl's cleanup: tries already on managers finish; those still queued never start.
+                    interchange |> Option.iter (fun i -> i.Post(DropQueued(fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))))))
+                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
+                    finished ()
+                    do! w.Task
+                match interchange with
+                | Some ic ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    ic.Post(Stop((fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k)))), stopped))
+                    do! ic.Completion
+                | None -> ()
+                match poller with
+                | Some p ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    p.Post(StopPoller stopped)
+                    do! stopped.Task
+                    do! p.Completion
+                | None -> ()
+                // Anything still unreported can never finish now.
+                for KeyValue(k, _) in inflight.ToArray() do
+                    report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
+            }
+            :> Task

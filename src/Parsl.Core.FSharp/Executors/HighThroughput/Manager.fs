@@ -1,0 +1,424 @@
+namespace Parsl.Executors.HighThroughput
+
+open System
+open System.Collections.Concurrent
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Text
+open System.Threading
+open NetMQ
+open NetMQ.Sockets
+
+/// How a manager is started (the worker executable's command line, parsed).
+type ManagerSettings =
+    { /// The interchange, as `tcp://host:port`.
+      Address: string
+      ManagerId: string
+      BlockId: string
+      MaxWorkers: int option
+      CoresPerWorker: float
+      MemPerWorker: float option
+      Prefetch: int
+      HeartbeatPeriod: TimeSpan
+      HeartbeatThreshold: TimeSpan
+      DrainPeriod: TimeSpan option
+      CpuAffinity: string
+      Accelerators: string list
+      /// The directory with `server.key` and `client.key` (None: plain TCP).
+      CertDir: string option
+      /// The command that starts one worker process (program first); `--worker` is run in worker mode.
+      WorkerCommand: string list
+      /// Where assemblies fetched from the interchange are cached by hash.
+      CacheDir: string
+      /// False when this node does not share the client's file system: assemblies are always fetched from
+      /// the interchange (once per node, cached by hash) instead of loaded from the client's paths.
+      SharedFileSystem: bool
+      /// Overrides the version sent at registration (used to check that a mismatch is refused).
+      ParslVersion: string option
+      Log: TextWriter }
+
+type private WorkerEvent =
+    | Output of rank: int * generation: int * WireResult list
+    | Exited of rank: int * generation: int * exitCode: int
+
+type private WorkerSlot =
+    { Rank: int
+      mutable Generation: int
+      mutable Process: Process
+      mutable Input: Stream
+      Outstanding: List<WireTask>
+      Functions: HashSet<int> }
+
+/// The manager (Parsl's `process_worker_pool.py`): one per node. Connects out to the interchange,
+/// registers, heartbeats, runs worker processes (restarting any that die), passes batches of tries to them
+/// and results back, drains after `DrainPeriod`, and exits when the interchange goes away or says so.
+[<RequireQualifiedAccess>]
+module Manager =
+    let private readMemAvailableGb () =
+        try
+            File.ReadLines "/proc/meminfo"
+            |> Seq.tryFind (fun l -> l.StartsWith "MemAvailable:")
+            |> Option.map (fun l -> float (l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1048576.0)
+        with _ -> None
+
+    /// How many workers this node runs.
+    let workerCount (s: ManagerSettings) =
+        let cores =
+            match Environment.GetEnvironmentVariable "PARSL_CORES" |> Option.ofObj |> Option.map Int32.TryParse with
+            | Some(true, n) -> n
+            | _ -> Environment.ProcessorCount
+        let mem =
+            match Environment.GetEnvironmentVariable "PARSL_MEMORY_GB" |> Option.ofObj |> Option.map Double.TryParse with
+            | Some(true, m) -> Some m
+            | _ -> if s.MemPerWorker.IsSome then readMemAvailableGb () else None
+        Policies.workerCount s.MaxWorkers cores s.CoresPerWorker mem s.MemPerWorker s.Accelerators.Length
+
+    /// Runs the manager until it is told to stop or loses the interchange; returns the exit code.
+    let run (s: ManagerSettings) : int =
+        let log (fmt: string) = s.Log.WriteLine(sprintf "%s manager %s: %s" (DateTime.UtcNow.ToString "HH:mm:ss.fff") s.ManagerId fmt); s.Log.Flush()
+        let host = Environment.MachineName
+        let count = workerCount s
+        let affinity = match Policies.parseAffinity s.CpuAffinity with Ok a -> a | Error _ -> NoAffinity
+        let tasksetExists = File.Exists "/usr/bin/taskset"
+        let perWorker = max 1 (int (ceil (float (count + s.Prefetch) / float count)))
+        let events = ConcurrentQueue<WorkerEvent>()
+        let doorbell = new NetMQQueue<bool>()
+        let mutable rung = 0
+        let post e =
+            events.Enqueue e
+            if Interlocked.Exchange(&rung, 1) = 0 then
+                try doorbell.Enqueue true with :? ObjectDisposedException -> ()
+        let dealer = new DealerSocket()
+        dealer.Options.Identity <- Encoding.UTF8.GetBytes s.ManagerId
+        dealer.Options.Linger <- TimeSpan.FromSeconds 1.0
+        dealer.Options.SendHighWatermark <- 0
+        dealer.Options.ReceiveHighWatermark <- 0
+        match s.CertDir with
+        | Some dir ->
+            let server = File.ReadAllText(Path.Combine(dir, "server.key")).Trim()
+            let client = File.ReadAllLines(Path.Combine(dir, "client.key"))
+            dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
+            dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
+        | None -> ()
+        dealer.Connect s.Address
+        let sendMsg (m: ToInterchange) = dealer.TrySendFrame(Protocol.encodeToInterchange m) |> ignore
+
+        let slots = Array.init count (fun r -> { Rank = r; Generation = 0; Process = null; Input = null; Outstanding = List(); Functions = HashSet() })
+        let mutable stopping = false
+        let mutable exitCode = 0
+
+        let startWorker (slot: WorkerSlot) =
+            let cores = Policies.coresFor affinity Environment.ProcessorCount count slot.Rank
+            let program, args =
+                match cores, s.WorkerCommand with
+                | [], p :: a -> p, a
+                | cs, p :: a when tasksetExists -> "/usr/bin/taskset", "-c" :: String.Join(",", cs) :: p :: a
+                | _, p :: a -> p, a
+                | _, [] -> failwith "empty worker command"
+            let psi = ProcessStartInfo(program)
+            for a in args @ [ "--worker"; string slot.Rank ] do
+                psi.ArgumentList.Add a
+            psi.UseShellExecute <- false
+            psi.RedirectStandardInput <- true
+            psi.RedirectStandardOutput <- true
+            let env = psi.Environment
+            env["PARSL_WORKER_RANK"] <- string slot.Rank
+            env["PARSL_WORKER_COUNT"] <- string count
+            env["PARSL_WORKER_POOL_ID"] <- s.ManagerId
+            env["PARSL_WORKER_BLOCK_ID"] <- s.BlockId
+            match Policies.acceleratorFor s.Accelerators slot.Rank with
+            | Some a ->
+                env["CUDA_VISIBLE_DEVICES"] <- a
+                env["ROCR_VISIBLE_DEVICES"] <- a
+                env["ZE_AFFINITY_MASK"] <- a
+                env["ZE_ENABLE_PCI_ID_DEVICE_ORDER"] <- "1"
+            | None -> ()
+            if not cores.IsEmpty then
+                let list = String.Join(",", cores)
+                env["OMP_NUM_THREADS"] <- string cores.Length
+                env["GOMP_CPU_AFFINITY"] <- list
+                env["KMP_AFFINITY"] <- sprintf "explicit,proclist=[%s]" list
+            let p = Process.Start psi
+            slot.Generation <- slot.Generation + 1
+            slot.Process <- p
+            slot.Input <- p.StandardInput.BaseStream
+            slot.Functions.Clear()
+            let gen = slot.Generation
+            let out = p.StandardOutput.BaseStream
+            let reader =
+                Thread(
+                    (fun () ->
+                        let mutable go = true
+                        while go do
+                            match (try Frames.read out with _ -> None) with
+                            | Some frame ->
+                                match Protocol.decodeFromWorker frame with
+                                | Done rs -> post (Output(slot.Rank, gen, rs))
+                            | None -> go <- false
+                        p.WaitForExit()
+                        post (Exited(slot.Rank, gen, p.ExitCode))),
+                    IsBackground = true,
+                    Name = sprintf "worker-%d-reader" slot.Rank)
+            reader.Start()
+            log (sprintf "worker %d started as pid %d" slot.Rank p.Id)
+
+        // Function definitions ready for workers, and those waiting for assemblies from the interchange.
+        let ready = Dictionary<int, byte[]>()
+        let waiting = Dictionary<int, AssemblyRef list * byte[]>()
+        let resolved = Dictionary<string, string>() // hash -> verified local path
+        let requested = HashSet<string>()
+        let verified = Dictionary<string, string>() // path -> hash
+        let held = List<WireTask>()
+        let pending = LinkedList<WireTask>()
+        let outbox = List<WireResult>()
+        let cancelled = HashSet<int64>()
+        let cancelledOutcome k =
+            let id, _ = Protocol.ofKey k
+            { Key = k; Outcome = Raised("System.OperationCanceledException", sprintf "Task %d was cancelled" id, "", []) }
+
+        let localCopy (r: AssemblyRef) =
+            match resolved.TryGetValue r.Hash with
+            | true, p -> Some p
+            | _ ->
+                let hashOf p =
+                    match verified.TryGetValue p with
+                    | true, h -> h
+                    | _ ->
+                        let h = Serialization.hashFile p
+                        verified[p] <- h
+                        h
+                let cached = Path.Combine(s.CacheDir, r.Hash + ".dll")
+                let found =
+                    if s.SharedFileSystem && File.Exists r.Path && hashOf r.Path = r.Hash then Some r.Path
+                    elif File.Exists cached && hashOf cached = r.Hash then Some cached
+                    else None
+                found |> Option.iter (fun p -> resolved[r.Hash] <- p)
+                found
+
+        let tryComplete (fid: int) =
+            match waiting.TryGetValue fid with
+            | true, (refs, body) ->
+                let local = refs |> List.map (fun r -> r, localCopy r)
+                let missing = local |> List.filter (snd >> Option.isNone) |> List.map fst
+                if missing.IsEmpty then
+                    waiting.Remove fid |> ignore
+                    ready[fid] <- Serialization.rewriteDefinition (local |> List.map (fun (r, p) -> { r with Path = p.Value })) body
+                    for t in List.ofSeq held do
+                        match t.Body with
+                        | Call(f, _, _) when f = fid ->
+                            held.Remove t |> ignore
+                            pending.AddLast t |> ignore
+                        | _ -> ()
+                else
+                    for r in missing do
+                        if requested.Add r.Hash then sendMsg (NeedAssembly r.Hash)
+            | _ -> ()
+
+        let accept (t: WireTask) =
+            match t.Body with
+            | Call(fid, def, args) ->
+                if not (isNull def) && not (ready.ContainsKey fid) && not (waiting.ContainsKey fid) then
+                    waiting[fid] <- Serialization.decodeDefinition def
+                    tryComplete fid
+                let t = { t with Body = Call(fid, null, args) }
+                if ready.ContainsKey fid then pending.AddLast t |> ignore else held.Add t
+            | Command _ -> pending.AddLast t |> ignore
+
+        let dispatch () =
+            if pending.Count > 0 then
+                for slot in slots do
+                    if pending.Count > 0 && not (isNull slot.Process) && slot.Outstanding.Count < perWorker then
+                        let n = min (perWorker - slot.Outstanding.Count) pending.Count
+                        let batch = List<WireTask>(n)
+                        for _ in 1..n do
+                            let t = pending.First.Value
+                            pending.RemoveFirst()
+                            let t =
+                                match t.Body with
+                                | Call(fid, _, args) when slot.Functions.Add fid -> { t with Body = Call(fid, ready[fid], args) }
+                                | _ -> t
+                            slot.Outstanding.Add t
+                            batch.Add t
+                        try
+                            Frames.write slot.Input (Protocol.encodeToWorker (Run(List.ofSeq batch)))
+                            slot.Input.Flush()
+                        with :? IOException ->
+                            // The worker is dying; its reader reports the exit and the tries are handled there.
+                            ()
+
+        let stopWorkers () =
+            for slot in slots do
+                if not (isNull slot.Process) then
+                    try slot.Input.Close() with _ -> ()
+            let deadline = DateTime.UtcNow.AddSeconds 1.0
+            for slot in slots do
+                if not (isNull slot.Process) then
+                    let left = max 0 (int (deadline - DateTime.UtcNow).TotalMilliseconds)
+                    if not (slot.Process.WaitForExit left) then
+                        try slot.Process.Kill true with _ -> ()
+
+        let poller = new NetMQPoller()
+        let stop code =
+            if not stopping then
+                stopping <- true
+                exitCode <- code
+                poller.StopAsync()
+
+        let started = DateTime.UtcNow
+        let mutable lastHeard = started
+        let mutable lastSent = started
+        let mutable draining = false
+
+        dealer.ReceiveReady.Add(fun _ ->
+            let mutable frame: byte[] = null
+            while not stopping && dealer.TryReceiveFrameBytes(&frame) do
+                lastHeard <- DateTime.UtcNow
+                match (try Some(Protocol.decodeToManager frame) with _ -> None) with
+                | None -> log "ignored a malformed message"
+                | Some Accepted -> log "registered"
+                | Some(Refused reason) ->
+                    log (sprintf "refused by the interchange: %s" reason)
+                    stop 3
+                | Some HeartbeatReply -> ()
+                | Some(Tasks ts) ->
+                    for t in ts do
+                        accept t
+                | Some(Assembly(h, bytes)) ->
+                    if isNull bytes then
+                        // The client cannot supply it: fail the tries that need it.
+                        for fid in List.ofSeq waiting.Keys do
+                            let refs, _ = waiting[fid]
+                            if refs |> List.exists (fun r -> r.Hash = h) then
+                                waiting.Remove fid |> ignore
+                                for t in List.ofSeq held do
+                                    match t.Body with
+                                    | Call(f, _, _) when f = fid ->
+                                        held.Remove t |> ignore
+                                        outbox.Add { Key = t.Key; Outcome = Unserializable(sprintf "assembly %s is not available to workers" h) }
+                                    | _ -> ()
+                    else
+                        Directory.CreateDirectory s.CacheDir |> ignore
+                        let target = Path.Combine(s.CacheDir, h + ".dll")
+                        let tmp = target + "." + s.ManagerId + ".tmp"
+                        File.WriteAllBytes(tmp, bytes)
+                        File.Move(tmp, target, true)
+                        resolved[h] <- target
+                        for fid in List.ofSeq waiting.Keys do
+                            tryComplete fid
+                | Some(CancelTry k) ->
+                    match pending |> Seq.tryFind (fun t -> t.Key = k) with
+                    | Some t ->
+                        pending.Remove t |> ignore
+                        outbox.Add(cancelledOutcome k)
+                    | None ->
+                        match held |> Seq.tryFind (fun t -> t.Key = k) with
+                        | Some t ->
+                            held.Remove t |> ignore
+                            outbox.Add(cancelledOutcome k)
+                        | None ->
+                            match slots |> Array.tryFind (fun w -> w.Outstanding.Exists(fun t -> t.Key = k)) with
+                            | Some w ->
+                                cancelled.Add k |> ignore
+                                // Running now: only killing the worker stops it (it is restarted).
+                                if w.Outstanding[0].Key = k then
+                                    log (sprintf "killing worker %d to cancel a running try" w.Rank)
+                                    try w.Process.Kill true with _ -> ()
+                            | None -> ()
+                | Some Drained ->
+                    log "drained"
+                    stop 0
+                | Some Shutdown ->
+                    log "told to shut down"
+                    stop 0
+            if not stopping then
+                dispatch ()
+                if outbox.Count > 0 then
+                    sendMsg (Results(List.ofSeq outbox))
+                    outbox.Clear())
+
+        doorbell.ReceiveReady.Add(fun _ ->
+            let mutable b = false
+            while doorbell.TryDequeue(&b, TimeSpan.Zero) do
+                ()
+            Volatile.Write(&rung, 0)
+            let mutable e = Unchecked.defaultof<WorkerEvent>
+            while events.TryDequeue(&e) do
+                match e with
+                | Output(rank, gen, rs) ->
+                    let slot = slots[rank]
+                    if gen = slot.Generation then
+                        for r in rs do
+                            let i = slot.Outstanding.FindIndex(fun t -> t.Key = r.Key)
+                            if i >= 0 then slot.Outstanding.RemoveAt i
+                            outbox.Add(if cancelled.Count > 0 && cancelled.Remove r.Key then cancelledOutcome r.Key else r)
+                | Exited(rank, gen, code) ->
+                    let slot = slots[rank]
+                    if gen = slot.Generation && not stopping then
+                        log (sprintf "worker %d exited with code %d; restarting it" rank code)
+                        if slot.Outstanding.Count > 0 then
+                            let lost = slot.Outstanding[0]
+                            outbox.Add(
+                                if cancelled.Remove lost.Key then cancelledOutcome lost.Key
+                                else { Key = lost.Key; Outcome = WorkerDied(rank, host) })
+                            // The rest never started: give them to other workers.
+                            for t in Seq.rev (Seq.skip 1 slot.Outstanding) do
+                                let t =
+                                    match t.Body with
+                                    | Call(fid, _, args) -> { t with Body = Call(fid, null, args) }
+                                    | _ -> t
+                                pending.AddFirst t |> ignore
+                            slot.Outstanding.Clear()
+                        slot.Process.Dispose()
+                        startWorker slot
+            if not stopping then
+                dispatch ()
+                if outbox.Count > 0 then
+                    sendMsg (Results(List.ofSeq outbox))
+                    outbox.Clear())
+
+        let tickMs = s.HeartbeatPeriod.TotalMilliseconds / 2.0 |> max 10.0 |> min 1000.0
+        let tick = new NetMQTimer(TimeSpan.FromMilliseconds tickMs)
+        tick.Elapsed.Add(fun _ ->
+            let t = DateTime.UtcNow
+            if t - lastHeard > s.HeartbeatThreshold then
+                log "heard nothing from the interchange within the heartbeat threshold; exiting"
+                stop 2
+            else
+                if t - lastSent >= s.HeartbeatPeriod then
+                    sendMsg Heartbeat
+                    lastSent <- t
+                match s.DrainPeriod with
+                | Some d when not draining && t - started > d ->
+                    draining <- true
+                    log "draining"
+                    sendMsg Drain
+                | _ -> ())
+
+        poller.Add dealer
+        poller.Add doorbell
+        poller.Add tick
+        sendMsg (
+            Register
+                { ProtocolVersion = Protocol.Version
+                  ParslVersion = defaultArg s.ParslVersion (Protocol.parslVersion ())
+                  RuntimeVersion = Protocol.runtimeVersion ()
+                  ManagerId = s.ManagerId
+                  BlockId = s.BlockId
+                  Hostname = host
+                  WorkerCount = count
+                  PrefetchCapacity = s.Prefetch
+                  Pid = Environment.ProcessId }
+        )
+        log (sprintf "connecting to %s with %d workers (block %s)" s.Address count s.BlockId)
+        for slot in slots do
+            startWorker slot
+        try
+            poller.Run()
+        finally
+            stopWorkers ()
+            poller.Dispose()
+            dealer.Dispose()
+            doorbell.Dispose()
+            NetMQConfig.Cleanup(false)
+        exitCode

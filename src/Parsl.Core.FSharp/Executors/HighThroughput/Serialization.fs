@@ -1,0 +1,367 @@
+namespace Parsl.Executors.HighThroughput
+
+open System
+open System.Buffers
+open System.Collections.Concurrent
+open System.IO
+open System.Reflection
+open System.Runtime.CompilerServices
+open System.Security.Cryptography
+open MessagePack
+open MessagePack.Formatters
+open MessagePack.Resolvers
+open Parsl
+
+/// An assembly a function needs on the worker: its full name, where the client loaded it from, and a hash
+/// of its content (the worker loads it from the path when the hash matches, else from bytes it fetched).
+type AssemblyRef = { FullName: string; Path: string; Hash: string }
+
+/// Raised while serializing a value that cannot travel to another process.
+type internal Unshippable(message: string) =
+    inherit Exception(message)
+
+/// Recognises compiler-generated closure classes (F# `clo@12`, C# `<>c__DisplayClass`).
+module internal ClosureTypes =
+    let rec private isFSharpFunc (t: Type) =
+        not (isNull t)
+        && ((t.IsGenericType && t.GetGenericTypeDefinition() = typedefof<FSharpFunc<int, int>>) || isFSharpFunc t.BaseType)
+
+    /// Is this a class whose instances are closures we rebuild field by field?
+    let isClosure (t: Type) =
+        t.IsClass
+        && not (typeof<Delegate>.IsAssignableFrom t)
+        && (t.Name.Contains '@'
+            || t.Name.StartsWith "<"
+            || t.IsDefined(typeof<CompilerGeneratedAttribute>, false)
+            || isFSharpFunc t)
+
+    /// Types that hold OS resources or live state: serializing them would silently send garbage.
+    let isRefused (t: Type) =
+        typeof<Stream>.IsAssignableFrom t
+        || typeof<Runtime.InteropServices.SafeHandle>.IsAssignableFrom t
+        || typeof<Threading.WaitHandle>.IsAssignableFrom t
+        || typeof<Threading.Tasks.Task>.IsAssignableFrom t
+        || typeof<Threading.Thread>.IsAssignableFrom t
+        || typeof<Threading.CancellationTokenSource>.IsAssignableFrom t
+        || typeof<MemberInfo>.IsAssignableFrom t
+        || typeof<Net.Sockets.Socket>.IsAssignableFrom t
+        || t = typeof<IntPtr>
+        || t = typeof<UIntPtr>
+
+    /// Every instance field, base classes included, in a stable order.
+    let fields (t: Type) =
+        let rec go (t: Type) acc =
+            if isNull t || t = typeof<obj> then acc
+            else
+                let own =
+                    t.GetFields(BindingFlags.Instance ||| BindingFlags.Public ||| BindingFlags.NonPublic ||| BindingFlags.DeclaredOnly)
+                    |> Array.sortBy (fun f -> f.MetadataToken)
+                go t.BaseType (Array.append own acc)
+        go t [||]
+
+    /// Converts a deserialized value to the type a field or parameter expects (MessagePack may widen numbers).
+    let coerce (target: Type) (v: obj) =
+        if isNull v || target.IsInstanceOfType v then v
+        elif target.IsEnum then Enum.ToObject(target, v)
+        elif target.IsPrimitive || target = typeof<decimal> then Convert.ChangeType(v, target, Globalization.CultureInfo.InvariantCulture)
+        else v
+
+/// Rebuilds a closure from its type and fields (MessagePack has no constructor to call).
+type internal ClosureFormatter<'T>() =
+    static let fields = ClosureTypes.fields typeof<'T>
+    interface IMessagePackFormatter<'T> with
+        member _.Serialize(writer: byref<MessagePackWriter>, value: 'T, options: MessagePackSerializerOptions) =
+            if isNull (box value) then writer.WriteNil()
+            else
+                writer.WriteArrayHeader fields.Length
+                for f in fields do
+                    MessagePackSerializer.Serialize<obj>(&writer, f.GetValue(box value), options)
+
+        member _.Deserialize(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : 'T =
+            if reader.TryReadNil() then Unchecked.defaultof<'T>
+            else
+                let n = reader.ReadArrayHeader()
+                let o = RuntimeHelpers.GetUninitializedObject typeof<'T>
+                for i in 0 .. n - 1 do
+                    let v = MessagePackSerializer.Deserialize<obj>(&reader, options)
+                    if i < fields.Length then fields[i].SetValue(o, ClosureTypes.coerce fields[i].FieldType v)
+                o :?> 'T
+
+/// A delegate as a reference: declaring type, method token (and generic arguments), and its target.
+type internal DelegateFormatter<'T>() =
+    interface IMessagePackFormatter<'T> with
+        member _.Serialize(writer: byref<MessagePackWriter>, value: 'T, options: MessagePackSerializerOptions) =
+            match box value with
+            | null -> writer.WriteNil()
+            | :? MulticastDelegate as d when d.GetInvocationList().Length > 1 ->
+                raise (Unshippable "a multicast delegate (several methods combined) cannot be shipped; pass one function")
+            | :? Delegate as d ->
+                let m = d.Method
+                let asm = m.Module.Assembly
+                if isNull m.DeclaringType || asm.IsDynamic || String.IsNullOrEmpty asm.Location then
+                    raise (
+                        Unshippable(
+                            sprintf "the function %s was compiled in memory (F# Interactive or Reflection.Emit), so workers cannot load it; compile it into an assembly (a project), or run it on a ThreadPoolExecutor"
+                                m.Name))
+                writer.WriteArrayHeader 4
+                writer.Write m.DeclaringType.AssemblyQualifiedName
+                writer.Write m.MetadataToken
+                let gargs = if m.IsGenericMethod then m.GetGenericArguments() else [||]
+                writer.WriteArrayHeader gargs.Length
+                for g in gargs do
+                    writer.Write g.AssemblyQualifiedName
+                MessagePackSerializer.Serialize<obj>(&writer, d.Target, options)
+            | _ -> writer.WriteNil()
+
+        member _.Deserialize(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : 'T =
+            if reader.TryReadNil() then Unchecked.defaultof<'T>
+            else
+                reader.ReadArrayHeader() |> ignore
+                let declaring = Type.GetType(reader.ReadString(), true)
+                let token = reader.ReadInt32()
+                let n = reader.ReadArrayHeader()
+                let gargs = Array.zeroCreate<Type> n
+                for i in 0 .. n - 1 do
+                    gargs[i] <- Type.GetType(reader.ReadString(), true)
+                let target = MessagePackSerializer.Deserialize<obj>(&reader, options)
+                let flags = BindingFlags.Instance ||| BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic ||| BindingFlags.DeclaredOnly
+                let m =
+                    declaring.GetMethods flags
+                    |> Array.tryFind (fun m -> m.MetadataToken = token)
+                    |> Option.defaultWith (fun () -> failwithf "method %d not found on %s: the worker loaded another build of the assembly" token declaring.FullName)
+                let m = if n > 0 then m.MakeGenericMethod gargs else m
+                let d =
+                    if m.IsStatic && isNull target then Delegate.CreateDelegate(typeof<'T>, m)
+                    else Delegate.CreateDelegate(typeof<'T>, target, m)
+                box d :?> 'T
+
+/// F# unions (and options): the case tag and the case's fields (MessagePack's contractless resolver finds
+/// no constructor on union case classes).
+type internal UnionFormatter<'T>() =
+    static let flags = BindingFlags.Public ||| BindingFlags.NonPublic
+    static let unionType =
+        let t = typeof<'T>
+        if Microsoft.FSharp.Reflection.FSharpType.IsUnion(t, flags) && not (isNull t.BaseType)
+           && Microsoft.FSharp.Reflection.FSharpType.IsUnion(t.BaseType, flags) then t.BaseType
+        else t
+    static let cases = Microsoft.FSharp.Reflection.FSharpType.GetUnionCases(unionType, flags)
+    static let tagOf = Microsoft.FSharp.Reflection.FSharpValue.PreComputeUnionTagReader(unionType, flags)
+    static let readers = cases |> Array.map (fun c -> Microsoft.FSharp.Reflection.FSharpValue.PreComputeUnionReader(c, flags))
+    static let makers = cases |> Array.map (fun c -> Microsoft.FSharp.Reflection.FSharpValue.PreComputeUnionConstructor(c, flags))
+    static let fieldTypes = cases |> Array.map (fun c -> c.GetFields() |> Array.map (fun f -> f.PropertyType))
+    interface IMessagePackFormatter<'T> with
+        member _.Serialize(writer: byref<MessagePackWriter>, value: 'T, options: MessagePackSerializerOptions) =
+            // None is null at run time; the tag reader handles it.
+            let tag = tagOf (box value)
+            let fields = readers[tag] (box value)
+            writer.WriteArrayHeader(fields.Length + 1)
+            writer.Write tag
+            for f in fields do
+                MessagePackSerializer.Serialize<obj>(&writer, f, options)
+
+        member _.Deserialize(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : 'T =
+            let n = reader.ReadArrayHeader()
+            let tag = reader.ReadInt32()
+            let types = fieldTypes[tag]
+            let fields = Array.zeroCreate<obj> (n - 1)
+            for i in 0 .. n - 2 do
+                fields[i] <- ClosureTypes.coerce types[i] (MessagePackSerializer.Deserialize<obj>(&reader, options))
+            makers[tag] fields :?> 'T
+
+/// F# lists as arrays (a union formatter would nest one level per element).
+type internal FSharpListFormatter<'E>() =
+    interface IMessagePackFormatter<'E list> with
+        member _.Serialize(writer: byref<MessagePackWriter>, value: 'E list, options: MessagePackSerializerOptions) =
+            writer.WriteArrayHeader(List.length value)
+            for x in value do
+                MessagePackSerializer.Serialize<obj>(&writer, box x, options)
+
+        member _.Deserialize(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : 'E list =
+            let n = reader.ReadArrayHeader()
+            let items = Array.zeroCreate<'E> n
+            for i in 0 .. n - 1 do
+                items[i] <- ClosureTypes.coerce typeof<'E> (MessagePackSerializer.Deserialize<obj>(&reader, options)) :?> 'E
+            List.ofArray items
+
+/// Refuses values that hold OS resources, so the task fails with `SerializationError` instead of shipping junk.
+type internal RefusedFormatter<'T>() =
+    interface IMessagePackFormatter<'T> with
+        member _.Serialize(_: byref<MessagePackWriter>, _: 'T, _: MessagePackSerializerOptions) =
+            raise (
+                Unshippable(
+                    sprintf "a value of type %s holds a live resource (stream, handle, thread, task) and cannot be sent to a worker; pass what it refers to instead (a path, a string, the data)"
+                        typeof<'T>.FullName))
+
+        member _.Deserialize(_: byref<MessagePackReader>, _: MessagePackSerializerOptions) : 'T =
+            raise (Unshippable(sprintf "a value of type %s cannot be received" typeof<'T>.FullName))
+
+/// Supplies our formatters for closures, delegates and refused types; everything else falls through.
+type internal ShippingResolver() =
+    static let cache = ConcurrentDictionary<Type, obj>()
+    static member val Instance = ShippingResolver()
+    interface IFormatterResolver with
+        member _.GetFormatter<'T>() : IMessagePackFormatter<'T> =
+            let f =
+                cache.GetOrAdd(
+                    typeof<'T>,
+                    fun t ->
+                        if ClosureTypes.isRefused t then box (RefusedFormatter<'T>())
+                        elif typeof<Delegate>.IsAssignableFrom t && t <> typeof<Delegate> && t <> typeof<MulticastDelegate> then
+                            box (DelegateFormatter<'T>())
+                        elif ClosureTypes.isClosure t then box (ClosureFormatter<'T>())
+                        elif t.IsGenericType && t.GetGenericTypeDefinition() = typedefof<int list> then
+                            Activator.CreateInstance(typedefof<FSharpListFormatter<int>>.MakeGenericType(t.GetGenericArguments()))
+                        elif Microsoft.FSharp.Reflection.FSharpType.IsUnion(t, BindingFlags.Public ||| BindingFlags.NonPublic) then
+                            box (UnionFormatter<'T>())
+                        else null)
+            match f with
+            | null -> null
+            | f -> f :?> IMessagePackFormatter<'T>
+
+/// Typeless options that deserialize only types from the BCL, FSharp.Core, Parsl.NET and allowed assemblies.
+type internal ShippingOptions =
+    inherit MessagePackSerializerOptions
+    val Allowed: string -> bool
+    new(resolver: IFormatterResolver, allowed) = { inherit MessagePackSerializerOptions(resolver); Allowed = allowed }
+    new(copyFrom: ShippingOptions) = { inherit MessagePackSerializerOptions(copyFrom); Allowed = copyFrom.Allowed }
+    override this.Clone() = ShippingOptions(this) :> MessagePackSerializerOptions
+    override this.ThrowIfDeserializingTypeIsDisallowed(t: Type) =
+        base.ThrowIfDeserializingTypeIsDisallowed t
+        let a = t.Assembly
+        let name = a.GetName().Name
+        let framework =
+            name = "System.Private.CoreLib" || name.StartsWith "System." || name = "netstandard" || name = "mscorlib"
+            || name = "FSharp.Core" || name.StartsWith "Parsl."
+        if not framework && not (this.Allowed name) then
+            raise (Unshippable(sprintf "type %s from assembly %s is not one of the application's assemblies; refused" t.FullName name))
+
+/// Serialization of function references, arguments and results (DESIGN.md §5): MessagePack typeless with
+/// the contractless allow-private resolver, plus our formatters for closures and delegates.
+[<RequireQualifiedAccess>]
+module Serialization =
+    let private resolver () =
+        CompositeResolver.Create(
+            [| ShippingResolver.Instance :> IFormatterResolver
+               NativeDateTimeResolver.Instance
+               BuiltinResolver.Instance
+               AttributeFormatterResolver.Instance
+               CompositeResolver.Create(ExpandoObjectFormatter.Instance)
+               DynamicGenericResolver.Instance
+               DynamicUnionResolver.Instance
+               DynamicObjectResolver.Instance
+               DynamicContractlessObjectResolverAllowPrivate.Instance
+               TypelessObjectResolver.Instance |])
+
+    /// Options that accept types from assemblies whose simple name passes `allowed`.
+    let options (allowed: string -> bool) : MessagePackSerializerOptions =
+        (new ShippingOptions(resolver (), allowed)).WithSecurity(MessagePackSecurity.UntrustedData)
+
+    /// Serializes one value (typeless: the type travels with it). Raises `SerializationError` naming `what`.
+    let serialize (opts: MessagePackSerializerOptions) (what: string) (value: obj) : byte[] =
+        try
+            MessagePackSerializer.Serialize<obj>(value, opts)
+        with e ->
+            let rec root (e: exn) =
+                match e with
+                | :? Unshippable -> e
+                | _ when not (isNull e.InnerException) -> root e.InnerException
+                | _ -> e
+            let r = root e
+            raise (SerializationError(sprintf "%s cannot be serialized: %s" what r.Message, r))
+
+    /// Serializes a call's arguments as one array.
+    let serializeArgs (opts: MessagePackSerializerOptions) (args: obj[]) : byte[] =
+        let buffer = ArrayBufferWriter<byte>(64)
+        let mutable w = MessagePackWriter(buffer)
+        w.WriteArrayHeader args.Length
+        for i in 0 .. args.Length - 1 do
+            try
+                MessagePackSerializer.Serialize<obj>(&w, args[i], opts)
+            with e ->
+                let rec root (e: exn) =
+                    match e with
+                    | :? Unshippable -> e
+                    | _ when not (isNull e.InnerException) -> root e.InnerException
+                    | _ -> e
+                let r = root e
+                let t = if isNull args[i] then "null" else args[i].GetType().FullName
+                raise (SerializationError(sprintf "argument %d (%s) cannot be serialized: %s" i t r.Message, r))
+        w.Flush()
+        buffer.WrittenSpan.ToArray()
+
+    /// Reads a call's arguments, converted to the delegate's parameter types.
+    let deserializeArgs (opts: MessagePackSerializerOptions) (parameters: ParameterInfo[]) (bytes: byte[]) : obj[] =
+        let mutable r = MessagePackReader(ReadOnlyMemory<byte>(bytes))
+        let n = r.ReadArrayHeader()
+        let result = Array.zeroCreate<obj> n
+        for i in 0 .. n - 1 do
+            let v = MessagePackSerializer.Deserialize<obj>(&r, opts)
+            result[i] <- if i < parameters.Length then ClosureTypes.coerce parameters[i].ParameterType v else v
+        result
+
+    /// Deserializes one value.
+    let deserialize (opts: MessagePackSerializerOptions) (bytes: byte[]) : obj =
+        MessagePackSerializer.Deserialize<obj>(ReadOnlyMemory<byte>(bytes), opts)
+
+    /// Is the assembly part of the runtime or of Parsl.NET's own dependencies, which every worker has?
+    let isProvided (a: Assembly) =
+        let name = a.GetName().Name
+        let runtimeDir = Runtime.InteropServices.RuntimeEnvironment.GetRuntimeDirectory()
+        a.IsDynamic
+        || String.IsNullOrEmpty a.Location
+        || a.Location.StartsWith(runtimeDir, StringComparison.Ordinal)
+        || name = "FSharp.Core" || name = "Parsl.Core.FSharp" || name = "Parsl.Workers" || name.StartsWith "MessagePack" || name = "NetMQ"
+        || name = "AsyncIO" || name = "NaCl" || name.StartsWith "Serilog" || name.StartsWith "Microsoft.NET.StringTools"
+        || name = "System.Private.ServiceModel"
+
+    /// The content hash of a file (hex SHA-256).
+    let hashFile (path: string) =
+        use s = File.OpenRead path
+        Convert.ToHexString(SHA256.HashData s)
+
+    /// The definition of a function: the assemblies it may need, then the delegate itself.
+    let encodeDefinition (opts: MessagePackSerializerOptions) (assemblies: AssemblyRef list) (f: Delegate) : byte[] =
+        let body = serialize opts (sprintf "the function of app %s" f.Method.Name) (box f)
+        let buffer = ArrayBufferWriter<byte>(body.Length + 256)
+        let mutable w = MessagePackWriter(buffer)
+        w.WriteArrayHeader 2
+        w.WriteArrayHeader assemblies.Length
+        for a in assemblies do
+            w.WriteArrayHeader 3
+            w.Write a.FullName
+            w.Write a.Path
+            w.Write a.Hash
+        w.Write(ReadOnlySpan<byte>(body))
+        w.Flush()
+        buffer.WrittenSpan.ToArray()
+
+    /// Splits a definition into its assemblies and the delegate's bytes.
+    let decodeDefinition (bytes: byte[]) : AssemblyRef list * byte[] =
+        let mutable r = MessagePackReader(ReadOnlyMemory<byte>(bytes))
+        r.ReadArrayHeader() |> ignore
+        let n = r.ReadArrayHeader()
+        let mutable refs = []
+        for _ in 1..n do
+            r.ReadArrayHeader() |> ignore
+            let name = r.ReadString()
+            let path = r.ReadString()
+            let hash = r.ReadString()
+            refs <- { FullName = name; Path = path; Hash = hash } :: refs
+        let refs = List.rev refs
+        let body = r.ReadBytes()
+        refs, body.Value.ToArray()
+
+    /// A definition with its assemblies' paths replaced (the manager points them at verified local copies).
+    let rewriteDefinition (refs: AssemblyRef list) (body: byte[]) : byte[] =
+        let buffer = ArrayBufferWriter<byte>(body.Length + 256)
+        let mutable w = MessagePackWriter(buffer)
+        w.WriteArrayHeader 2
+        w.WriteArrayHeader refs.Length
+        for a in refs do
+            w.WriteArrayHeader 3
+            w.Write a.FullName
+            w.Write a.Path
+            w.Write a.Hash
+        w.Write(ReadOnlySpan<byte>(body))
+        w.Flush()
+        buffer.WrittenSpan.ToArray()

@@ -1,0 +1,155 @@
+namespace Parsl.Executors.HighThroughput
+
+open System
+open System.Collections.Concurrent
+open System.Collections.Generic
+open System.Diagnostics
+open System.IO
+open System.Reflection
+open System.Runtime.Loader
+open System.Threading
+open System.Threading.Tasks
+open Parsl
+open Parsl.Executors
+open Parsl.Runtime
+
+/// Length-prefixed frames over a pipe (manager ↔ worker process).
+[<RequireQualifiedAccess>]
+module Frames =
+    /// Writes one frame (not flushed).
+    let write (s: Stream) (bytes: byte[]) =
+        let header = BitConverter.GetBytes(bytes.Length)
+        s.Write(header, 0, 4)
+        s.Write(bytes, 0, bytes.Length)
+
+    let private readExactly (s: Stream) (buffer: byte[]) =
+        let mutable got = 0
+        while got < buffer.Length && (let n = s.Read(buffer, got, buffer.Length - got) in (if n > 0 then got <- got + n); n > 0) do
+            ()
+        got = buffer.Length
+
+    /// Reads one frame; None at end of stream.
+    let read (s: Stream) : byte[] option =
+        let header = Array.zeroCreate<byte> 4
+        if not (readExactly s header) then None
+        else
+            let body = Array.zeroCreate<byte> (BitConverter.ToInt32(header, 0))
+            if readExactly s body then Some body else None
+
+/// The worker process's loop (Parsl's `worker` in `process_worker_pool.py`): reads batches of tries from
+/// the manager on stdin, runs them one after another, and writes their results back on stdout in batches.
+[<RequireQualifiedAccess>]
+module Worker =
+    type private Loaded =
+        { Function: Delegate
+          Parameters: ParameterInfo[]
+          TakesToken: bool }
+
+
+    let rec private unwrap (e: exn) =
+        match e with
+        | :? TargetInvocationException as t when not (isNull t.InnerException) -> unwrap t.InnerException
+        | :? AggregateException as a when a.InnerExceptions.Count = 1 -> unwrap a.InnerException
+        | e -> e
+
+    /// The messages of an exception and its inner exceptions, outermost first.
+    let rec chain (e: exn) =
+        if isNull e.InnerException then e.Message else e.Message + " <- " + chain e.InnerException
+
+    /// What a raised exception becomes on the wire; Parsl's own errors carry what rebuilds them.
+    let describe (e: exn) : WireOutcome =
+        let e = unwrap e
+        let data =
+            match e with
+            | :? BashExitFailure as b -> [ b.AppName; string b.ExitCode ]
+            | :? MissingOutputs as m -> m.Outputs
+            | _ -> []
+        Raised(e.GetType().FullName, e.Message, (if isNull e.StackTrace then "" else e.StackTrace), data)
+
+    let private resultOf (v: obj) : obj =
+        match v with
+        | :? Task as t ->
+            t.GetAwaiter().GetResult()
+            let ty = t.GetType()
+            if ty.IsGenericType then
+                let p = ty.GetProperty "Result"
+                if p.PropertyType.FullName = "System.Threading.Tasks.VoidTaskResult" then null else p.GetValue t
+            else null
+        | v -> v
+
+    /// Runs the worker until stdin closes; returns the process exit code.
+    let run (input: Stream) (output: Stream) : int =
+        let paths = ConcurrentDictionary<string, string>()
+        let functions = Dictionary<int, Loaded>()
+        AssemblyLoadContext.Default.add_Resolving(fun ctx name ->
+            match paths.TryGetValue name.Name with
+            | true, p -> ctx.LoadFromAssemblyPath p
+            | _ -> null)
+        let opts = Serialization.options (fun n -> paths.ContainsKey n)
+        let host = Environment.MachineName
+
+        let load (fid: int) (def: byte[]) =
+            if not (isNull def) && not (functions.ContainsKey fid) then
+                let refs, body = Serialization.decodeDefinition def
+                for r in refs do
+                    paths[AssemblyName(r.FullName).Name] <- r.Path
+                let d = Serialization.deserialize opts body :?> Delegate
+                let ps = d.Method.GetParameters()
+                let takes = ps.Length > 0 && ps[ps.Length - 1].ParameterType = typeof<CancellationToken>
+                functions[fid] <- { Function = d; Parameters = ps; TakesToken = takes }
+
+        let runOne (t: WireTask) : WireOutcome =
+            match t.Body with
+            | Call(fid, def, args) ->
+                match (try load fid def; None with e -> Some(unwrap e)) with
+                | Some e -> Unserializable(sprintf "the function of app %s could not be loaded on the worker: %s" t.AppName (chain e))
+                | None ->
+                    match functions.TryGetValue fid with
+                    | false, _ -> Unserializable(sprintf "the function of app %s was never sent to this worker" t.AppName)
+                    | true, f ->
+                        match (try Ok(Serialization.deserializeArgs opts f.Parameters args) with e -> Error(unwrap e)) with
+                        | Error e -> Unserializable(sprintf "the arguments of app %s could not be deserialized on the worker: %s" t.AppName (chain e))
+                        | Ok a ->
+                            let a = if f.TakesToken then Array.append a [| box CancellationToken.None |] else a
+                            match (try Ok(resultOf (f.Function.DynamicInvoke a)) with e -> Error e) with
+                            | Error e -> describe e
+                            | Ok v ->
+                                match (try Ok(Serialization.serialize opts (sprintf "the result of app %s" t.AppName) v) with e -> Error e) with
+                                | Ok b -> Value b
+                                | Error e -> Unserializable e.Message
+            | Command(cmd, out, err, wall, outputs) ->
+                let std (s: WireStream option) =
+                    s |> Option.map (fun s -> if s.Truncate then Truncate s.Path else Append s.Path)
+                let call =
+                    { AppName = t.AppName
+                      BuildCommand = fun () -> cmd
+                      Stdout = std out
+                      Stderr = std err
+                      Walltime = (if wall >= 0L then Some(TimeSpan.FromMilliseconds(float wall)) else None)
+                      Outputs = outputs }
+                match (try Ok(Shell.run call CancellationToken.None) with e -> Error e) with
+                | Ok v -> Value(Serialization.serialize opts "a shell app's exit code" v)
+                | Error e -> describe e
+
+        let results = List<WireResult>()
+        let flush () =
+            if results.Count > 0 then
+                Frames.write output (Protocol.encodeFromWorker (Done(List.ofSeq results)))
+                output.Flush()
+                results.Clear()
+        let clock = Stopwatch.StartNew()
+        let mutable go = true
+        while go do
+            match Frames.read input with
+            | None -> go <- false
+            | Some frame ->
+                let (Run tasks) = Protocol.decodeToWorker frame
+                let mutable lastFlush = clock.Elapsed
+                for t in tasks do
+                    results.Add { Key = t.Key; Outcome = runOne t }
+                    // Long batches still report as they go, so results are not held back behind slow tasks.
+                    if (clock.Elapsed - lastFlush).TotalMilliseconds > 2.0 then
+                        flush ()
+                        lastFlush <- clock.Elapsed
+                flush ()
+        0
