@@ -5,6 +5,7 @@ module Parsl.Bench.Program
 let main argv =
     let want name = argv.Length = 0 || Array.contains name argv
     if Array.contains "noop" argv then ThreadPool.noop (printfn "%s")
+    if Array.contains "chain" argv then ThreadPool.chain (printfn "%s")
     if want "threads" then ThreadPool.run (printfn "%s")
     if want "htex" then Htex.run (printfn "%s")
     0

@@ -78,6 +78,9 @@ let noop (print: string -> unit) =
     figure print "threads: no-op CPU time per task (all threads)" cpu "us"
     figure print "threads: no-op function apps (100,000 tasks)" total "tasks/s"
 
+/// The chain figure alone.
+let chain (print: string -> unit) = figure print "threads: dependency chain (10,000 hops)" (chainHop 10_000) "us/hop"
+
 /// Runs every thread-pool figure.
 let run (print: string -> unit) =
     print (sprintf "# thread pool executor (%d threads), %d cores" Environment.ProcessorCount Environment.ProcessorCount)
