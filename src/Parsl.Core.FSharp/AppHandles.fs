@@ -112,14 +112,7 @@ type internal AppHandles private () =
         let opts, _ = AppHandles.Prepare(dfk, opts, del)
         let rec make (o: AppOptions) =
             let name = o.Name.Value
-            let build (id: TaskId) (args: obj[]) =
-                Shell
-                    { AppName = name
-                      BuildCommand = fun () -> command.Invoke args
-                      Stdout = o.Stdout |> Option.map (App.stdPath dfk name id "stdout")
-                      Stderr = o.Stderr |> Option.map (App.stdPath dfk name id "stderr")
-                      Walltime = o.Walltime
-                      Outputs = o.Outputs }
+            let build = App.shellCall dfk name o (fun args -> command.Invoke args)
             AppHandle<int>(dfk, name, ShellApp, o, build, (fun _ -> None), AppHandles.Memo(o, name, del, false), make)
         make opts
 

@@ -262,19 +262,24 @@ module App =
             Append(System.IO.Path.Combine(dir, sprintf "task_%04d_%s.%s" id.Value name which))
         | Staged f -> Truncate(Staging.stdPath dfk f)
 
+    /// How a shell app's call is built: `command` makes the command line from the resolved arguments (it runs
+    /// where the executor builds the call: on the client, so that only the string travels).
+    let internal shellCall (dfk: DataFlowKernel) (name: string) (opts: AppOptions) (command: obj[] -> string) =
+        fun (id: TaskId) (args: obj[]) ->
+            Shell
+                { AppName = name
+                  BuildCommand = fun () -> command args
+                  Stdout = opts.Stdout |> Option.map (stdPath dfk name id "stdout")
+                  Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
+                  Walltime = opts.Walltime
+                  Outputs = opts.Outputs }
+
     /// A shell app with options: the function returns a command line, run by `/bin/bash`. The future's
     /// result is 0; a non-zero exit fails it with `BashExitFailure` carrying the code.
     let shellWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> string) : Arg<'A> -> AppFuture<int> =
         let app = prepare dfk opts f 1
         let name = fst app
-        let build (id: TaskId) (args: obj[]) =
-            Shell
-                { AppName = name
-                  BuildCommand = fun () -> f (unbox<'A> args[0])
-                  Stdout = opts.Stdout |> Option.map (stdPath dfk name id "stdout")
-                  Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
-                  Walltime = opts.Walltime
-                  Outputs = opts.Outputs }
+        let build = shellCall dfk name opts (fun args -> f (unbox<'A> args[0]))
         fun (a: Arg<'A>) -> submitWith<int> dfk name (snd app) ShellApp opts [| a.Slot |] build noJoin
 
     /// A shell app.
@@ -284,14 +289,7 @@ module App =
     let shell2With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> string) : Arg<'A> -> Arg<'B> -> AppFuture<int> =
         let app = prepare dfk opts f 2
         let name = fst app
-        let build (id: TaskId) (args: obj[]) =
-            Shell
-                { AppName = name
-                  BuildCommand = fun () -> f (unbox<'A> args[0]) (unbox<'B> args[1])
-                  Stdout = opts.Stdout |> Option.map (stdPath dfk name id "stdout")
-                  Stderr = opts.Stderr |> Option.map (stdPath dfk name id "stderr")
-                  Walltime = opts.Walltime
-                  Outputs = opts.Outputs }
+        let build = shellCall dfk name opts (fun args -> f (unbox<'A> args[0]) (unbox<'B> args[1]))
         fun (a: Arg<'A>) (b: Arg<'B>) -> submitWith<int> dfk name (snd app) ShellApp opts [| a.Slot; b.Slot |] build noJoin
 
     let private oneFuture (v: obj) =

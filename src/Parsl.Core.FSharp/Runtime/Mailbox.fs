@@ -4,7 +4,7 @@ open System.Collections.Concurrent
 open System.Threading
 open System.Threading.Tasks
 
-/// A queue with many producers and one asynchronous consumer. Producers never take a lock: they enqueue, and
+/// A queue with many producers and one consumer thread. Producers never take a lock: they enqueue, and
 /// wake the consumer only when it is asleep. (Measured: `Channel<T>.TryWrite` takes a lock per item, and at
 /// 100,000 tasks/s that lock was half of the kernel loop's time.)
 [<Sealed>]
@@ -25,7 +25,7 @@ type internal Mailbox<'T>() =
             wake ()
             true
 
-    /// No more items will be posted; the consumer drains what is left, then `WaitToReadAsync` returns false.
+    /// No more items will be posted; the consumer drains what is left, then `WaitToRead` returns false.
     member _.Complete() =
         Volatile.Write(&completed, 1)
         wake ()
@@ -47,26 +47,7 @@ type internal Mailbox<'T>() =
                     signal.Wait()
         result = 1
 
-    /// Waits until there is an item (true) or the mailbox is completed and empty (false). Consumer only.
-    member _.WaitToReadAsync() : Task<bool> =
-        task {
-            let mutable result = 0
-            while result = 0 do
-                if not queue.IsEmpty then result <- 1
-                elif Volatile.Read(&completed) = 1 then result <- 2
-                else
-                    Volatile.Write(&sleeping, 1)
-                    // Re-check after announcing sleep, so an item posted meanwhile is not missed.
-                    if not queue.IsEmpty || Volatile.Read(&completed) = 1 then
-                        if Interlocked.CompareExchange(&sleeping, 0, 1) <> 1 then
-                            // A producer took the flag and released the semaphore: consume that permit.
-                            do! signal.WaitAsync()
-                    else
-                        do! signal.WaitAsync()
-            return result = 1
-        }
-
-/// A queue with one producer and several asynchronous consumers (an executor's workers). Enqueueing takes no
+/// A queue with one producer and several consumer threads (an executor's workers). Enqueueing takes no
 /// lock; idle consumers are woken through a semaphore only when some are waiting.
 [<Sealed>]
 type internal WorkQueue<'T>() =
