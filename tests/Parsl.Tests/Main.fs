@@ -9,6 +9,8 @@ let all =
         ShellTests.tests
         DeepResolverTests.tests
         AppTests.tests
+        ProvidersLauncherTests.tests
+        ProvidersSlurmTests.tests
     ]
 
 [<EntryPoint>]

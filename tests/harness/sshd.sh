@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# An OpenSSH server on 127.0.0.1 (a free port), with a fresh host key and a client key allowed to log in as root.
+# Idempotent. Prints one line on stdout: READY port=<port> key=<client private key> fingerprint=<SHA256:...>.
+set -uo pipefail
+. "$(dirname "$0")/common.sh"
+require_root_debian
+apt_install openssh-server openssh-client
+
+dir="$harness_root/sshd"
+mkdir -p "$dir" /run/sshd
+chmod 0755 "$dir"
+[ -f "$dir/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/host_ed25519" || die "ssh-keygen (host) failed"
+[ -f "$dir/client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/client_ed25519" || die "ssh-keygen (client) failed"
+cp "$dir/client_ed25519.pub" "$dir/authorized_keys"
+chmod 0600 "$dir/authorized_keys" "$dir/host_ed25519" "$dir/client_ed25519"
+fingerprint=$(ssh-keygen -lf "$dir/host_ed25519.pub" | awk '{ print $2 }')
+
+running() { [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; }
+if ! running; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
+           || shuf -i 20000-60000 -n 1)
+    echo "$port" > "$dir/port"
+    cat > "$dir/sshd_config" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $dir/host_ed25519
+PidFile $dir/sshd.pid
+AuthorizedKeysFile $dir/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+CONF
+    /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log" || die "sshd did not start (see $dir/sshd.log)"
+fi
+port=$(cat "$dir/port")
+wait_until 15 bash -c "echo > /dev/tcp/127.0.0.1/$port" || die "sshd is not listening on 127.0.0.1:$port"
+echo "READY port=$port key=$dir/client_ed25519 fingerprint=$fingerprint"
