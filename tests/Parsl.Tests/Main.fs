@@ -11,6 +11,8 @@ let all =
         AppTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
+        ProvidersSshTests.tests
+        ProvidersErrorHandlerTests.tests
     ]
 
 [<EntryPoint>]

@@ -154,15 +154,20 @@ type SshChannel(options: SshOptions) =
     let exec (command: string) (timeout: TimeSpan) (ct: CancellationToken) =
         task {
             let s, _ = ensure ()
-            use cmd = s.CreateCommand command
+            // The limit is enforced on the login node: cancelling an SSH exec waits for the remote process to end,
+            // and sshd may ignore signal requests, so a stuck scheduler command would otherwise hold the channel.
+            let seconds = max 1 (int (Math.Ceiling timeout.TotalSeconds))
+            use cmd = s.CreateCommand(sprintf "timeout -s KILL %d bash -c %s" seconds (BatchJobs.shellQuote command))
             use limit = CancellationTokenSource.CreateLinkedTokenSource ct
-            limit.CancelAfter timeout
+            limit.CancelAfter(timeout + TimeSpan.FromSeconds 15.0)
+            let clock = Stopwatch.StartNew()
             try
                 do! cmd.ExecuteAsync limit.Token
             with :? OperationCanceledException ->
                 if ct.IsCancellationRequested then ct.ThrowIfCancellationRequested()
                 raise (CommandTimeoutException(command, timeout.TotalSeconds))
             let code = if cmd.ExitStatus.HasValue then cmd.ExitStatus.Value else -1
+            if code = 137 && clock.Elapsed >= timeout then raise (CommandTimeoutException(command, timeout.TotalSeconds))
             return { ExitCode = code; Stdout = cmd.Result; Stderr = cmd.Error }
         }
 
