@@ -13,6 +13,7 @@ let all =
         ProvidersSlurmTests.tests
         ProvidersSshTests.tests
         ProvidersErrorHandlerTests.tests
+        ProvidersGridEngineTests.tests
     ]
 
 [<EntryPoint>]
