@@ -14,6 +14,7 @@ let all =
         ProvidersSshTests.tests
         ProvidersErrorHandlerTests.tests
         ProvidersGridEngineTests.tests
+        ProvidersBatchSamplesTests.tests
     ]
 
 [<EntryPoint>]

@@ -27,6 +27,8 @@ type internal BatchSystem =
       /// The submit script's file name for a job name.
       ScriptFile: string -> string
       Render: ScriptRequest -> string
+      /// Further files the job needs beside the script (HTCondor's job script): name and content.
+      ExtraFiles: ScriptRequest -> (string * string) list
       /// Run once before the first command (Slurm probes sacct here).
       Prepare: IExecutionChannel -> CancellationToken -> Task
       /// Submits (channel, job name, script path as the scheduler sees it); returns the job id or raises `SubmitException`.
@@ -35,8 +37,8 @@ type internal BatchSystem =
       Query: IExecutionChannel -> string list -> CancellationToken -> Task<SchedulerReport list option>
       /// Reports on jobs the status command no longer lists (Slurm asks scontrol); the rest get `MissingState`.
       ResolveMissing: IExecutionChannel -> string list -> CancellationToken -> Task<SchedulerReport list>
-      /// What a job the scheduler forgot is taken to be (Parsl: COMPLETED).
-      MissingState: JobState
+      /// What a job the scheduler forgot is taken to be (Parsl: COMPLETED); None leaves its state as it was.
+      MissingState: JobState option
       Cancel: IExecutionChannel -> string list -> CancellationToken -> Task<bool>
       /// What a cancelled job becomes (Parsl: CANCELLED for Slurm, COMPLETED for Grid Engine and Torque).
       StateAfterCancel: JobState }
@@ -123,11 +125,13 @@ type ClusterProvider internal (system: BatchSystem, settings: BlockSettings, cha
                     if not missing.IsEmpty then
                         let! resolved = system.ResolveMissing ch missing ct
                         for rep in resolved do do! apply rep
-                        for id in missing do
-                            if not (seen.Contains id) then
-                                jobs[id].Status <-
-                                    { JobStatus.ofState system.MissingState with
-                                        Message = Some(sprintf "%s no longer lists the job" system.Label) }
+                        match system.MissingState with
+                        | Some st ->
+                            for id in missing do
+                                if not (seen.Contains id) then
+                                    jobs[id].Status <-
+                                        { JobStatus.ofState st with Message = Some(sprintf "%s no longer lists the job" system.Label) }
+                        | None -> ()
         }
 
     /// The channel-side submit-script directory, once opened.
@@ -169,6 +173,11 @@ type ClusterProvider internal (system: BatchSystem, settings: BlockSettings, cha
                     let localPath = Path.Combine(ctx.ScriptDir, file)
                     Directory.CreateDirectory ctx.ScriptDir |> ignore
                     do! File.WriteAllTextAsync(localPath, system.Render request, ct)
+                    for extraName, content in system.ExtraFiles request do
+                        let extra = Path.Combine(ctx.ScriptDir, extraName)
+                        do! File.WriteAllTextAsync(extra, content, ct)
+                        let! _ = ch.PushFileAsync(extra, dir, ct)
+                        ()
                     let! scriptPath = ch.PushFileAsync(localPath, dir, ct)
                     let! id = system.Submit ch name scriptPath ct
                     jobs[id] <- { Status = JobStatus.ofState JobState.Pending; StdoutPath = stdoutPath; StderrPath = stderrPath }

@@ -14,6 +14,7 @@ type GridEngineProvider private (options: GridEngineOptions, channelFactory: uni
          { Label = "grid_engine"
            ScriptFile = fun name -> name + ".submit"
            Render = GridEngine.render options
+           ExtraFiles = fun _ -> []
            Prepare = BatchSystems.noPrepare
            Submit = BatchSystems.submitWith GridEngine.parseSubmit (GridEngine.submitCommand options) t
            Query = BatchSystems.queryWith (fun _ -> [ GridEngine.statusCommand ]) GridEngine.parseStatus t
@@ -34,7 +35,7 @@ type GridEngineProvider private (options: GridEngineOptions, channelFactory: uni
                                  found.Add { JobId = id; State = JobState.Running; Native = "finishing (not yet in qacct)"; ExitCode = None }
                      return List.ofSeq found
                  }
-           MissingState = JobState.Completed
+           MissingState = Some JobState.Completed
            Cancel = BatchSystems.cancelWith GridEngine.cancelCommand t
            StateAfterCancel = JobState.Cancelled }),
         { InitBlocks = options.InitBlocks

@@ -14,6 +14,7 @@ type SlurmProvider private (options: SlurmOptions, channelFactory: unit -> IExec
          { Label = "slurm"
            ScriptFile = id
            Render = Slurm.render options
+           ExtraFiles = fun _ -> []
            Prepare =
              fun ch ct ->
                  task {
@@ -38,7 +39,7 @@ type SlurmProvider private (options: SlurmOptions, channelFactory: unit -> IExec
                              |> Option.iter found.Add
                      return List.ofSeq found
                  }
-           MissingState = JobState.Completed
+           MissingState = Some JobState.Completed
            Cancel = BatchSystems.cancelWith (Slurm.cancelCommand options) t
            StateAfterCancel = JobState.Cancelled }),
         { InitBlocks = options.InitBlocks
