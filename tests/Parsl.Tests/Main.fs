@@ -15,6 +15,7 @@ let all =
         ProvidersErrorHandlerTests.tests
         ProvidersGridEngineTests.tests
         ProvidersBatchSamplesTests.tests
+        ProvidersKubernetesTests.tests
     ]
 
 [<EntryPoint>]
