@@ -6,14 +6,14 @@ open System.Threading
 open Expecto
 open Parsl.Providers
 
-/// SSH options for the harness's sshd (loopback, key login as root).
+/// SSH options for the harness's sshd (loopback, key login as its test user).
 let options () =
     let ready = Harness.require "sshd"
-    { SshOptions.create "127.0.0.1" "root" with
+    { SshOptions.create "127.0.0.1" (Harness.field ready "user") with
         Port = int (Harness.field ready "port")
         PrivateKeyFile = Some(Harness.field ready "key")
         HostKeyFingerprint = Some(Harness.field ready "fingerprint")
-        RemoteScriptDir = sprintf "/tmp/parsl-harness/remote-%s" (Guid.NewGuid().ToString("N")) }
+        RemoteScriptDir = sprintf "/tmp/parsl-ssh-%s" (Guid.NewGuid().ToString("N")) }
 
 let rec unwrap (e: exn) =
     match e with

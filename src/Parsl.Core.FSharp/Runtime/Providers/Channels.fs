@@ -157,7 +157,7 @@ type SshChannel(options: SshOptions) =
             // The limit is enforced on the login node: cancelling an SSH exec waits for the remote process to end,
             // and sshd may ignore signal requests, so a stuck scheduler command would otherwise hold the channel.
             let seconds = max 1 (int (Math.Ceiling timeout.TotalSeconds))
-            use cmd = s.CreateCommand(sprintf "timeout -s KILL %d bash -c %s" seconds (BatchJobs.shellQuote command))
+            use cmd = s.CreateCommand(sprintf "timeout -k 5 %d bash -c %s" seconds (BatchJobs.shellQuote command))
             use limit = CancellationTokenSource.CreateLinkedTokenSource ct
             limit.CancelAfter(timeout + TimeSpan.FromSeconds 15.0)
             let clock = Stopwatch.StartNew()
@@ -167,7 +167,8 @@ type SshChannel(options: SshOptions) =
                 if ct.IsCancellationRequested then ct.ThrowIfCancellationRequested()
                 raise (CommandTimeoutException(command, timeout.TotalSeconds))
             let code = if cmd.ExitStatus.HasValue then cmd.ExitStatus.Value else -1
-            if code = 137 && clock.Elapsed >= timeout then raise (CommandTimeoutException(command, timeout.TotalSeconds))
+            // timeout(1) exits 124 when it stopped the command (137 when it had to KILL it).
+            if (code = 124 || code = 137) && clock.Elapsed >= timeout then raise (CommandTimeoutException(command, timeout.TotalSeconds))
             return { ExitCode = code; Stdout = cmd.Result; Stderr = cmd.Error }
         }
 
