@@ -76,7 +76,7 @@ let pollUntil (limit: TimeSpan) (what: string) (probe: unit -> 'T option) =
         | Some v -> v
         | None when sw.Elapsed > limit -> failtestf "gave up after %.0f s waiting for %s" limit.TotalSeconds what
         | None ->
-            Threading.Tasks.Task.Delay(250).Wait()
+            Threading.Tasks.Task.Delay(500).Wait()
             loop ()
     loop ()
 

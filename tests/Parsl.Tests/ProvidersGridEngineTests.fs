@@ -69,7 +69,7 @@ let tests =
             Expect.equal (errs |> List.map (fun e -> e.Field) |> List.sort)
                 ([ "GridEngineProvider.NodesPerBlock"; "GridEngineProvider.Queue"; "GridEngineProvider.Walltime" ] |> List.sort) "fields"
         }
-        testSequenced <| test "Live: a block runs and is deleted; a finished one is COMPLETED, a failing one FAILED with its code" {
+        testSequencedGroup "provider-daemons" <| test "Live: a block runs and is deleted; a finished one is COMPLETED, a failing one FAILED with its code" {
             Harness.require "gridengine" |> ignore
             withProvider { GridEngine.defaults with CmdTimeout = TimeSpan.FromSeconds 60.0 } (fun p submitted ->
                 let out = Path.Combine(Directory.CreateTempSubdirectory("parsl-sge-out").FullName, "ran")
@@ -78,12 +78,12 @@ let tests =
                 let badId = ProvidersSlurmTests.submit p "echo failing; exit 4" 1
                 submitted.AddRange [ longId; okId; badId ]
                 Expect.contains [ JobState.Pending; JobState.Running ] (ProvidersSlurmTests.statusOf p longId).State "queued"
-                ProvidersSlurmTests.waitState p longId ((=) JobState.Running) "RUNNING" |> ignore
-                Harness.pollUntil (TimeSpan.FromSeconds 90.0) "the block's file" (fun () ->
+                ProvidersSlurmTests.waitStateWithin (TimeSpan.FromSeconds 240.0) p longId ((=) JobState.Running) "RUNNING" |> ignore
+                Harness.pollUntil (TimeSpan.FromSeconds 240.0) "the block's file" (fun () ->
                     if File.Exists out && File.ReadAllText(out).Trim() = longId then Some() else None)
-                let ok = ProvidersSlurmTests.waitState p okId JobState.isTerminal "the good block to end"
+                let ok = ProvidersSlurmTests.waitStateWithin (TimeSpan.FromSeconds 240.0) p okId JobState.isTerminal "the good block to end"
                 Expect.equal ok.State JobState.Completed "COMPLETED"
-                let bad = ProvidersSlurmTests.waitState p badId JobState.isTerminal "the failing block to end"
+                let bad = ProvidersSlurmTests.waitStateWithin (TimeSpan.FromSeconds 240.0) p badId JobState.isTerminal "the failing block to end"
                 Expect.equal (bad.State, bad.ExitCode) (JobState.Failed, Some 4) "FAILED 4"
                 Expect.stringContains (defaultArg bad.Stdout "") "failing" "stdout summary"
                 Expect.equal (p.CancelAsync([ longId ], CancellationToken.None) |> TestUtil.await) [ true ] "qdel"

@@ -27,10 +27,12 @@ let context () =
 let statusOf (p: IExecutionProvider) id =
     (p.StatusAsync([ id ], CancellationToken.None) |> TestUtil.await).Head
 
-let waitState (p: IExecutionProvider) id (accept: JobState -> bool) what =
-    Harness.pollUntil (TimeSpan.FromSeconds 90.0) what (fun () ->
+let waitStateWithin limit (p: IExecutionProvider) id (accept: JobState -> bool) what =
+    Harness.pollUntil limit what (fun () ->
         let s = statusOf p id
         if accept s.State then Some s else None)
+
+let waitState p id accept what = waitStateWithin (TimeSpan.FromSeconds 120.0) p id accept what
 
 let submit (p: IExecutionProvider) cmd tpn =
     p.SubmitAsync(cmd, tpn, "parsl.test.block-0", CancellationToken.None) |> TestUtil.await
@@ -142,7 +144,7 @@ let withProvider (options: SlurmOptions) (f: IExecutionProvider -> ResizeArray<s
         (p :> IDisposable).Dispose()
 
 let live =
-    testSequenced <| testList "Providers.Slurm.live" [
+    testSequencedGroup "provider-daemons" <| testList "Providers.Slurm.live" [
         test "A block runs: PENDING/RUNNING, writes its host and job id, is CANCELLED, and leaves the queue" {
             Harness.require "slurm" |> ignore
             withProvider slurmOptions (fun p submitted ->

@@ -21,7 +21,7 @@ let rec unwrap (e: exn) =
     | e -> e
 
 let tests =
-    testSequenced <| testList "Providers.Ssh" [
+    testSequencedGroup "provider-daemons" <| testList "Providers.Ssh" [
         test "The SSH channel runs commands (exit code, stdout, stderr) and copies files with SFTP" {
             let o = options ()
             use ch = new SshChannel(o) :> IExecutionChannel
