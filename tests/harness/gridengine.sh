@@ -14,7 +14,6 @@ host=$(hostname -s)
 ensure_hostname_resolves
 
 queue_ready() { qstat -f -q all.q 2>/dev/null | awk -v q="all.q@$host" '$1 == q { found=1; if (NF >= 6) bad=1 } END { exit !(found && !bad) }'; }
-if pgrep -x sge_qmaster >/dev/null && pgrep -x sge_execd >/dev/null && queue_ready; then echo READY; exit 0; fi
 
 # The non-interactive install leaves act_qmaster empty; loopback clients resolve to "localhost", so alias it.
 echo "$host" > "$common/act_qmaster"
@@ -24,9 +23,10 @@ chown sgeadmin:sgeadmin "$common/act_qmaster" "$common/host_aliases"
 pgrep -x sge_qmaster >/dev/null || /usr/sbin/sge_qmaster || die "sge_qmaster did not start"
 wait_until 60 qconf -sconf || die "sge_qmaster is not answering (see /var/spool/gridengine/qmaster/messages)"
 
-# root may submit (min_uid/min_gid 0); schedule every second (the 15 s default makes a job take 30 s).
+# root may submit (min_uid/min_gid 0); schedule every second (the 15 s default makes a job take 30 s); start job
+# shells as plain shells, not login shells, so an account's login scripts cannot stall or change a block.
 qconf -sconf > "$dir/global"
-sed -i -e 's/^min_uid .*/min_uid 0/' -e 's/^min_gid .*/min_gid 0/' "$dir/global"
+sed -i -e 's/^min_uid .*/min_uid 0/' -e 's/^min_gid .*/min_gid 0/' -e 's/^login_shells .*/login_shells sh/' "$dir/global"
 qconf -Mconf "$dir/global" >&2 || die "qconf -Mconf failed"
 qconf -ssconf > "$dir/sched"
 sed -i 's/^schedule_interval .*/schedule_interval 0:0:1/' "$dir/sched"

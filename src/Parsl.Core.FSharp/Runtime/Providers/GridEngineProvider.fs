@@ -8,9 +8,9 @@ open Parsl
 type GridEngineProvider private (options: GridEngineOptions, channelFactory: unit -> IExecutionChannel) =
     inherit ClusterProvider(
         (let t = options.CmdTimeout
-         // qacct learns of a job about a second after qstat forgets it; until then (up to 3 polls) the job is
-         // reported as still finishing, so a failed block is not mistaken for a completed one.
-         let unaccounted = Collections.Generic.Dictionary<string, int>()
+         // qacct learns of a job a moment after qstat forgets it (seconds on a busy host); for up to a minute the
+         // job is reported as still finishing, so a failed block is not mistaken for a completed one.
+         let unaccounted = Collections.Generic.Dictionary<string, DateTime>()
          { Label = "grid_engine"
            ScriptFile = fun name -> name + ".submit"
            Render = GridEngine.render options
@@ -29,9 +29,10 @@ type GridEngineProvider private (options: GridEngineOptions, channelFactory: uni
                              unaccounted.Remove id |> ignore
                              found.Add rep
                          | None ->
-                             let misses = (match unaccounted.TryGetValue id with | true, n -> n | _ -> 0) + 1
-                             unaccounted[id] <- misses
-                             if misses <= 3 then
+                             let now = DateTime.UtcNow
+                             let since = match unaccounted.TryGetValue id with | true, t -> t | _ -> now
+                             unaccounted[id] <- since
+                             if now - since < TimeSpan.FromMinutes 1.0 then
                                  found.Add { JobId = id; State = JobState.Running; Native = "finishing (not yet in qacct)"; ExitCode = None }
                      return List.ofSeq found
                  }
