@@ -23,7 +23,7 @@ let private input kind first tasks running pending perNode minB maxB par idle =
       Now = DateTime(2026, 1, 1).AddSeconds 100.0
       IdleSince = idle }
 
-let private kinds = [| NoScaling; Simple; HtexAutoScale |]
+let private kinds = [| NoScaling; StrategyKind.Simple; HtexAutoScale |]
 
 let strategy =
     testList "HTEx strategy" [
@@ -42,7 +42,7 @@ let strategy =
             (Strategy.decide i).Decision = NoChange
             && (Strategy.decide { i with FirstPoll = true }).Decision = ScaleOut 1)
         testProperty "'simple' never scales in while tasks are outstanding" (fun (tasks: uint16) (running: byte) ->
-            let i = input Simple false (1 + int tasks % 100) (int running % 8) 0 4 0 8 1.0 None
+            let i = input StrategyKind.Simple false (1 + int tasks % 100) (int running % 8) 0 4 0 8 1.0 None
             match (Strategy.decide i).Decision with
             | ScaleIn _ -> false
             | _ -> true)
@@ -55,7 +55,7 @@ let strategy =
             Expect.equal later.Decision (ScaleIn(2, None)) "down to min_blocks"
         }
         test "load beyond the slots scales out by the missing blocks" {
-            let i = input Simple false 10 1 0 2 0 4 1.0 None
+            let i = input StrategyKind.Simple false 10 1 0 2 0 4 1.0 None
             Expect.equal (Strategy.decide i).Decision (ScaleOut 3) "ceil((10 - 2) / 2) = 4, capped at max_blocks - active = 3"
         }
     ]

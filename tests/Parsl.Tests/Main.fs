@@ -17,6 +17,13 @@ let all =
         StagingTests.tests
         HtexPolicyTests.tests
         HtexTests.tests
+        ProvidersLauncherTests.tests
+        ProvidersSlurmTests.tests
+        ProvidersSshTests.tests
+        ProvidersErrorHandlerTests.tests
+        ProvidersGridEngineTests.tests
+        ProvidersBatchSamplesTests.tests
+        ProvidersKubernetesTests.tests
     ]
 
 [<EntryPoint>]
