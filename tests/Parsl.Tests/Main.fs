@@ -17,6 +17,7 @@ let all =
         StagingTests.tests
         HtexPolicyTests.tests
         HtexTests.tests
+        HtexStagingTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         ProvidersSshTests.tests
