@@ -7,4 +7,5 @@ let main argv =
     if Array.contains "noop" argv then ThreadPool.noop (printfn "%s")
     if want "threads" then ThreadPool.run (printfn "%s")
     if want "htex" then Htex.run (printfn "%s")
+    if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
     0
