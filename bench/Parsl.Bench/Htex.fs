@@ -49,7 +49,8 @@ let chain (print: string -> unit) =
     let parent (pid: string) =
         try
             let stat = File.ReadAllText(sprintf "/proc/%s/stat" pid)
-            int (stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1]
+            let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+            int rest[1]
         with _ -> -1
     let workers () =
         Directory.GetDirectories "/proc"
