@@ -14,12 +14,66 @@ let private options () =
         MaxWorkersPerNode = Some 2
         // Keep workers fed between batches: throughput comes from batching on every hop.
         PrefetchCapacity = 2000
+        Encrypted = isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_PLAIN")
         Provider = LocalProvider { LocalProvider.Defaults with StatusPollingInterval = TimeSpan.FromSeconds 1.0 } }
 
 let private load () =
     let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
     let htex = HighThroughputExecutor(options ())
     DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ htex ]; InitializeLogging = false }
+
+/// Load to first result and the chain only, with CPU time per hop of the client, its manager and workers
+/// (quick runs while tuning; CPU time is what a shared machine's load does not distort).
+let chain (print: string -> unit) =
+    let stamp (what: string) = print (sprintf "%s %s" (DateTime.UtcNow.ToString "HH:mm:ss.fff") what)
+    stamp "load"
+    let sw = Stopwatch.StartNew()
+    let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
+    let htex = HighThroughputExecutor(options ())
+    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ htex ]; InitializeLogging = false }
+    stamp "loaded"
+    let noop = App.func dfk (fun (x: int) -> x)
+    let first = noop (Arg.value 0)
+    stamp "submitted"
+    first.Task.Wait()
+    stamp "first result"
+    print (sprintf "HTEx ms from load to first result: %.0f" sw.Elapsed.TotalMilliseconds)
+    let manager = (htex.ConnectedManagersAsync().Result |> List.head).Pid
+    // utime + stime in clock ticks (10 ms) of a process, from /proc.
+    let ticks (pid: int) =
+        try
+            let stat = File.ReadAllText(sprintf "/proc/%d/stat" pid)
+            let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+            int64 rest[11] + int64 rest[12]
+        with _ -> 0L
+    let parent (pid: string) =
+        try
+            let stat = File.ReadAllText(sprintf "/proc/%s/stat" pid)
+            let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+            int rest[1]
+        with _ -> -1
+    let workers () =
+        Directory.GetDirectories "/proc"
+        |> Array.map Path.GetFileName
+        |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = manager)
+        |> Array.map int
+    let inc = App.func dfk (fun (x: int) -> x + 1)
+    for round in 1..4 do
+        let hops = 1000
+        let ws = workers ()
+        let c0, m0, w0 = ticks Environment.ProcessId, ticks manager, ws |> Array.sumBy ticks
+        let sw = Stopwatch.StartNew()
+        let mutable f = inc (Arg.value 0)
+        for _ in 2..hops do
+            f <- inc (Arg.future f)
+        let v = f.Task.Result
+        if v <> hops then failwithf "chain computed %d" v
+        let us (t: int64) = float t * 10000.0 / float hops
+        print (
+            sprintf "HTEx us/hop on a %d-hop chain (round %d): %.1f; CPU us/hop: client %.0f, manager %.0f, workers %.0f"
+                hops round (sw.Elapsed.TotalMilliseconds * 1000.0 / float hops)
+                (us (ticks Environment.ProcessId - c0)) (us (ticks manager - m0)) (us ((ws |> Array.sumBy ticks) - w0)))
+    (dfk :> IDisposable).Dispose()
 
 /// Prints: no-op tasks/s over 100,000 tasks; µs per hop on a 1,000-hop chain; shell `true` tasks/s;
 /// ms from load to the first result.

@@ -8,4 +8,5 @@ let main argv =
     if Array.contains "chain" argv then ThreadPool.chain (printfn "%s")
     if want "threads" then ThreadPool.run (printfn "%s")
     if want "htex" then Htex.run (printfn "%s")
+    if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
     0

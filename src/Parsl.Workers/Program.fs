@@ -43,6 +43,11 @@ let main argv =
         use output = Console.OpenStandardOutput()
         Worker.run input output
     | Ok flags when flags.ContainsKey "manager" ->
+        // Socket completions run on the socket engine's own thread instead of being handed to the thread pool:
+        // NetMQ's completion only queues to its I/O thread, so the extra thread hop (and the pool's spinning)
+        // cost a wake-up per message for nothing. Read once when the first socket is made, so set it first.
+        // The manager runs no user code, so no user continuation can block that thread.
+        Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1")
         let get name = Map.tryFind name flags
         let ms name d = get name |> Option.map (float >> TimeSpan.FromMilliseconds) |> Option.defaultValue d
         match get "address", get "block-id" with

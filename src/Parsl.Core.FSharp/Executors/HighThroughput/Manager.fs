@@ -89,21 +89,6 @@ module Manager =
             events.Enqueue e
             if Interlocked.Exchange(&rung, 1) = 0 then
                 try doorbell.Enqueue true with :? ObjectDisposedException -> ()
-        let dealer = new DealerSocket()
-        dealer.Options.Identity <- Encoding.UTF8.GetBytes s.ManagerId
-        dealer.Options.Linger <- TimeSpan.FromSeconds 1.0
-        dealer.Options.SendHighWatermark <- 0
-        dealer.Options.ReceiveHighWatermark <- 0
-        match s.CertDir with
-        | Some dir ->
-            let server = File.ReadAllText(Path.Combine(dir, "server.key")).Trim()
-            let client = File.ReadAllLines(Path.Combine(dir, "client.key"))
-            dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
-            dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
-        | None -> ()
-        dealer.Connect s.Address
-        let sendMsg (m: ToInterchange) = dealer.TrySendFrame(Protocol.encodeToInterchange m) |> ignore
-
         let slots = Array.init count (fun r -> { Rank = r; Generation = 0; Process = null; Input = null; Outstanding = List(); Functions = HashSet() })
         let mutable stopping = false
         let mutable exitCode = 0
@@ -162,6 +147,28 @@ module Manager =
                     Name = sprintf "worker-%d-reader" slot.Rank)
             reader.Start()
             log (sprintf "worker %d started as pid %d" slot.Rank p.Id)
+
+        // Workers start first: a process start is the longest step before the first result, and it overlaps
+        // with the connection and registration below.
+        for slot in slots do
+            startWorker slot
+        let warm =
+            Thread((fun () -> Serialization.warmUp (Serialization.options (fun _ -> false))), IsBackground = true, Name = "warm-up")
+        warm.Start()
+        let dealer = new DealerSocket()
+        dealer.Options.Identity <- Encoding.UTF8.GetBytes s.ManagerId
+        dealer.Options.Linger <- TimeSpan.FromSeconds 1.0
+        dealer.Options.SendHighWatermark <- 0
+        dealer.Options.ReceiveHighWatermark <- 0
+        match s.CertDir with
+        | Some dir ->
+            let server = File.ReadAllText(Path.Combine(dir, "server.key")).Trim()
+            let client = File.ReadAllLines(Path.Combine(dir, "client.key"))
+            dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
+            dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
+        | None -> ()
+        dealer.Connect s.Address
+        let sendMsg (m: ToInterchange) = dealer.TrySendFrame(Protocol.encodeToInterchange m) |> ignore
 
         // Function definitions ready for workers, and those waiting for assemblies from the interchange.
         let ready = Dictionary<int, byte[]>()
@@ -411,11 +418,10 @@ module Manager =
                   Pid = Environment.ProcessId }
         )
         log (sprintf "connecting to %s with %d workers (block %s)" s.Address count s.BlockId)
-        for slot in slots do
-            startWorker slot
         try
             poller.Run()
         finally
+            warm.Join()
             stopWorkers ()
             poller.Dispose()
             dealer.Dispose()

@@ -303,6 +303,30 @@ module Serialization =
     let deserialize (opts: MessagePackSerializerOptions) (bytes: byte[]) : obj =
         MessagePackSerializer.Deserialize<obj>(ReadOnlyMemory<byte>(bytes), opts)
 
+    /// Runs every message and value codec once on dummy data, so their JIT compilation and MessagePack's
+    /// formatter generation happen before the first real task instead of on its path. Errors are ignored:
+    /// the real task meets them again and reports them.
+    let warmUp (opts: MessagePackSerializerOptions) =
+        try
+            let args = serializeArgs opts [| box 0; box "warm"; box 1.0 |]
+            let task =
+                { Key = 0L
+                  AppName = "warm"
+                  Body = Call(0, null, args) }
+            let shell =
+                { task with Body = Command("true", Some { Path = "out"; Truncate = true }, None, -1L, [ "f" ]) }
+            Protocol.decodeToWorker (Protocol.encodeToWorker (Run [ task; shell ])) |> ignore
+            Protocol.decodeToManager (Protocol.encodeToManager Accepted) |> ignore
+            deserializeArgs opts [||] args |> ignore
+            let value = serialize opts "warm" (box 0)
+            deserialize opts value |> ignore
+            let results =
+                [ { Key = 0L; Outcome = Value value }
+                  { Key = 0L; Outcome = Raised("T", "m", "s", [ "d" ]) } ]
+            Protocol.decodeFromWorker (Protocol.encodeFromWorker (Done results)) |> ignore
+            Protocol.decodeToInterchange (Protocol.encodeToInterchange Heartbeat) |> ignore
+        with _ -> ()
+
     /// Is the assembly part of the runtime or of Parsl.NET's own dependencies, which every worker has?
     let isProvided (a: Assembly) =
         let name = a.GetName().Name

@@ -86,6 +86,9 @@ module Worker =
             | true, p -> ctx.LoadFromAssemblyPath p
             | _ -> null)
         let opts = Serialization.options (fun n -> paths.ContainsKey n)
+        // The codecs compile while the first batch is on its way (the manager is still registering).
+        let warm = Thread((fun () -> Serialization.warmUp opts), IsBackground = true, Name = "warm-up")
+        warm.Start()
         let host = Environment.MachineName
 
         let load (fid: int) (def: byte[]) =
@@ -152,4 +155,5 @@ module Worker =
                         flush ()
                         lastFlush <- clock.Elapsed
                 flush ()
+        warm.Join()
         0
