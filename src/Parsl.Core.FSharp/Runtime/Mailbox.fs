@@ -4,6 +4,13 @@ open System.Collections.Concurrent
 open System.Threading
 open System.Threading.Tasks
 
+[<AutoOpen>]
+module internal MailboxTiming =
+    /// How long a sleeping consumer waits before looking at its queue again on its own (milliseconds). Wake-ups
+    /// are signalled, so this only bounds the cost of a wake-up that never comes.
+    [<Literal>]
+    let WakeCheck = 50
+
 /// A queue with many producers and one consumer thread. Producers never take a lock: they enqueue, and
 /// wake the consumer only when it is asleep. (Measured: `Channel<T>.TryWrite` takes a lock per item, and at
 /// 100,000 tasks/s that lock was half of the kernel loop's time.)
@@ -40,11 +47,14 @@ type internal Mailbox<'T>() =
             if not queue.IsEmpty then result <- 1
             elif Volatile.Read(&completed) = 1 then result <- 2
             else
-                Volatile.Write(&sleeping, 1)
+                // A full fence, not a volatile write: the store of `sleeping` must not pass the load of the queue
+                // below (x86 reorders a store with a later load), or a producer could miss the flag and we the item.
+                Interlocked.Exchange(&sleeping, 1) |> ignore
                 if not queue.IsEmpty || Volatile.Read(&completed) = 1 then
-                    if Interlocked.CompareExchange(&sleeping, 0, 1) <> 1 then signal.Wait()
+                    if Interlocked.CompareExchange(&sleeping, 0, 1) <> 1 then signal.Wait(WakeCheck) |> ignore
                 else
-                    signal.Wait()
+                    // Bounded: a wake-up is never needed to make progress, only to make it prompt.
+                    signal.Wait(WakeCheck) |> ignore
         result = 1
 
 /// A queue with one producer and several consumer threads (an executor's workers). Enqueueing takes no
@@ -64,6 +74,8 @@ type internal WorkQueue<'T>() =
         if Volatile.Read(&completed) = 1 then false
         else
             queue.Enqueue item
+            // The enqueue's last store must be visible before `idle` is read (store-load order needs a fence).
+            Interlocked.MemoryBarrier()
             if Volatile.Read(&idle) > Volatile.Read(&wakes) then
                 Interlocked.Increment(&wakes) |> ignore
                 signal.Release() |> ignore
@@ -89,7 +101,6 @@ type internal WorkQueue<'T>() =
             Interlocked.Increment(&idle) |> ignore
             // Incremented before the re-check: a Post after it sees `idle > wakes` and releases.
             if queue.IsEmpty && Volatile.Read(&completed) = 0 then
-                signal.Wait()
-                Interlocked.Decrement(&wakes) |> ignore
+                if signal.Wait(WakeCheck) then Interlocked.Decrement(&wakes) |> ignore
             Interlocked.Decrement(&idle) |> ignore
             not queue.IsEmpty || Volatile.Read(&completed) = 0
