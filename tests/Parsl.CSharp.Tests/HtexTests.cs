@@ -116,6 +116,43 @@ public class HtexTests
         Assert.Equal(5, await add.Invoke(2, 3).Within());
     }
 
+    /// <summary>x => x + 1, compiled in memory as a script's functions are.</summary>
+    private static Func<int, int> EmittedIncrement()
+    {
+        var assembly = System.Reflection.Emit.AssemblyBuilder.DefineDynamicAssembly(
+            new System.Reflection.AssemblyName("InMemory" + Guid.NewGuid().ToString("N")), System.Reflection.Emit.AssemblyBuilderAccess.Run);
+        var type = assembly.DefineDynamicModule("m").DefineType("Script", System.Reflection.TypeAttributes.Public);
+        var method = type.DefineMethod("Increment", System.Reflection.MethodAttributes.Public | System.Reflection.MethodAttributes.Static,
+            typeof(int), [typeof(int)]);
+        var il = method.GetILGenerator();
+        il.Emit(System.Reflection.Emit.OpCodes.Ldarg_0);
+        il.Emit(System.Reflection.Emit.OpCodes.Ldc_I4_1);
+        il.Emit(System.Reflection.Emit.OpCodes.Add);
+        il.Emit(System.Reflection.Emit.OpCodes.Ret);
+        return type.CreateType().GetMethod("Increment")!.CreateDelegate<Func<int, int>>();
+    }
+
+    [Fact]
+    public async Task A_function_compiled_in_memory_fails_its_task_naming_the_fix_and_runs_on_threads()
+    {
+        await using var dfk = await LoadAsync(o =>
+        {
+            o.Executors.Add(Fast());
+            o.Executors.Add(new ThreadPoolExecutorOptions { Label = "local" });
+        });
+        var increment = EmittedIncrement();
+        var onHtex = dfk.App(increment, new FunctionAppOptions { Name = "increment", Executors = { "htex" } });
+        var e = Assert.IsType<SerializationError>(await FailureOf(onHtex.Invoke(1)));
+        Assert.Contains("app increment cannot run on HighThroughputExecutor 'htex'", e.Message);
+        Assert.Contains("define the function in a compiled project", e.Message);
+        Assert.Contains("or run this app on a ThreadPoolExecutor", e.Message);
+        var onThreads = dfk.App(increment, new FunctionAppOptions { Executors = { "local" } });
+        Assert.Equal(2, await onThreads.Invoke(1).Within());
+        // A shell app's command is built here, whatever compiled it.
+        var shell = dfk.ShellApp((int x) => $"exit {increment(x)}", new ShellAppOptions { Executors = { "htex" } });
+        Assert.Equal(3, Assert.IsType<BashExitFailure>(await FailureOf(shell.Invoke(2))).ExitCode);
+    }
+
     [Fact]
     public async Task Defaults_are_the_FSharp_defaults()
     {
