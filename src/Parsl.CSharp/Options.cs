@@ -76,6 +76,7 @@ public sealed class DfkOptions
                 errors.Add(new ConfigurationError(FieldPrefix + "Executors", "contains a null executor; remove it"));
                 continue;
             }
+            foreach (var problem in e.Check()) errors.Add(problem);
             var built = e.Build();
             executors.Add(built);
             owners[built] = e;
@@ -106,11 +107,16 @@ public sealed class DfkOptions
     {
         var field = e.Field;
         var dot = field.IndexOf('.');
-        string renamed =
-            dot < 0 ? field
-            : field.StartsWith("Config.", StringComparison.Ordinal) ? FieldPrefix + field[(dot + 1)..]
-            : field[..dot] + "Options" + field[dot..];
-        return renamed == field ? e : new ConfigurationError(renamed, Reason(e));
+        if (dot < 0) return e;
+        var type = field[..dot];
+        var property = field[(dot + 1)..];
+        var reason = Reason(e);
+        if (type == "HighThroughputExecutor")
+            (property, reason) = HighThroughputExecutorOptions.ToCSharp(property, reason);
+        else if (type == "LocalProvider")
+            reason = HighThroughputExecutorOptions.CSharpWords(reason);
+        string renamed = type == "Config" ? FieldPrefix + property : type + "Options." + property;
+        return renamed == field && reason == Reason(e) ? e : new ConfigurationError(renamed, reason);
     }
 }
 
@@ -127,6 +133,9 @@ public abstract class ExecutorOptions
     /// <summary>The core's executor for these options. Its validation errors name the core type
     /// (<c>ThreadPoolExecutor.MaxThreads</c>), which <see cref="DfkOptions"/> renames to the options class.</summary>
     internal abstract IExecutor Build();
+
+    /// <summary>Problems the core cannot see, such as an undefined enum value; none by default.</summary>
+    internal virtual IEnumerable<ConfigurationError> Check() => [];
 }
 
 /// <summary>Runs tasks on threads of this process (Parsl's <c>ThreadPoolExecutor</c>). A task may call apps and

@@ -107,10 +107,21 @@ type HighThroughputExecutor(options: HtexOptions) =
             { FullName = a.FullName; Path = a.Location; Hash = h })
         |> List.ofSeq
 
-    let functionId (f: Delegate) =
+    let functionId (appName: string) (f: Delegate) =
         match functionIds.TryGetValue f with
         | true, id -> id
         | _ ->
+            // Checked before anything is hashed or sent: scripts are the common case, and they load many
+            // assemblies (the compiler's among them) that would be hashed for nothing.
+            if HighThroughputExecutor.CompiledInMemory 3 (box f) then
+                raise (
+                    SerializationError(
+                        sprintf
+                            "app %s cannot run on HighThroughputExecutor '%s': its function was compiled in memory (a dotnet fsi script, F# Interactive or Reflection.Emit), so worker processes cannot load it; define the function in a compiled project (a .dll the script references with #r), or run this app on a ThreadPoolExecutor (AppOptions.Executors). Shell apps from scripts do run here: their command lines are built in this process"
+                            appName label,
+                        null
+                    )
+                )
             let def = Serialization.encodeDefinition opts.Value (assemblyRefs ()) f
             lock functionIds (fun () ->
                 match functionIds.TryGetValue f with
@@ -131,13 +142,36 @@ type HighThroughputExecutor(options: HtexOptions) =
                 if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
                     Array.sub call.Args 0 (call.Args.Length - 1)
                 else call.Args
-            let fid = functionId call.Function
+            let fid = functionId call.AppName call.Function
             Call(fid, null, Serialization.serializeArgs opts.Value args), call.AppName
         | Shell call ->
             let cmd = call.BuildCommand()
             if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
             let wall = match call.Walltime with Some w -> int64 w.TotalMilliseconds | None -> -1L
             Command(cmd, stream call.Stdout, stream call.Stderr, wall, call.Outputs), call.AppName
+
+    /// Whether the function, or a function it wraps (F# apps wrap the user's closure in a delegate of Parsl's),
+    /// was compiled into a dynamic assembly. Only closures are followed, to a small depth: captured data is
+    /// not walked.
+    static member internal CompiledInMemory (depth: int) (o: obj) : bool =
+        let inMemory (a: Reflection.Assembly) = a.IsDynamic || String.IsNullOrEmpty a.Location
+        match o with
+        | null -> false
+        | :? Delegate as d -> inMemory d.Method.Module.Assembly || (depth > 0 && HighThroughputExecutor.CompiledInMemory (depth - 1) d.Target)
+        | _ ->
+            let t = o.GetType()
+            inMemory t.Assembly
+            || (depth > 0
+                && not t.IsPrimitive
+                && not t.IsArray
+                && t.Assembly <> typeof<obj>.Assembly
+                && (t.IsDefined(typeof<Runtime.CompilerServices.CompilerGeneratedAttribute>, false)
+                    || t.Name.Contains '@'
+                    || t.Name.Contains "<>"
+                    || (not (isNull t.BaseType) && t.BaseType.IsGenericType
+                        && t.BaseType.GetGenericTypeDefinition() = typedefof<FSharpFunc<int, int>>))
+                && t.GetFields(Reflection.BindingFlags.Instance ||| Reflection.BindingFlags.Public ||| Reflection.BindingFlags.NonPublic)
+                   |> Array.exists (fun field -> HighThroughputExecutor.CompiledInMemory (depth - 1) (field.GetValue o)))
 
     /// Parsl's defaults.
     new() = HighThroughputExecutor(HtexOptions.defaults ())
