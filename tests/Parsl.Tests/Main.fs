@@ -19,6 +19,7 @@ let all =
         HtexTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
+        HtexSlurmTests.tests
         ProvidersSshTests.tests
         ProvidersErrorHandlerTests.tests
         ProvidersGridEngineTests.tests
