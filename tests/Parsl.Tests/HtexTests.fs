@@ -222,6 +222,26 @@ let failures =
             | e -> failtestf "expected BadStateException, got %O" e
             Expect.isTrue (errorOf (app (Arg.value 2)) :? BadStateException) "later tasks fail at once"
         }
+        test "Windowed 2 tolerates one failed block and goes bad once the two newest blocks failed" {
+            let htex, dfk =
+                withHtex (fun o ->
+                    { o with
+                        BlockErrorHandler = Parsl.Jobs.BlockErrorHandler.Windowed 2
+                        WorkerCommand = Some [ "/bin/sh"; "-c"; "echo broken-runtime >&2; exit 5"; "sh" ] })
+            use _ = dfk
+            let app = App.func dfk (fun (x: int) -> x)
+            match errorOf (app (Arg.value 1)) with
+            | :? BadStateException as b ->
+                Expect.stringContains b.Message "2 of 2 blocks failed" "both blocks counted"
+                Expect.stringContains b.Message "broken-runtime" "block output"
+            | e -> failtestf "expected BadStateException, got %O" e
+            let blocks = await (htex.BlocksAsync())
+            Expect.containsAll (blocks |> List.map (fun b -> b.BlockId)) [ "0"; "1" ] (sprintf "a second block was tried after the first failed: %A" blocks)
+        }
+        test "a BlockErrorHandler of Windowed 0 is refused, naming the field" {
+            let o = { HtexOptions.defaults () with BlockErrorHandler = Parsl.Jobs.BlockErrorHandler.Windowed 0 }
+            Expect.contains (HtexOptions.validate o |> List.map (fun e -> e.Field)) "HighThroughputExecutor.BlockErrorHandler" "field"
+        }
         test "a manager that hears nothing from the interchange exits after the threshold, taking its workers" {
             // A port nobody listens on: bind and release one.
             let port =

@@ -20,6 +20,7 @@ let all =
         HtexStagingTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
+        HtexSlurmTests.tests
         ProvidersSshTests.tests
         ProvidersErrorHandlerTests.tests
         ProvidersGridEngineTests.tests

@@ -47,6 +47,9 @@ type SlurmOptions =
       CmdTimeout: TimeSpan
       /// Jobs per squeue/sacct call. Default 50.
       StatusBatchSize: int
+      /// How often the executor asks Slurm for its blocks' states (Parsl's `status_polling_interval`).
+      /// Default 60 s.
+      StatusPollingInterval: TimeSpan
       /// `--exclusive`. Default true.
       Exclusive: bool
       /// How the command is started on the block's nodes.
@@ -87,6 +90,7 @@ module Slurm =
           WorkerInit = ""
           CmdTimeout = TimeSpan.FromSeconds 10.0
           StatusBatchSize = 50
+          StatusPollingInterval = TimeSpan.FromSeconds 60.0
           Exclusive = true
           Launcher = BasicLaunchers.singleNode
           Channel = Local }
@@ -137,6 +141,8 @@ module Slurm =
             | _ -> ()
             if o.StatusBatchSize < 1 then
                 ConfigurationError(owner + ".StatusBatchSize", sprintf "is %d; use at least 1 (default 50)" o.StatusBatchSize)
+            if o.StatusPollingInterval <= TimeSpan.Zero then
+                ConfigurationError(owner + ".StatusPollingInterval", sprintf "is %O; use a positive interval (default 60 s)" o.StatusPollingInterval)
             if isNull (box o.Launcher) then ConfigurationError(owner + ".Launcher", "is null; use a launcher such as SrunLauncher()")
             let regexOk =
                 try (jobIdRegex o.RegexJobId).GetGroupNames() |> Array.contains "id"

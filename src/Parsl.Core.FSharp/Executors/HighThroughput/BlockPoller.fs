@@ -162,15 +162,19 @@ module BlockPoller =
             }
 
         let handleErrors () =
-            if s.Options.BlockErrorHandler && not (s.IsBad()) then
-                let threshold = max 1 s.Provider.InitBlocks
-                let failed (b: Block) =
-                    match b.Status.State with
-                    | Failed | Missing | ScalingFailed -> not b.ScaledIn
-                    | _ -> false
-                if blocks.Count >= threshold && blocks |> Seq.forall failed then
+            if not (s.IsBad()) then
+                // A block that could not even be submitted failed as surely as one that exited non-zero.
+                let statuses =
+                    blocks
+                    |> Seq.map (fun b ->
+                        b.Id, (if b.Status.State = ScalingFailed then { b.Status with State = Failed } else b.Status))
+                    |> List.ofSeq
+                match ErrorHandlers.decide s.Options.BlockErrorHandler s.Provider.InitBlocks statuses with
+                | Healthy -> ()
+                | SetBadState _ ->
+                    let failed = statuses |> List.filter (snd >> ErrorHandlers.isFailure) |> List.length
                     let message =
-                        sprintf "all %d blocks failed:\n%s" blocks.Count (blocks |> Seq.map summary |> String.concat "\n")
+                        sprintf "%d of %d blocks failed:\n%s" failed blocks.Count (blocks |> Seq.map summary |> String.concat "\n")
                     s.SetBad(BadStateException(s.Label, message, null))
 
         let strategize () =

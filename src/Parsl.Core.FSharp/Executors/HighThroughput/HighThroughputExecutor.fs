@@ -342,6 +342,11 @@ type HighThroughputExecutor(options: HtexOptions) =
                     do! stopped.Task
                     do! p.Completion
                 | None -> ()
+                // The provider may hold a connection (an SSH channel) that would outlive the run.
+                match box options.Provider with
+                | :? IDisposable as d ->
+                    try d.Dispose() with e -> ctx.Log.Error(e, "{Label}: disposing the provider failed", label)
+                | _ -> ()
                 // Anything still unreported can never finish now.
                 for KeyValue(k, _) in inflight.ToArray() do
                     report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))

@@ -43,9 +43,10 @@ type HtexOptions =
       AvailableAccelerators: string list
       /// "none", "block", "block-reverse", "alternating" or "list:0-1,4:2-3". Default "none".
       CpuAffinity: string
-      /// Fail every task with `BadStateException` when all blocks failed (Parsl's `simple_error_handler`).
-      /// Default true.
-      BlockErrorHandler: bool
+      /// When failing blocks put the executor in a bad state, failing every task with `BadStateException`
+      /// (Parsl's `block_error_handler`). Default `BlockErrorHandler.Simple` (all blocks failed, Parsl's `True`);
+      /// `Windowed n`: the newest n blocks failed; `Off`: never.
+      BlockErrorHandler: BlockErrorHandler
       /// Default `Simple` (Parsl's `Config.strategy = 'simple'`).
       Strategy: StrategyKind
       /// How often the strategy runs. Default 5 s.
@@ -80,7 +81,7 @@ module HtexOptions =
           ManagerSelector = RandomSelector
           AvailableAccelerators = []
           CpuAffinity = "none"
-          BlockErrorHandler = true
+          BlockErrorHandler = BlockErrorHandler.Simple
           Strategy = Simple
           StrategyPeriod = TimeSpan.FromSeconds 5.0
           MaxIdleTime = TimeSpan.FromSeconds 120.0
@@ -126,6 +127,7 @@ module HtexOptions =
           | Ok _ -> ()
           if o.AvailableAccelerators |> List.exists (fun a -> String.IsNullOrWhiteSpace a || a.Contains ',') then
               ConfigurationError(f "AvailableAccelerators", "names must be non-empty and contain no comma")
+          yield! ErrorHandlers.validate "HighThroughputExecutor" o.BlockErrorHandler
           if o.StrategyPeriod <= TimeSpan.Zero then ConfigurationError(f "StrategyPeriod", "must be positive; the default is 5 s")
           if o.MaxIdleTime < TimeSpan.Zero then ConfigurationError(f "MaxIdleTime", "must be 0 or more; the default is 120 s")
           match o.WorkerCommand with

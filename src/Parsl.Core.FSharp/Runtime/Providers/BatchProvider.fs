@@ -18,7 +18,8 @@ type internal BlockSettings =
       MemPerNode: float option
       WorkerInit: string
       Launcher: ILauncher
-      CmdTimeout: TimeSpan }
+      CmdTimeout: TimeSpan
+      StatusPollingInterval: TimeSpan }
 
 /// One batch system's commands, as the engine below drives them. The rendering and parsing inside are the
 /// pure functions of `Slurm`, `GridEngine`, `Pbs`, `Condor` and `Lsf`; these closures only add the channel.
@@ -146,7 +147,7 @@ type ClusterProvider internal (system: BatchSystem, settings: BlockSettings, cha
         member _.Parallelism = settings.Parallelism
         member _.CoresPerNode = settings.CoresPerNode
         member _.MemPerNode = settings.MemPerNode
-        member _.StatusPollingInterval = TimeSpan.FromSeconds 60.0
+        member _.StatusPollingInterval = settings.StatusPollingInterval
         member _.WorkerInit = settings.WorkerInit
         member _.Launcher = settings.Launcher
         member _.Validate() = validate ()

@@ -48,7 +48,8 @@ type GridEngineProvider private (options: GridEngineOptions, channelFactory: uni
           MemPerNode = None
           WorkerInit = options.WorkerInit
           Launcher = options.Launcher
-          CmdTimeout = options.CmdTimeout },
+          CmdTimeout = options.CmdTimeout
+          StatusPollingInterval = TimeSpan.FromSeconds 60.0 },
         channelFactory,
         (fun () -> GridEngine.validate options))
 

@@ -14,7 +14,8 @@ module internal Settings =
           MemPerNode = mem
           WorkerInit = worker
           Launcher = launcher
-          CmdTimeout = timeout }
+          CmdTimeout = timeout
+          StatusPollingInterval = TimeSpan.FromSeconds 60.0 }
 
 /// Gets blocks from PBS Pro (Parsl's `PBSProProvider`): `qsub`, `qstat -x -f -F json`, `qdel`.
 /// Not tested against a live PBS Pro server (none installs on Debian); rendering and parsing are tested on samples.

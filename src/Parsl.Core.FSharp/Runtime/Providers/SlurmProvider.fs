@@ -51,7 +51,8 @@ type SlurmProvider private (options: SlurmOptions, channelFactory: unit -> IExec
           MemPerNode = options.MemPerNode |> Option.map float
           WorkerInit = options.WorkerInit
           Launcher = options.Launcher
-          CmdTimeout = options.CmdTimeout },
+          CmdTimeout = options.CmdTimeout
+          StatusPollingInterval = options.StatusPollingInterval },
         channelFactory,
         (fun () -> Slurm.validate options))
 
