@@ -140,8 +140,12 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
     public string CpuAffinity { get; set; } = "none";
 
     /// <summary>Fail every task with <see cref="BadStateException"/> when all blocks failed (Parsl's
-    /// <c>simple_error_handler</c>). Default true.</summary>
+    /// <c>simple_error_handler</c>); false never gives up. Default true.</summary>
     public bool BlockErrorHandler { get; set; } = true;
+
+    /// <summary>Give up instead when the newest this-many blocks all failed (Parsl's <c>windowed_error_handler</c>,
+    /// whose usual window is 3). Used only when <see cref="BlockErrorHandler"/> is true. Default null: the simple rule.</summary>
+    public int? BlockErrorWindow { get; set; }
 
     /// <summary>How blocks are scaled. Default <see cref="ScalingStrategy.Simple"/>.</summary>
     public ScalingStrategy Strategy { get; set; } = ScalingStrategy.Simple;
@@ -177,7 +181,10 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
             HeartbeatThreshold, Opt(DrainPeriod), PollPeriod, Encrypted,
             ManagerSelector == ManagerSelection.BlockId ? Parsl.Executors.HighThroughput.ManagerSelector.BlockIdSelector
                 : Parsl.Executors.HighThroughput.ManagerSelector.RandomSelector,
-            ListModule.OfSeq(AvailableAccelerators), CpuAffinity, BlockErrorHandler,
+            ListModule.OfSeq(AvailableAccelerators), CpuAffinity,
+            !BlockErrorHandler ? Parsl.Jobs.BlockErrorHandler.Off
+                : BlockErrorWindow is { } window ? Parsl.Jobs.BlockErrorHandler.NewWindowed(window)
+                : Parsl.Jobs.BlockErrorHandler.Simple,
             Strategy switch
             {
                 ScalingStrategy.None => StrategyKind.NoScaling,

@@ -176,7 +176,9 @@ public class HtexTests
         Assert.Equal(ManagerSelection.Random, cs.ManagerSelector);
         Assert.Empty(cs.AvailableAccelerators);
         Assert.Equal(fs.CpuAffinity, cs.CpuAffinity);
-        Assert.Equal(fs.BlockErrorHandler, cs.BlockErrorHandler);
+        Assert.True(fs.BlockErrorHandler.IsSimple);
+        Assert.True(cs.BlockErrorHandler);
+        Assert.Null(cs.BlockErrorWindow);
         Assert.True(fs.Strategy.IsSimple);
         Assert.Equal(ScalingStrategy.Simple, cs.Strategy);
         Assert.Equal(fs.StrategyPeriod, cs.StrategyPeriod);
