@@ -56,7 +56,7 @@ type AppTimeout(message: string) =
 type MissingOutputs(reason: string, outputs: string list) =
     inherit ParslException(sprintf "Missing outputs: %s (%s)" (String.Join(", ", outputs)) reason)
     /// The outputs that were missing.
-    member _.Outputs = outputs
+    member _.Outputs: System.Collections.Generic.IReadOnlyList<string> = List.toArray outputs
 
 /// A stdout/stderr specification is invalid (Parsl's `BadStdStreamFile`).
 type BadStdStreamFile(message: string, inner: exn) =
@@ -69,8 +69,8 @@ type DependencyError(dependencies: TaskId list, taskId: TaskId, rootCause: exn) 
         (let ids = dependencies |> List.map (fun t -> sprintf "task %d" t.Value) |> String.concat ", "
          let rec chain (e: exn) acc =
              match e with
-             | :? DependencyError as d when not d.Dependencies.IsEmpty ->
-                 chain d.InnerException (sprintf "task %d" d.Dependencies.Head.Value :: acc)
+             | :? DependencyError as d when d.Dependencies.Count > 0 ->
+                 chain d.InnerException (sprintf "task %d" d.Dependencies[0].Value :: acc)
              | _ -> List.rev acc
          let via =
              match dependencies with
@@ -84,7 +84,7 @@ type DependencyError(dependencies: TaskId list, taskId: TaskId, rootCause: exn) 
              | _ -> e
          root rootCause))
     /// The failed dependencies' task ids (external futures are not named).
-    member _.Dependencies: TaskId list = dependencies
+    member _.Dependencies: System.Collections.Generic.IReadOnlyList<TaskId> = List.toArray dependencies
     /// The task that could not run.
     member _.TaskId = taskId
 
@@ -96,7 +96,7 @@ type JoinError(failed: TaskId list, taskId: TaskId, firstCause: exn) =
              else failed |> List.map (fun t -> sprintf "task %d" t.Value) |> String.concat ", "),
         firstCause)
     /// The failed inner tasks.
-    member _.FailedTasks = failed
+    member _.FailedTasks: System.Collections.Generic.IReadOnlyList<TaskId> = List.toArray failed
     /// The join task.
     member _.TaskId = taskId
 
@@ -104,7 +104,7 @@ type JoinError(failed: TaskId list, taskId: TaskId, firstCause: exn) =
 type InvalidResourceSpecification(invalidKeys: string list, message: string) =
     inherit ParslException(message)
     /// The keys that were refused.
-    member _.InvalidKeys = invalidKeys
+    member _.InvalidKeys: System.Collections.Generic.IReadOnlyList<string> = List.toArray invalidKeys
 
 /// An executor failed (Parsl's `ExecutorError`).
 type ExecutorError(label: string, message: string, inner: exn) =

@@ -77,7 +77,7 @@ let dependencies =
             let c = inc (Arg.future b)
             match errorOf c with
             | :? DependencyError as d ->
-                Expect.equal d.Dependencies [ b.TaskId ] "names its failed dependency"
+                Expect.equal (List.ofSeq d.Dependencies) [ b.TaskId ] "names its failed dependency"
                 Expect.stringContains d.Message (sprintf "task %d" b.TaskId.Value) "message names the task"
                 Expect.stringContains d.InnerException.Message "boom 1" "root cause carried"
             | e -> failtestf "expected DependencyError, got %O" e
@@ -170,7 +170,7 @@ let joins =
             let f = fan (Arg.value 0)
             match errorOf f with
             | :? JoinError as j ->
-                Expect.equal j.FailedTasks.Length 1 "one failed"
+                Expect.equal j.FailedTasks.Count 1 "one failed"
                 Expect.stringContains j.InnerException.Message "boom 2" "cause"
             | e -> failtestf "expected JoinError, got %O" e
             Expect.equal f.State Failed "join failed"
@@ -247,7 +247,7 @@ let threadPool =
             use dfk = load id
             let app = App.funcWith dfk { AppOptions.defaults with Resources = Map [ "cores", box 2 ] } (fun (x: int) -> x)
             match errorOf (app (Arg.value 1)) with
-            | :? InvalidResourceSpecification as e -> Expect.equal e.InvalidKeys [ "cores" ] "names the key"
+            | :? InvalidResourceSpecification as e -> Expect.equal (List.ofSeq e.InvalidKeys) [ "cores" ] "names the key"
             | e -> failtestf "expected InvalidResourceSpecification, got %O" e
         }
         test "several executors: an app runs only on the labels it names" {

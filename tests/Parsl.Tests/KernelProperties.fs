@@ -149,7 +149,7 @@ type private Model(scn: Scenario) =
                 if not (deps |> List.forall final.ContainsKey) then
                     fail "task %d went dep_fail before all its dependencies were final" i
                 let failedDeps = deps |> List.filter isFailed
-                let named = de.Dependencies |> List.map (fun t -> t.Value)
+                let named = de.Dependencies |> Seq.map (fun t -> t) |> List.ofSeq |> List.map (fun t -> t.Value)
                 if set named <> set failedDeps then
                     fail "task %d's DependencyError names %A, but its failed dependencies are %A" i named failedDeps
                 if failedDeps.IsEmpty && not (externalFailed.Contains i) then
@@ -201,7 +201,7 @@ type private Model(scn: Scenario) =
             | Failed, Completion.Error(:? JoinError as je) ->
                 let inner = joinInner.GetValueOrDefault(i, [])
                 let failedInner = inner |> List.filter isFailed
-                let named = je.FailedTasks |> List.map (fun t -> t.Value)
+                let named = je.FailedTasks |> List.ofSeq |> List.map (fun t -> t.Value)
                 if set named <> set failedInner then
                     fail "join %d's JoinError names %A, but its failed inner tasks are %A" i named failedInner
                 if failedInner.IsEmpty && not (joinExternalFailed.Contains i) then

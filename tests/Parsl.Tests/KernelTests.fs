@@ -177,7 +177,7 @@ let private dependencies =
             Expect.isFalse (d.ErrorOf 0 :? DependencyError) "the root's error is its own"
             match d.ErrorOf 1 with
             | :? DependencyError as e ->
-                Expect.equal e.Dependencies [ TaskId 0 ] "names the failed dependency"
+                Expect.equal (List.ofSeq e.Dependencies) [ TaskId 0 ] "names the failed dependency"
                 Expect.equal e.TaskId (TaskId 1) "names the task"
                 Expect.equal e.InnerException.Message "Deliberate failure" "carries the root cause"
             | e -> failtestf "expected DependencyError, got %O" e
@@ -187,7 +187,7 @@ let private dependencies =
             d.Run [ Submit(spec 0 []); Submit(spec 1 [ 0 ]); Submit(spec 2 [ 1 ]); Submit(spec 3 [ 2 ]); fails 0 0 (boom ()) ]
             Expect.equal (d.Count DepFail) 3 "three dep_fail"
             for i in 1..3 do
-                Expect.equal (d.ErrorOf i :?> DependencyError).Dependencies [ TaskId(i - 1) ] "names the parent"
+                Expect.equal (List.ofSeq (d.ErrorOf i :?> DependencyError).Dependencies) [ TaskId(i - 1) ] "names the parent"
         }
         test "depfail branches: 2 dep_fail" {
             let d = Driver()
@@ -205,7 +205,7 @@ let private dependencies =
             d.Run [ Submit(spec 0 []); Submit(spec 1 []); Submit(spec 2 [ 0; 1 ]); fails 0 0 (boom ()) ]
             Expect.isNone (d.Final 2) "still waiting for task 1"
             d.Step(succeeds 1 0 (box 1)) |> ignore
-            Expect.equal (d.ErrorOf 2 :?> DependencyError).Dependencies [ TaskId 0 ] "names only the failed one"
+            Expect.equal (List.ofSeq (d.ErrorOf 2 :?> DependencyError).Dependencies) [ TaskId 0 ] "names only the failed one"
         }
         test "external futures: launched only after all are done" {
             let d = Driver()
@@ -232,7 +232,7 @@ let private dependencies =
             Expect.equal (d.Count DepFail) (n - 1) "every descendant dep_fail"
             Expect.equal d.State.Live 0 "every record released"
             Expect.isTrue d.State.Dependents.IsEmpty "no dependents left"
-            Expect.equal (d.ErrorOf(n - 1) :?> DependencyError).Dependencies [ TaskId(n - 2) ] "the last names its parent"
+            Expect.equal (List.ofSeq (d.ErrorOf(n - 1) :?> DependencyError).Dependencies) [ TaskId(n - 2) ] "the last names its parent"
         }
     ]
 
@@ -256,7 +256,7 @@ let private joins =
                   succeeds 0 0 (box 0); fails 1 0 (boom ()) ]
             match d.Final 2 with
             | Some(Failed, Completion.Error(:? JoinError as e)) ->
-                Expect.equal e.FailedTasks [ TaskId 1 ] "names the failed inner task"
+                Expect.equal (List.ofSeq e.FailedTasks) [ TaskId 1 ] "names the failed inner task"
                 Expect.equal e.TaskId (TaskId 2) "names the join"
             | other -> failtestf "expected failed with JoinError, got %A" other
             Expect.equal (d.Launches 2) 1 "join failures are not retried"
@@ -276,7 +276,7 @@ let private cancellation =
             match d.Final 1 with
             | Some(Failed, Completion.Error(:? OperationCanceledException)) -> ()
             | other -> failtestf "expected cancelled, got %A" other
-            Expect.equal (d.ErrorOf 2 :?> DependencyError).Dependencies [ TaskId 1 ] "dependent dep_fail naming it"
+            Expect.equal (List.ofSeq (d.ErrorOf 2 :?> DependencyError).Dependencies) [ TaskId 1 ] "dependent dep_fail naming it"
             Expect.isTrue (Kernel.isLive d.State (TaskId 0)) "the running dependency is untouched"
             d.Step(succeeds 0 0 (box 0)) |> ignore
             Expect.equal d.State.Live 0 "nothing left"

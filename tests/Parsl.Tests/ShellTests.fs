@@ -188,7 +188,7 @@ let private direct =
             let b = Path.Combine(d, "b.txt")
             Expect.equal (unbox<int> (run { call (sprintf "touch '%s'" a) with Outputs = [ a ] })) 0 "present"
             let e = raises<MissingOutputs> (fun () -> run { call (sprintf "touch '%s'" a) with Outputs = [ a; b ] })
-            Expect.equal e.Outputs [ b ] "only the missing one"
+            Expect.equal (List.ofSeq e.Outputs) [ b ] "only the missing one"
         }
 
         test "a failing command reports its exit code, not missing outputs" {
@@ -390,7 +390,7 @@ let private throughKernel =
             let notMade = Path.Combine(d, "not-made")
             let sh = App.shellWith dfk { AppOptions.defaults with Outputs = [ made; notMade ] } (fun (p: string) -> "touch " + p)
             match errorOf (sh (Arg.value made)) with
-            | :? MissingOutputs as e -> Expect.equal e.Outputs [ notMade ] "missing"
+            | :? MissingOutputs as e -> Expect.equal (List.ofSeq e.Outputs) [ notMade ] "missing"
             | e -> failtestf "expected MissingOutputs, got %O" e
         }
 

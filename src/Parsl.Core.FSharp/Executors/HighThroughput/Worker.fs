@@ -62,7 +62,7 @@ module Worker =
         let data =
             match e with
             | :? BashExitFailure as b -> [ b.AppName; string b.ExitCode ]
-            | :? MissingOutputs as m -> m.Outputs
+            | :? MissingOutputs as m -> List.ofSeq m.Outputs
             | _ -> []
         Raised(e.GetType().FullName, e.Message, (if isNull e.StackTrace then "" else e.StackTrace), data)
 
