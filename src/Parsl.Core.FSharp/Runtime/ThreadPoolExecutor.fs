@@ -113,6 +113,8 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                                 asyncBodies.TryRemove key |> ignore),
                         TaskScheduler.Default)
                 asyncBodies[key] <- finished
+                // The continuation may have run (and removed nothing) before the line above: do not keep it.
+                if finished.IsCompleted then asyncBodies.TryRemove key |> ignore
             | Ok(:? Task as completed) ->
                 cleanup ()
                 report t (if completed.IsCompletedSuccessfully then Ok(taskValue completed) elif completed.IsCanceled then Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)) else Result.Error completed.Exception)
@@ -200,10 +202,13 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                     while queue.TryTake(&item) do
                         ctx.Report(TryFailed(item.Id, item.Try, KernelShutdownError(item.Id)))
                 // Threads end when the queue is drained; compensating threads may start meanwhile, so repeat.
-                let mutable pending = Array.append (threads.Values |> Array.ofSeq) (asyncBodies.Values |> Array.ofSeq)
+                // Only unfinished ones: a finished entry left behind must not make this loop spin.
+                let unfinished () =
+                    Seq.append threads.Values asyncBodies.Values |> Seq.filter (fun t -> not t.IsCompleted) |> Array.ofSeq
+                let mutable pending = unfinished ()
                 while pending.Length > 0 do
                     do! Task.WhenAll pending
-                    pending <- Array.append (threads.Values |> Array.ofSeq) (asyncBodies.Values |> Array.ofSeq)
+                    pending <- unfinished ()
                 shutdownToken.Dispose()
             }
             :> Task
