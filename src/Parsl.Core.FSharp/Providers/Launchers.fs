@@ -24,6 +24,26 @@ module internal LauncherScript =
 
     let join (lines: string list) = String.Join("\n", lines) + "\n"
 
+    /// The opening of the srun launchers: Slurm's node and core counts, then the worker count.
+    let slurmPrelude debug (total: int) =
+        [ "set -e"
+          "export CORES=$SLURM_CPUS_ON_NODE"
+          "export NODES=$SLURM_JOB_NUM_NODES" ]
+        @ debugEcho debug "Slurm gives $NODES node(s), $CORES core(s) per node"
+        @ [ sprintf "WORKERCOUNT=%d" total ]
+
+    /// The command file, written where the block can find it.
+    let commandFile (file: string) (command: string) = scriptDirLines @ writeCommandFile file command "a+x"
+
+    /// A launcher that starts every copy with one tool invocation (`aprun`, `jsrun`): `launch total file` is its line.
+    let oneStep debug (total: int) (command: string) (launch: int -> string -> string) (finished: string) =
+        let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
+        join (
+            [ "set -e"; sprintf "WORKERCOUNT=%d" total ]
+            @ commandFile file command
+            @ [ launch total file; "wait" ]
+            @ debugEcho debug finished)
+
     let checkCounts (name: string) tasksPerNode nodesPerBlock =
         if tasksPerNode < 1 then
             invalidArg "tasksPerNode" (sprintf "%s: tasks per node must be at least 1, got %d" name tasksPerNode)
@@ -55,13 +75,8 @@ type SrunLauncher(overrides: string, debug: bool) =
             let total = tasksPerNode * nodesPerBlock
             let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh"
             LauncherScript.join (
-                [ "set -e"
-                  "export CORES=$SLURM_CPUS_ON_NODE"
-                  "export NODES=$SLURM_JOB_NUM_NODES" ]
-                @ LauncherScript.debugEcho debug "Slurm gives $NODES node(s), $CORES core(s) per node"
-                @ [ sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ LauncherScript.writeCommandFile file command "a+x"
+                LauncherScript.slurmPrelude debug total
+                @ LauncherScript.commandFile file command
                 @ [ sprintf "srun --ntasks %d -l %s bash %s" total overrides file ]
                 @ LauncherScript.debugEcho debug "srun finished")
 
@@ -82,13 +97,8 @@ type SrunMPILauncher(overrides: string, debug: bool) =
             let total = tasksPerNode * nodesPerBlock
             let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh"
             LauncherScript.join (
-                [ "set -e"
-                  "export CORES=$SLURM_CPUS_ON_NODE"
-                  "export NODES=$SLURM_JOB_NUM_NODES" ]
-                @ LauncherScript.debugEcho debug "Slurm gives $NODES node(s), $CORES core(s) per node"
-                @ [ sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ LauncherScript.writeCommandFile file command "a+x"
+                LauncherScript.slurmPrelude debug total
+                @ LauncherScript.commandFile file command
                 @ [ sprintf "TASKBLOCKS=%d" total
                     "if (( TASKBLOCKS > NODES )); then"
                     "    CORES_PER_BLOCK=$(( NODES * CORES / TASKBLOCKS ))"
@@ -116,14 +126,9 @@ type AprunLauncher(overrides: string, debug: bool) =
         member _.Name = "AprunLauncher"
         member _.Wrap(command, tasksPerNode, nodesPerBlock) =
             LauncherScript.checkCounts "AprunLauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
-            LauncherScript.join (
-                [ "set -e"; sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ LauncherScript.writeCommandFile file command "a+x"
-                @ [ sprintf "aprun -n %d -N %d %s /bin/bash %s &" total tasksPerNode overrides file; "wait" ]
-                @ LauncherScript.debugEcho debug "aprun finished")
+            LauncherScript.oneStep debug (tasksPerNode * nodesPerBlock) command
+                (fun total file -> sprintf "aprun -n %d -N %d %s /bin/bash %s &" total tasksPerNode overrides file)
+                "aprun finished"
 
 /// Starts the copies with IBM's `jsrun` (Parsl's `JsrunLauncher`, for LSF machines such as Summit).
 type JsrunLauncher(overrides: string, debug: bool) =
@@ -137,14 +142,9 @@ type JsrunLauncher(overrides: string, debug: bool) =
         member _.Name = "JsrunLauncher"
         member _.Wrap(command, tasksPerNode, nodesPerBlock) =
             LauncherScript.checkCounts "JsrunLauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
-            LauncherScript.join (
-                [ "set -e"; sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ LauncherScript.writeCommandFile file command "a+x"
-                @ [ sprintf "jsrun -n %d -r %d %s /bin/bash %s &" total tasksPerNode overrides file; "wait" ]
-                @ LauncherScript.debugEcho debug "jsrun finished")
+            LauncherScript.oneStep debug (tasksPerNode * nodesPerBlock) command
+                (fun total file -> sprintf "jsrun -n %d -r %d %s /bin/bash %s &" total tasksPerNode overrides file)
+                "jsrun finished"
 
 /// The host list both MPI launchers and GNU parallel read: the PBS node file without duplicates, or this host.
 module internal HostFile =
