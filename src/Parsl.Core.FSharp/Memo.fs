@@ -125,6 +125,11 @@ module Memo =
             for p in arr do
                 writeLen w p.Length
                 w.Write p
+        let primitives (a: 'T[]) (item: 'T -> unit) =
+            tag 30uy
+            writeLen w a.Length
+            for x in a do
+                item x
         let t = if isNull v then null else v.GetType()
         let hasher =
             if isNull t then None
@@ -142,32 +147,12 @@ module Memo =
             writeLen w b.Length
             w.Write b
         // Arrays of common primitives, without boxing each item: the same bytes as the general case below.
-        | (:? (int[]) as a), None when hashers.IsEmpty ->
-            tag 30uy
-            writeLen w a.Length
-            for x in a do
-                w.Write 6uy
-                w.Write x
-        | (:? (int64[]) as a), None when hashers.IsEmpty ->
-            tag 30uy
-            writeLen w a.Length
-            for x in a do
-                w.Write 8uy
-                w.Write x
+        | (:? (int[]) as a), None when hashers.IsEmpty -> primitives a (fun x -> w.Write 6uy; w.Write x)
+        | (:? (int64[]) as a), None when hashers.IsEmpty -> primitives a (fun x -> w.Write 8uy; w.Write x)
         | (:? (double[]) as a), None when hashers.IsEmpty ->
-            tag 30uy
-            writeLen w a.Length
-            for x in a do
-                w.Write 11uy
-                w.Write(BitConverter.DoubleToInt64Bits x)
+            primitives a (fun x -> w.Write 11uy; w.Write(BitConverter.DoubleToInt64Bits x))
         | (:? (string[]) as a), None when hashers.IsEmpty ->
-            tag 30uy
-            writeLen w a.Length
-            for x in a do
-                if isNull x then w.Write 0uy
-                else
-                    w.Write 14uy
-                    writeString w x
+            primitives a (fun x -> if isNull x then w.Write 0uy else (w.Write 14uy; writeString w x))
         | _, None ->
             match v with
             | :? bool as x -> tag 1uy; w.Write x
