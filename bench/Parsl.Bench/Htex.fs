@@ -58,7 +58,22 @@ let chain (print: string -> unit) =
         |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = manager)
         |> Array.map int
     let inc = App.func dfk (fun (x: int) -> x + 1)
-    for round in 1..4 do
+    // CPU ticks per thread (name) of a process, to see where a hop's CPU goes.
+    let threadTicks (pid: int) =
+        try
+            Directory.GetDirectories(sprintf "/proc/%d/task" pid)
+            |> Array.choose (fun d ->
+                try
+                    let stat = File.ReadAllText(Path.Combine(d, "stat"))
+                    let name = stat.Substring(stat.IndexOf '(' + 1, stat.LastIndexOf ')' - stat.IndexOf '(' - 1)
+                    let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+                    Some(sprintf "%s/%s" name (Path.GetFileName d), int64 rest[11] + int64 rest[12])
+                with _ -> None)
+            |> Map.ofArray
+        with _ -> Map.empty
+    let perThread = not (isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_THREADS"))
+    for round in 1..(match Environment.GetEnvironmentVariable "ROUNDS" with null -> 4 | r -> int r) do
+        let t0c, t0m = (if perThread then threadTicks Environment.ProcessId, threadTicks manager else Map.empty, Map.empty)
         let hops = 1000
         let ws = workers ()
         let c0, m0, w0 = ticks Environment.ProcessId, ticks manager, ws |> Array.sumBy ticks
@@ -73,6 +88,16 @@ let chain (print: string -> unit) =
             sprintf "HTEx us/hop on a %d-hop chain (round %d): %.1f; CPU us/hop: client %.0f, manager %.0f, workers %.0f"
                 hops round (sw.Elapsed.TotalMilliseconds * 1000.0 / float hops)
                 (us (ticks Environment.ProcessId - c0)) (us (ticks manager - m0)) (us ((ws |> Array.sumBy ticks) - w0)))
+        if perThread then
+            for who, before, after in [ "client", t0c, threadTicks Environment.ProcessId; "manager", t0m, threadTicks manager ] do
+                let parts =
+                    after
+                    |> Map.toList
+                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
+                    |> List.filter (fun (_, d) -> d > 0L)
+                    |> List.sortByDescending snd
+                    |> List.map (fun (k, d) -> sprintf "%s %.0f" k (float d * 10000.0 / float hops))
+                print (sprintf "  %s threads, CPU us/hop: %s" who (String.Join(", ", parts)))
     (dfk :> IDisposable).Dispose()
 
 /// Prints: no-op tasks/s over 100,000 tasks; µs per hop on a 1,000-hop chain; shell `true` tasks/s;

@@ -3,10 +3,12 @@ module Parsl.Bench.Program
 
 [<EntryPoint>]
 let main argv =
+    if argv.Length > 0 && argv[0] = "netmq-echo" then exit (Transport.echo argv)
     let want name = argv.Length = 0 || Array.contains name argv
     if Array.contains "noop" argv then ThreadPool.noop (printfn "%s")
     if Array.contains "chain" argv then ThreadPool.chain (printfn "%s")
     if want "threads" then ThreadPool.run (printfn "%s")
     if want "htex" then Htex.run (printfn "%s")
+    if want "htex" || Array.contains "netmq" argv then Transport.run (printfn "%s")
     if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
     0
