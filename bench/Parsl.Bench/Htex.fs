@@ -15,6 +15,12 @@ let private options () =
         // Keep workers fed between batches: throughput comes from batching on every hop.
         PrefetchCapacity = 2000
         Encrypted = isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_PLAIN")
+        // The Bench target points this at a ReadyToRun publish of Parsl.Workers (deployed as a cluster would).
+        WorkerCommand =
+            match Environment.GetEnvironmentVariable "PARSL_BENCH_WORKERS" with
+            | null
+            | "" -> None
+            | dll -> Some [ "dotnet"; dll ]
         Provider = LocalProvider { LocalProvider.Defaults with StatusPollingInterval = TimeSpan.FromSeconds 1.0 } }
 
 let private load () =

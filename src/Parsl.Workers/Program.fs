@@ -11,7 +11,7 @@ let private usage =
     "usage: Parsl.Workers --manager --address tcp://HOST:PORT --block-id ID [--max-workers-per-node N] \
 [--cores-per-worker C] [--mem-per-worker GB] [--prefetch-capacity N] [--hb-period MS] [--hb-threshold MS] \
 [--drain-period MS] [--cpu-affinity none|block|block-reverse|alternating|list:...] [--available-accelerators a,b] \
-[--cert-dir DIR] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID]\n       Parsl.Workers --worker RANK"
+[--cert-dir DIR] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID]\n       Parsl.Workers --worker RANK --generation G --connect ADDRESS"
 
 /// The flags, as a map from name to value (flags without a value map to "").
 let private parse (argv: string[]) =
@@ -39,9 +39,13 @@ let main argv =
         eprintfn "%s\n%s" e usage
         64
     | Ok flags when flags.ContainsKey "worker" ->
-        use input = Console.OpenStandardInput()
-        use output = Console.OpenStandardOutput()
-        Worker.run input output
+        match Int32.TryParse flags["worker"], Map.tryFind "connect" flags, Map.tryFind "generation" flags |> Option.map Int32.TryParse with
+        | (true, rank), Some address, Some(true, generation) ->
+            use channel = Worker.connect address rank generation
+            Worker.run channel channel
+        | _ ->
+            eprintfn "--worker RANK --generation G --connect ADDRESS are required (a manager starts workers)\n%s" usage
+            64
     | Ok flags when flags.ContainsKey "manager" ->
         // Socket completions run on the socket engine's own thread instead of being handed to the thread pool:
         // NetMQ's completion only queues to its I/O thread, so the extra thread hop (and the pool's spinning)

@@ -60,6 +60,27 @@ let e2e =
             Expect.equal managers.Length 1 "one manager"
             Expect.equal managers.Head.WorkerCount 2 "two workers"
         }
+        test "what tasks print goes to the block's output files, and their results still arrive" {
+            let _, dfk = withHtex id
+            let runDir = dfk.RunDir
+            let values =
+                use _ = dfk
+                let chatty =
+                    App.func dfk (fun (x: int) ->
+                        printfn "task %d says hello on stdout" x
+                        eprintfn "task %d says hello on stderr" x
+                        Console.Out.Write(String('x', 100_000))
+                        Console.Out.Flush()
+                        x + 1)
+                [ for i in 1..20 -> chatty (Arg.value i) ] |> List.map (fun f -> await f.Task)
+            Expect.equal values [ 2..21 ] "every result arrived intact"
+            let text suffix =
+                Directory.GetFiles(Path.Combine(runDir, "submit_scripts"), "*" + suffix)
+                |> Array.map File.ReadAllText
+                |> String.concat ""
+            Expect.stringContains (text ".out") "task 7 says hello on stdout" "stdout of the block"
+            Expect.stringContains (text ".err") "task 7 says hello on stderr" "stderr of the block"
+        }
     ]
 
 
