@@ -102,8 +102,12 @@ Target.create "Test" (fun _ ->
     printfn "%s" summary
     if failed > 0 then failwith summary)
 
-Target.create "Bench" (fun _ ->
-    run [ "run"; "--project"; "bench/Parsl.Bench"; "-c"; "Release"; "--" ] )
+// Published as an application is deployed (ReadyToRun, see bench/Parsl.Bench.fsproj), then run. Arguments after
+// `--` choose figures: `dotnet fsi build.fsx -t Bench -- htex`.
+Target.create "Bench" (fun p ->
+    let published = Path.Combine(artifacts, "bench")
+    run [ "publish"; "bench/Parsl.Bench"; "-c"; "Release"; "-o"; published ]
+    run ([ Path.Combine(published, "Parsl.Bench.dll") ] @ p.Context.Arguments))
 
 Target.create "Example" (fun _ ->
     run [ "run"; "--project"; "examples/Quickstart"; "-c"; configuration ])

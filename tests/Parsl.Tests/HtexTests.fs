@@ -446,10 +446,17 @@ let placement =
         test "each worker gets one accelerator through its environment" {
             let _, dfk = withHtex (fun o -> { o with AvailableAccelerators = [ "gpu0"; "gpu1" ] })
             use _ = dfk
-            let gate = tmpFile "gate"
-            let env = App.func dfk (fun (g: string) -> gateWait g; Environment.GetEnvironmentVariable "CUDA_VISIBLE_DEVICES")
-            let fs = [ env (Arg.value gate); env (Arg.value gate) ]
-            File.WriteAllText(gate, "")
+            // A barrier: each task waits until both are running, so they run at once, on the two workers.
+            let dir = tmpFile "barrier"
+            Directory.CreateDirectory dir |> ignore
+            let env =
+                App.func dfk (fun (d: string) ->
+                    File.WriteAllText(Path.Combine(d, string Environment.ProcessId), "")
+                    let deadline = DateTime.UtcNow.AddSeconds 60.0
+                    while Directory.GetFiles(d).Length < 2 && DateTime.UtcNow < deadline do
+                        Thread.Sleep 10
+                    Environment.GetEnvironmentVariable "CUDA_VISIBLE_DEVICES")
+            let fs = [ env (Arg.value dir); env (Arg.value dir) ]
             let seen = fs |> List.map (fun f -> await f.Task) |> List.sort
             Expect.equal seen [ "gpu0"; "gpu1" ] "one accelerator per worker"
         }

@@ -94,7 +94,7 @@ module Worker =
         let socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
         socket.Connect(endpoint name)
         let stream = new System.Net.Sockets.NetworkStream(socket, true)
-        Frames.write stream (Text.Encoding.UTF8.GetBytes(sprintf "%d %d %d" rank generation Environment.ProcessId))
+        Frames.write stream (Text.Encoding.UTF8.GetBytes(String.Join(" ", rank, generation, Environment.ProcessId)))
         stream.Flush()
         stream
 
@@ -138,7 +138,7 @@ module Worker =
                             match (try Ok(resultOf (f.Function.DynamicInvoke a)) with e -> Error e) with
                             | Error e -> describe e
                             | Ok v ->
-                                match (try Ok(Serialization.serialize opts (sprintf "the result of app %s" t.AppName) v) with e -> Error e) with
+                                match (try Ok(Serialization.serialize opts ("the result of app " + t.AppName) v) with e -> Error e) with
                                 | Ok b -> Value b
                                 | Error e -> Unserializable e.Message
             | Command(cmd, out, err, wall, outputs) ->
