@@ -60,6 +60,24 @@ let e2e =
             Expect.equal managers.Length 1 "one manager"
             Expect.equal managers.Head.WorkerCount 2 "two workers"
         }
+        test "a process that is not one of the manager's workers cannot join its pool and gets no task" {
+            let htex, dfk = withHtex id
+            use _ = dfk
+            let square = App.func dfk (fun (x: int) -> x * x)
+            // The first result makes the manager start its second worker; the impostor says hello as that worker
+            // before the real one (a process start away) can.
+            Expect.equal (await (square (Arg.value 3)).Task) 9 "first result"
+            let m = (await (htex.ConnectedManagersAsync())).Head
+            use impostor = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
+            impostor.Connect(Worker.endpoint (sprintf "parsl-net-worker-%s-%d" m.ManagerId m.Pid))
+            let hello = Text.Encoding.UTF8.GetBytes(sprintf "1 1 %d" Environment.ProcessId)
+            impostor.Send(Frames.encode hello) |> ignore
+            let results = [ for i in 1..20 -> square (Arg.value i) ] |> List.map (fun f -> await f.Task)
+            Expect.equal results [ for i in 1..20 -> i * i ] "the real workers ran everything"
+            impostor.ReceiveTimeout <- 10000
+            let got = impostor.Receive(Array.zeroCreate<byte> 16)
+            Expect.equal got 0 "the manager closed the impostor's connection without sending it anything"
+        }
         test "what tasks print goes to the block's output files, and their results still arrive" {
             let _, dfk = withHtex id
             let runDir = dfk.RunDir

@@ -426,6 +426,26 @@ module Manager =
                 flushOutbox ()
 
         listener.Blocking <- true
+        // Who is at the other end of a local connection, from the kernel (SO_PEERCRED), not from what it says: only
+        // the worker process this manager started (or a process it started, for a wrapping WorkerCommand) is let in,
+        // so another user on the node cannot pose as a worker and read tasks.
+        let parentOf (pid: int) =
+            try
+                let stat = File.ReadAllText("/proc/" + string pid + "/stat")
+                int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
+            with _ -> -1
+        let startedBy (root: int) (pid: int) =
+            let mutable p = pid
+            let mutable depth = 0
+            while p > 1 && p <> root && depth < 16 do
+                p <- parentOf p
+                depth <- depth + 1
+            p = root
+        let peerPid (conn: System.Net.Sockets.Socket) =
+            try
+                let cred = Array.zeroCreate<byte> 12 // struct ucred { pid; uid; gid }
+                if conn.GetRawSocketOption(1, 17, Span<byte>(cred)) >= 4 then BitConverter.ToInt32(cred, 0) else -1
+            with _ -> -1
         let onHello (l: System.Net.Sockets.Socket) =
             let conn = l.Accept()
             // The hello: "rank generation pid", sent at once by a worker that connects.
@@ -439,7 +459,9 @@ module Manager =
             match hello |> Option.map (fun h -> h.Split ' ') with
             | Some [| rank; gen; _ |] when
                 (match Int32.TryParse rank with
-                 | true, r -> r >= 0 && r < slots.Length && string slots[r].Generation = gen && isNull slots[r].Conn
+                 | true, r ->
+                     r >= 0 && r < slots.Length && string slots[r].Generation = gen && isNull slots[r].Conn
+                     && not (isNull slots[r].Process) && startedBy slots[r].Process.Id (peerPid conn)
                  | _ -> false) ->
                 let slot = slots[int rank]
                 slot.Conn <- conn
@@ -448,7 +470,7 @@ module Manager =
                 flushOutbox ()
                 restTimer.Enable <- true
             | _ ->
-                log (sprintf "refused a local connection that is not a current worker (%A)" hello)
+                log (sprintf "refused a local connection from pid %d that is not a current worker (%A)" (peerPid conn) hello)
                 conn.Dispose()
         poller.Add(listener, Action<System.Net.Sockets.Socket>(onHello))
 
