@@ -35,3 +35,10 @@ let heapBytes () =
 /// One figure per line: `name: value unit`.
 let figure (print: string -> unit) (name: string) (value: float) (unit: string) =
     print (sprintf "%-52s %12.1f %s" (name + ":") value unit)
+
+/// Steady state, as a long-running workflow sees it: `warm` discarded rounds (the JIT's tiering settles within a
+/// few hundred thousand tasks), then the median of `rounds` measured ones (by `key`).
+let steady warm rounds (measure: unit -> 'a) (key: 'a -> float) =
+    for _ in 1..warm do measure () |> ignore
+    let xs = Array.init rounds (fun _ -> measure ()) |> Array.sortBy key
+    xs[rounds / 2]

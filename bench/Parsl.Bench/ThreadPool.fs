@@ -71,13 +71,6 @@ let private retained (n: int) =
         heapBytes ()
     float (after - before) / 1024.0 / 1024.0
 
-/// Steady state, as a long-running workflow sees it: `warm` discarded rounds (the JIT's tiering settles within a
-/// few hundred thousand tasks), then the median of `rounds` measured ones.
-let private steady warm rounds (measure: unit -> 'a) (key: 'a -> float) =
-    for _ in 1..warm do measure () |> ignore
-    let xs = Array.init rounds (fun _ -> measure ()) |> Array.sortBy key
-    xs[rounds / 2]
-
 /// The no-op throughput figures: the first (cold) run, then the steady state.
 let noop (print: string -> unit) =
     let _, cold, _ = noopRate 100_000
