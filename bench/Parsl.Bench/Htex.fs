@@ -63,6 +63,10 @@ let chain (print: string -> unit) =
         |> Array.map Path.GetFileName
         |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = manager)
         |> Array.map int
+    print (
+        sprintf "CPU ms until the first result: client %d, manager %d, workers %d (2 cores give %.0f in that time)"
+            (ticks Environment.ProcessId * 10L) (ticks manager * 10L) ((workers () |> Array.sumBy ticks) * 10L)
+            (2.0 * sw.Elapsed.TotalMilliseconds))
     let inc = App.func dfk (fun (x: int) -> x + 1)
     // CPU ticks per thread (name) of a process, to see where a hop's CPU goes.
     let threadTicks (pid: int) =

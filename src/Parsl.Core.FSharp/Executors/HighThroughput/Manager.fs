@@ -172,7 +172,7 @@ module Manager =
             restTimer.Enable <- false
             startRest ())
         let warm =
-            Thread((fun () -> Serialization.warmUp (Serialization.options (fun _ -> false))), IsBackground = true, Name = "warm-up")
+            Thread((fun () -> if not (Serialization.precompiled ()) then Serialization.warmUp (Serialization.options (fun _ -> false))), IsBackground = true, Name = "warm-up")
         warm.Start()
         let dealer = new DealerSocket()
         dealer.Options.Identity <- Encoding.UTF8.GetBytes s.ManagerId

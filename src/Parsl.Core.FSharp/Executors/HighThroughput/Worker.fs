@@ -108,7 +108,7 @@ module Worker =
             | _ -> null)
         let opts = Serialization.options (fun n -> paths.ContainsKey n)
         // The codecs compile while the first batch is on its way (the manager is still registering).
-        let warm = Thread((fun () -> Serialization.warmUp opts), IsBackground = true, Name = "warm-up")
+        let warm = Thread((fun () -> if not (Serialization.precompiled ()) then Serialization.warmUp opts), IsBackground = true, Name = "warm-up")
         warm.Start()
         let host = Environment.MachineName
 
