@@ -28,6 +28,16 @@ let private load () =
     let htex = HighThroughputExecutor(options ())
     DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ htex ]; InitializeLogging = false }
 
+/// Runs a chain of `hops` increments, each waiting on the one before; returns µs per hop.
+let private chainOf (inc: Arg<int> -> AppFuture<int>) (hops: int) =
+    let sw = Stopwatch.StartNew()
+    let mutable f = inc (Arg.value 0)
+    for _ in 2..hops do
+        f <- inc (Arg.future f)
+    let v = f.Task.Result
+    if v <> hops then failwithf "chain computed %d" v
+    sw.Elapsed.TotalMilliseconds * 1000.0 / float hops
+
 /// Load to first result and the chain only, with CPU time per hop of the client, its manager and workers
 /// (quick runs while tuning; CPU time is what a shared machine's load does not distort).
 let chain (print: string -> unit) =
@@ -87,16 +97,11 @@ let chain (print: string -> unit) =
         let hops = 1000
         let ws = workers ()
         let c0, m0, w0 = ticks Environment.ProcessId, ticks manager, ws |> Array.sumBy ticks
-        let sw = Stopwatch.StartNew()
-        let mutable f = inc (Arg.value 0)
-        for _ in 2..hops do
-            f <- inc (Arg.future f)
-        let v = f.Task.Result
-        if v <> hops then failwithf "chain computed %d" v
+        let perHop = chainOf inc hops
         let us (t: int64) = float t * 10000.0 / float hops
         print (
             sprintf "HTEx us/hop on a %d-hop chain (round %d): %.1f; CPU us/hop: client %.0f, manager %.0f, workers %.0f"
-                hops round (sw.Elapsed.TotalMilliseconds * 1000.0 / float hops)
+                hops round perHop
                 (us (ticks Environment.ProcessId - c0)) (us (ticks manager - m0)) (us ((ws |> Array.sumBy ticks) - w0)))
         if perThread then
             for who, before, after in [ "client", t0c, threadTicks Environment.ProcessId; "manager", t0m, threadTicks manager ] do
@@ -130,16 +135,8 @@ let run (print: string -> unit) =
     print (sprintf "HTEx no-op tasks/s over %d tasks: %.0f" n perSec)
     let inc = App.func dfk (fun (x: int) -> x + 1)
     let hops = 1000
-    let chainOnce () =
-        let sw = Stopwatch.StartNew()
-        let mutable f = inc (Arg.value 0)
-        for _ in 2..hops do
-            f <- inc (Arg.future f)
-        let v = f.Task.Result
-        if v <> hops then failwithf "chain computed %d" v
-        sw.Elapsed.TotalMilliseconds * 1000.0 / float hops
     // Steady state, as for the thread pool: two warm-up chains, then the median of three.
-    print (sprintf "HTEx us/hop on a %d-hop chain: %.1f" hops (Measure.steady 2 3 chainOnce id))
+    print (sprintf "HTEx us/hop on a %d-hop chain: %.1f" hops (Measure.steady 2 3 (fun () -> chainOf inc hops) id))
     let tru = App.shell dfk (fun (_: int) -> "true")
     let m = 2000
     let sw = Stopwatch.StartNew()
