@@ -71,11 +71,13 @@ let e2e =
             use impostor = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
             impostor.Connect(Worker.endpoint (sprintf "parsl-net-worker-%s-%d" m.ManagerId m.Pid))
             let hello = Text.Encoding.UTF8.GetBytes(sprintf "1 1 %d" Environment.ProcessId)
-            impostor.Send(Frames.encode hello) |> ignore
+            // The manager may drop the connection before the hello is even sent (then it is reset).
+            let closed (e: exn) = (e :? System.Net.Sockets.SocketException)
+            let _ = (try impostor.Send(Frames.encode hello) with e when closed e -> 0)
             let results = [ for i in 1..20 -> square (Arg.value i) ] |> List.map (fun f -> await f.Task)
             Expect.equal results [ for i in 1..20 -> i * i ] "the real workers ran everything"
             impostor.ReceiveTimeout <- 10000
-            let got = impostor.Receive(Array.zeroCreate<byte> 16)
+            let got = try impostor.Receive(Array.zeroCreate<byte> 16) with e when closed e && (e :?> System.Net.Sockets.SocketException).SocketErrorCode <> System.Net.Sockets.SocketError.TimedOut -> 0
             Expect.equal got 0 "the manager closed the impostor's connection without sending it anything"
         }
         test "what tasks print goes to the block's output files, and their results still arrive" {

@@ -448,20 +448,25 @@ module Manager =
             with _ -> -1
         let onHello (l: System.Net.Sockets.Socket) =
             let conn = l.Accept()
-            // The hello: "rank generation pid", sent at once by a worker that connects.
+            let peer = peerPid conn
+            // The hello: "rank generation pid", sent at once by a worker that connects. Read only from processes this
+            // manager started: a stranger is dropped before it can hold the loop up.
+            let ours = slots |> Array.exists (fun w -> not (isNull w.Process) && startedBy w.Process.Id peer)
             conn.ReceiveTimeout <- 5000
             let hello =
-                try
-                    use st = new System.Net.Sockets.NetworkStream(conn, false)
-                    Frames.read st |> Option.map Text.Encoding.UTF8.GetString
-                with _ -> None
+                if not ours then None
+                else
+                    try
+                        use st = new System.Net.Sockets.NetworkStream(conn, false)
+                        Frames.read st |> Option.map Text.Encoding.UTF8.GetString
+                    with _ -> None
             conn.ReceiveTimeout <- 0
             match hello |> Option.map (fun h -> h.Split ' ') with
             | Some [| rank; gen; _ |] when
                 (match Int32.TryParse rank with
                  | true, r ->
                      r >= 0 && r < slots.Length && string slots[r].Generation = gen && isNull slots[r].Conn
-                     && not (isNull slots[r].Process) && startedBy slots[r].Process.Id (peerPid conn)
+                     && not (isNull slots[r].Process) && startedBy slots[r].Process.Id peer
                  | _ -> false) ->
                 let slot = slots[int rank]
                 slot.Conn <- conn
@@ -470,7 +475,7 @@ module Manager =
                 flushOutbox ()
                 restTimer.Enable <- true
             | _ ->
-                log (sprintf "refused a local connection from pid %d that is not a current worker (%A)" (peerPid conn) hello)
+                log (sprintf "refused a local connection from pid %d that is not a current worker (%A)" peer hello)
                 conn.Dispose()
         poller.Add(listener, Action<System.Net.Sockets.Socket>(onHello))
 
