@@ -131,10 +131,11 @@ module Interchange =
         let requests = ConcurrentQueue<InterchangeRequest>()
         let doorbell = new NetMQQueue<bool>()
         let mutable rung = 0
-        let post (r: InterchangeRequest) =
-            requests.Enqueue r
-            if Interlocked.Exchange(&rung, 1) = 0 then
-                try doorbell.Enqueue true with :? ObjectDisposedException -> ()
+        // Set (under `gate`) when the loop has ended, before the doorbell is disposed: a NetMQQueue that is closed
+        // does not throw on Enqueue, it spins forever (found by a test whose block poller asked for blocks while
+        // the executor was shutting down).
+        let mutable closed = false
+        let gate = obj ()
         let queue = PriorityQueue<QueuedTask, QueueOrder>()
         let cancelled = HashSet<int64>()
         let definitions = Dictionary<int, byte[]>()
@@ -144,6 +145,26 @@ module Interchange =
         let random = Random()
         let mutable stopped = false
         let mutable failWith: (int64 -> exn) option = None
+
+        /// Answers requests left after the loop ended, so no future and no caller waits forever.
+        let drainStopped () =
+            let f = defaultArg failWith (fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))) :> exn)
+            let mutable r = Unchecked.defaultof<InterchangeRequest>
+            while requests.TryDequeue(&r) do
+                match r with
+                | Enqueue t -> s.Report(TryLost(t.Key, f t.Key))
+                | QueryManagers reply -> reply.TrySetResult [] |> ignore
+                | QueryBlocks reply -> reply.TrySetResult [] |> ignore
+                | HoldBlocks(_, reply) -> reply.TrySetResult() |> ignore
+                | Stop(_, reply) -> reply.TrySetResult() |> ignore
+                | _ -> ()
+
+        let post (r: InterchangeRequest) =
+            requests.Enqueue r
+            if Volatile.Read(&closed) then drainStopped ()
+            elif Interlocked.Exchange(&rung, 1) = 0 then
+                lock gate (fun () -> if not closed then doorbell.Enqueue true)
+                if Volatile.Read(&closed) then drainStopped ()
         let poller = new NetMQPoller()
         let completion = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
@@ -355,17 +376,9 @@ module Interchange =
                             poller.Run()
                         with e -> s.Log.Error(e, "Interchange loop failed")
                     finally
-                        // Requests that arrived after Stop: fail them so no future waits forever.
-                        let f = defaultArg failWith (fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))) :> exn)
-                        let mutable r = Unchecked.defaultof<InterchangeRequest>
-                        while requests.TryDequeue(&r) do
-                            match r with
-                            | Enqueue t -> s.Report(TryLost(t.Key, f t.Key))
-                            | QueryManagers reply -> reply.TrySetResult [] |> ignore
-                            | QueryBlocks reply -> reply.TrySetResult [] |> ignore
-                            | HoldBlocks(_, reply) -> reply.TrySetResult() |> ignore
-                            | Stop(_, reply) -> reply.TrySetResult() |> ignore
-                            | _ -> ()
+                        // Requests that arrived after Stop, and any that come later: answered, never left waiting.
+                        lock gate (fun () -> closed <- true)
+                        drainStopped ()
                         poller.Dispose()
                         router.Dispose()
                         doorbell.Dispose()

@@ -92,10 +92,12 @@ module Manager =
         // Made once the first worker is starting (making it starts NetMQ, which takes a while).
         let doorbellCell = lazy (new NetMQQueue<bool>())
         let mutable rung = 0
+        // Set when the loop has ended, before the doorbell is disposed: a closed NetMQQueue spins on Enqueue.
+        let mutable closed = false
         let post e =
             events.Enqueue e
             if Interlocked.Exchange(&rung, 1) = 0 then
-                try doorbellCell.Value.Enqueue true with :? ObjectDisposedException -> ()
+                lock doorbellCell (fun () -> if not closed then doorbellCell.Value.Enqueue true)
         let slots =
             Array.init count (fun r ->
                 { Rank = r; Generation = 0; Process = null; Conn = null; Buffer = Array.zeroCreate 65536; Filled = 0
@@ -557,6 +559,7 @@ module Manager =
         finally
             warm.Join()
             stopWorkers ()
+            lock doorbellCell (fun () -> closed <- true)
             poller.Dispose()
             for slot in slots do
                 if not (isNull slot.Conn) then slot.Conn.Dispose()
