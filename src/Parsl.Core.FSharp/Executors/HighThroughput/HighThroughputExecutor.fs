@@ -194,23 +194,20 @@ type HighThroughputExecutor(options: HtexOptions) =
     /// The executor's bad-state error, if it is in one.
     member _.BadState = bad
 
-    /// The connected managers (Parsl's `connected_managers()`).
-    member _.ConnectedManagersAsync() : Task<ManagerInfo list> =
+    /// Asks the interchange; `none` when it was never started.
+    member private _.Ask<'T>(request: TaskCompletionSource<'T> -> InterchangeRequest, none: 'T) : Task<'T> =
         match interchange with
         | Some i ->
-            let q = TaskCompletionSource<ManagerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
-            i.Post(QueryManagers q)
+            let q = TaskCompletionSource<'T>(TaskCreationOptions.RunContinuationsAsynchronously)
+            i.Post(request q)
             q.Task
-        | None -> Task.FromResult []
+        | None -> Task.FromResult none
+
+    /// The connected managers (Parsl's `connected_managers()`).
+    member this.ConnectedManagersAsync() : Task<ManagerInfo list> = this.Ask(QueryManagers, [])
 
     /// The ids of blocks whose managers have connected (Parsl's `connected_blocks()`).
-    member _.ConnectedBlocksAsync() : Task<string list> =
-        match interchange with
-        | Some i ->
-            let q = TaskCompletionSource<string list>(TaskCreationOptions.RunContinuationsAsynchronously)
-            i.Post(QueryBlocks q)
-            q.Task
-        | None -> Task.FromResult []
+    member this.ConnectedBlocksAsync() : Task<string list> = this.Ask(QueryBlocks, [])
 
     /// Every block this executor started, with its status (Parsl's `status()`).
     member _.BlocksAsync() : Task<BlockInfo list> =

@@ -357,14 +357,14 @@ module Serialization =
         use s = File.OpenRead path
         Convert.ToHexString(SHA256.HashData s)
 
-    /// The definition of a function: the assemblies it may need, then the delegate itself.
-    let encodeDefinition (opts: MessagePackSerializerOptions) (assemblies: AssemblyRef list) (f: Delegate) : byte[] =
-        let body = serialize opts (sprintf "the function of app %s" f.Method.Name) (box f)
+    /// A definition from its assemblies and the delegate's bytes (also how the manager points the paths at
+    /// verified local copies).
+    let rewriteDefinition (refs: AssemblyRef list) (body: byte[]) : byte[] =
         let buffer = ArrayBufferWriter<byte>(body.Length + 256)
         let mutable w = MessagePackWriter(buffer)
         w.WriteArrayHeader 2
-        w.WriteArrayHeader assemblies.Length
-        for a in assemblies do
+        w.WriteArrayHeader refs.Length
+        for a in refs do
             w.WriteArrayHeader 3
             w.Write a.FullName
             w.Write a.Path
@@ -372,6 +372,10 @@ module Serialization =
         w.Write(ReadOnlySpan<byte>(body))
         w.Flush()
         buffer.WrittenSpan.ToArray()
+
+    /// The definition of a function: the assemblies it may need, then the delegate itself.
+    let encodeDefinition (opts: MessagePackSerializerOptions) (assemblies: AssemblyRef list) (f: Delegate) : byte[] =
+        rewriteDefinition assemblies (serialize opts ("the function of app " + f.Method.Name) (box f))
 
     /// Splits a definition into its assemblies and the delegate's bytes.
     let decodeDefinition (bytes: byte[]) : AssemblyRef list * byte[] =
@@ -389,17 +393,3 @@ module Serialization =
         let body = r.ReadBytes()
         refs, body.Value.ToArray()
 
-    /// A definition with its assemblies' paths replaced (the manager points them at verified local copies).
-    let rewriteDefinition (refs: AssemblyRef list) (body: byte[]) : byte[] =
-        let buffer = ArrayBufferWriter<byte>(body.Length + 256)
-        let mutable w = MessagePackWriter(buffer)
-        w.WriteArrayHeader 2
-        w.WriteArrayHeader refs.Length
-        for a in refs do
-            w.WriteArrayHeader 3
-            w.Write a.FullName
-            w.Write a.Path
-            w.Write a.Hash
-        w.Write(ReadOnlySpan<byte>(body))
-        w.Flush()
-        buffer.WrittenSpan.ToArray()
