@@ -41,8 +41,14 @@ let main argv =
     | Ok flags when flags.ContainsKey "worker" ->
         match Int32.TryParse flags["worker"], Map.tryFind "connect" flags, Map.tryFind "generation" flags |> Option.map Int32.TryParse with
         | (true, rank), Some address, Some(true, generation) ->
-            use channel = Worker.connect address rank generation
-            Worker.run channel channel
+            match (try Ok(Worker.connect address rank generation) with e -> Error e) with
+            | Ok channel ->
+                use channel = channel
+                Worker.run channel channel
+            | Error e ->
+                // The manager that started this worker is gone (or never listened): nothing to do.
+                eprintfn "worker %d: cannot reach its manager at %s: %s" rank address e.Message
+                2
         | _ ->
             eprintfn "--worker RANK --generation G --connect ADDRESS are required (a manager starts workers)\n%s" usage
             64

@@ -211,6 +211,17 @@ let priorities =
 
 let failures =
     testList "HTEx failures" [
+        test "a worker whose manager is gone exits with a message instead of crashing" {
+            let psi = Diagnostics.ProcessStartInfo("dotnet")
+            for a in [ HtexOptions.defaultWorkerDll (); "--worker"; "0"; "--generation"; "1"; "--connect"; "parsl-net-no-such-manager" ] do
+                psi.ArgumentList.Add a
+            psi.RedirectStandardError <- true
+            use p = Diagnostics.Process.Start psi
+            let err = p.StandardError.ReadToEnd()
+            Expect.isTrue (p.WaitForExit 60000) "it exits"
+            Expect.equal p.ExitCode 2 "exit code 2"
+            Expect.stringContains err "cannot reach its manager" "says why"
+        }
         test "a worker killed mid-task fails that task with WorkerLost, and the next task runs" {
             let htex, dfk = withHtex id
             let pidFile = tmpFile "pid"

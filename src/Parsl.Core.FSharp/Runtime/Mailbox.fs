@@ -28,7 +28,7 @@ type internal SpinPolicy() =
 
     /// Spins until `ready` holds or `Spins` spins have passed, when spinning has been paying off; true if it held.
     member _.SpinFor(ready: unit -> bool) =
-        if score <= 0 && (skipped <- skipped + 1; skipped % 32 <> 0) then false
+        if score <= 0 && (skipped <- (skipped + 1) % 32; skipped <> 0) then false
         else
             let mutable n = 0
             let mutable seen = ready ()

@@ -256,17 +256,19 @@ module Serialization =
     let options (allowed: string -> bool) : MessagePackSerializerOptions =
         (new ShippingOptions(resolver (), allowed)).WithSecurity(MessagePackSecurity.UntrustedData)
 
+    /// The error to report from a serializer failure: our own `Unshippable` if it is in the chain, else the innermost.
+    let rec private rootCause (e: exn) =
+        match e with
+        | :? Unshippable -> e
+        | _ when not (isNull e.InnerException) -> rootCause e.InnerException
+        | _ -> e
+
     /// Serializes one value (typeless: the type travels with it). Raises `SerializationError` naming `what`.
     let serialize (opts: MessagePackSerializerOptions) (what: string) (value: obj) : byte[] =
         try
             MessagePackSerializer.Serialize<obj>(value, opts)
         with e ->
-            let rec root (e: exn) =
-                match e with
-                | :? Unshippable -> e
-                | _ when not (isNull e.InnerException) -> root e.InnerException
-                | _ -> e
-            let r = root e
+            let r = rootCause e
             raise (SerializationError(sprintf "%s cannot be serialized: %s" what r.Message, r))
 
     /// Serializes a call's arguments as one array.
@@ -278,12 +280,7 @@ module Serialization =
             try
                 MessagePackSerializer.Serialize<obj>(&w, args[i], opts)
             with e ->
-                let rec root (e: exn) =
-                    match e with
-                    | :? Unshippable -> e
-                    | _ when not (isNull e.InnerException) -> root e.InnerException
-                    | _ -> e
-                let r = root e
+                let r = rootCause e
                 let t = if isNull args[i] then "null" else args[i].GetType().FullName
                 raise (SerializationError(sprintf "argument %d (%s) cannot be serialized: %s" i t r.Message, r))
         w.Flush()
