@@ -453,24 +453,19 @@ module Manager =
             let peer = peerPid conn
             // The hello: "rank generation pid", sent at once by a worker that connects. Read only from processes this
             // manager started: a stranger is dropped before it can hold the loop up.
-            let ours = slots |> Array.exists (fun w -> not (isNull w.Process) && startedBy w.Process.Id peer)
+            let owner = slots |> Array.tryFind (fun w -> not (isNull w.Process) && startedBy w.Process.Id peer)
             conn.ReceiveTimeout <- 5000
             let hello =
-                if not ours then None
+                if owner.IsNone then None
                 else
                     try
                         use st = new System.Net.Sockets.NetworkStream(conn, false)
                         Frames.read st |> Option.map Text.Encoding.UTF8.GetString
                     with _ -> None
             conn.ReceiveTimeout <- 0
-            match hello |> Option.map (fun h -> h.Split ' ') with
-            | Some [| rank; gen; _ |] when
-                (match Int32.TryParse rank with
-                 | true, r ->
-                     r >= 0 && r < slots.Length && string slots[r].Generation = gen && isNull slots[r].Conn
-                     && not (isNull slots[r].Process) && startedBy slots[r].Process.Id peer
-                 | _ -> false) ->
-                let slot = slots[int rank]
+            // The hello must name the slot whose process is connecting, in its current start.
+            match owner, hello |> Option.map (fun h -> h.Split ' ') with
+            | Some slot, Some [| rank; gen; _ |] when string slot.Rank = rank && string slot.Generation = gen && isNull slot.Conn ->
                 slot.Conn <- conn
                 slot.Filled <- 0
                 poller.Add(conn, Action<System.Net.Sockets.Socket>(onWorkerReadable slot))
