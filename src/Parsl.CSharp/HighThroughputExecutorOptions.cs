@@ -127,8 +127,13 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
     /// <summary>How long the interchange waits for socket activity before housekeeping. Default 10 ms.</summary>
     public TimeSpan PollPeriod { get; set; } = TimeSpan.FromMilliseconds(10);
 
-    /// <summary>CurveZMQ encryption of every manager connection. Default true.</summary>
+    /// <summary>CurveZMQ encryption of every manager connection over TCP. Default true.</summary>
     public bool Encrypted { get; set; } = true;
+
+    /// <summary>Managers on the client's own host connect over a local (Unix) socket instead of TCP, which makes a
+    /// task's round trip about a third as long. Only processes of the same user that present the client's key are
+    /// accepted. Default true; false sends every manager over TCP.</summary>
+    public bool SameHostSocket { get; set; } = true;
 
     /// <summary>The order in which managers are offered tasks. Default <see cref="ManagerSelection.Random"/>.</summary>
     public ManagerSelection ManagerSelector { get; set; } = ManagerSelection.Random;
@@ -178,7 +183,7 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
         return new HighThroughputExecutor(new HtexOptions(
             Label, Provider?.Build()!, Address, Opt(WorkerPort), Tuple.Create(WorkerPortRangeStart, WorkerPortRangeEnd),
             Opt(MaxWorkersPerNode), CoresPerWorker, Opt(MemPerWorker), PrefetchCapacity, HeartbeatPeriod,
-            HeartbeatThreshold, Opt(DrainPeriod), PollPeriod, Encrypted,
+            HeartbeatThreshold, Opt(DrainPeriod), PollPeriod, Encrypted, SameHostSocket,
             ManagerSelector == ManagerSelection.BlockId ? Parsl.Executors.HighThroughput.ManagerSelector.BlockIdSelector
                 : Parsl.Executors.HighThroughput.ManagerSelector.RandomSelector,
             ListModule.OfSeq(AvailableAccelerators), CpuAffinity,

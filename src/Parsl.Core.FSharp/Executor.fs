@@ -95,6 +95,12 @@ type IExecutor =
     /// Stops the executor and everything it started. `wait`: let tries already running finish first.
     abstract ShutdownAsync: wait: bool -> Task
 
+/// An executor whose `Submit` only queues, and that sends what was queued at `Flush`. The kernel calls `Flush` on
+/// its own thread each time it has handled every message waiting for it, so a burst of submissions leaves as one
+/// batch and a lone task (the next link of a dependency chain) leaves at once, without waking another thread.
+type IBatchingExecutor =
+    abstract Flush: unit -> unit
+
 /// Helpers for executors.
 [<RequireQualifiedAccess>]
 module Resources =

@@ -172,6 +172,7 @@ public class HtexTests
         Assert.Null(cs.DrainPeriod);
         Assert.Equal(fs.PollPeriod, cs.PollPeriod);
         Assert.Equal(fs.Encrypted, cs.Encrypted);
+        Assert.Equal(fs.SameHostSocket, cs.SameHostSocket);
         Assert.True(fs.ManagerSelector.IsRandomSelector);
         Assert.Equal(ManagerSelection.Random, cs.ManagerSelector);
         Assert.Empty(cs.AvailableAccelerators);

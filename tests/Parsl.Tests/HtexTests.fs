@@ -69,7 +69,7 @@ let e2e =
             Expect.equal (await (square (Arg.value 3)).Task) 9 "first result"
             let m = (await (htex.ConnectedManagersAsync())).Head
             use impostor = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
-            impostor.Connect(Worker.endpoint (sprintf "parsl-net-worker-%s-%d" m.ManagerId m.Pid))
+            impostor.Connect(LocalSocket.endpoint (sprintf "parsl-net-worker-%s-%d" m.ManagerId m.Pid))
             let hello = Text.Encoding.UTF8.GetBytes(sprintf "1 1 %d" Environment.ProcessId)
             // The manager may drop the connection before the hello is even sent (then it is reset).
             let closed (e: exn) = (e :? System.Net.Sockets.SocketException)

@@ -64,6 +64,9 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let finalCounts = Dictionary<TaskState, int>()
     let followUps = Queue<Event>()
     let userLabels = executors.Keys |> Seq.filter (fun l -> l <> Config.InternalLabel) |> Array.ofSeq
+    // Executors that send what `Submit` queued when the kernel has drained its mailbox (looked up once started).
+    let batching =
+        lazy (executors.Values |> Seq.choose (function :? IBatchingExecutor as b -> Some b | _ -> None) |> Array.ofSeq)
     let mutable loopTask: Task = Task.CompletedTask
     let debug = log.IsEnabled Serilog.Events.LogEventLevel.Debug
     let inFlight = if config.MaxTasksInFlight > 0 then new SemaphoreSlim(config.MaxTasksInFlight) else null
@@ -283,6 +286,11 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                                 handle m
                             with e ->
                                 log.Error(e, "Kernel loop failed to handle {Message}", sprintf "%A" m)
+                        for b in batching.Value do
+                            try
+                                b.Flush()
+                            with e ->
+                                log.Error(e, "Kernel loop failed to flush an executor")
                         if state.Live = 0 && idleWaiters.Count > 0 then
                             for w in idleWaiters do
                                 w.TrySetResult() |> ignore

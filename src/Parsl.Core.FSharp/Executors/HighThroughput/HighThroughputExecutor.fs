@@ -38,6 +38,8 @@ type HighThroughputExecutor(options: HtexOptions) =
     let mutable bad: exn option = None
     let mutable launch: string -> string = fun _ -> ""
     let mutable certDir: string option = None
+    // Set by the kernel's first `Flush`: from then on `Submit` only queues (the kernel flushes after each batch).
+    let mutable flushed = false
     let idle = obj ()
     let mutable idleWaiters: TaskCompletionSource<unit> list = []
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
@@ -103,7 +105,7 @@ type HighThroughputExecutor(options: HtexOptions) =
         |> Seq.map (fun a ->
             let h = hashes.GetOrAdd(a.Location, Serialization.hashFile)
             shipped[a.GetName().Name] <- true
-            interchange |> Option.iter (fun i -> i.Post(AddAssembly(h, a.Location)))
+            interchange |> Option.iter (fun i -> if flushed then i.Queue(AddAssembly(h, a.Location)) else i.Post(AddAssembly(h, a.Location)))
             { FullName = a.FullName; Path = a.Location; Hash = h })
         |> List.ofSeq
 
@@ -128,7 +130,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                 | true, id -> id
                 | _ ->
                     let id = Interlocked.Increment &nextFunction
-                    interchange.Value.Post(Define(id, def))
+                    let ic = interchange.Value
+                    if flushed then ic.Queue(Define(id, def)) else ic.Post(Define(id, def))
                     functionIds[f] <- id
                     id)
 
@@ -218,6 +221,11 @@ type HighThroughputExecutor(options: HtexOptions) =
             q.Task
         | None -> Task.FromResult []
 
+    interface IBatchingExecutor with
+        member _.Flush() =
+            flushed <- true
+            interchange |> Option.iter (fun i -> i.Flush())
+
     interface IExecutor with
         member _.Label = label
         member _.Validate() = HtexOptions.validate options
@@ -225,7 +233,7 @@ type HighThroughputExecutor(options: HtexOptions) =
 
         member this.StartAsync(context, _) =
             ctx <- context
-            let curve =
+            let curve, token =
                 if options.Encrypted then
                     let server = NetMQCertificate()
                     let client = NetMQCertificate()
@@ -241,8 +249,11 @@ type HighThroughputExecutor(options: HtexOptions) =
                     write "server.key" server.PublicKeyZ85
                     write "client.key" (client.PublicKeyZ85 + "\n" + client.SecretKeyZ85 + "\n")
                     certDir <- Some dir
-                    Some server
-                else None
+                    Some server, client.SecretKeyZ85
+                else None, ""
+            // Managers on this host connect here instead of TCP; the name is unguessable and dies with the process.
+            let localSocket =
+                if options.SameHostSocket then Some("parsl-net-interchange-" + Guid.NewGuid().ToString("N")) else None
             let ic =
                 Interchange.start
                     { Address = options.Address
@@ -251,6 +262,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                       HeartbeatThreshold = options.HeartbeatThreshold
                       Selector = options.ManagerSelector
                       Curve = curve
+                      LocalSocket = localSocket
+                      LocalToken = token
                       Log = context.Log
                       Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
             interchange <- Some ic
@@ -277,6 +290,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                       if not options.AvailableAccelerators.IsEmpty then
                           yield! [ "--available-accelerators"; String.Join(",", options.AvailableAccelerators) ]
                       match certDir with Some d -> yield! [ "--cert-dir"; d ] | None -> ()
+                      match localSocket with Some n -> yield! [ "--local-socket"; n ] | None -> ()
                       "--cache-dir"; cacheDir ]
                     |> List.map quote
                     |> String.concat " "
@@ -307,12 +321,14 @@ type HighThroughputExecutor(options: HtexOptions) =
                     let key = Protocol.key t.Id.Value t.Try.Value
                     inflight[key] <- struct (t.Id, t.Try)
                     let priority = match t.Resources.TryGetValue "priority" with | true, p -> p | _ -> null
-                    ic.Post(
+                    let request =
                         Enqueue
                             { Key = key
                               AppName = app
                               Order = Policies.order priority (Interlocked.Increment &sequence)
-                              Body = body })
+                              Body = body }
+                    // Under a kernel that flushes, the try leaves at its flush (on this thread, with any others).
+                    if flushed then ic.Queue request else ic.Post request
 
         member _.Cancel(id, tryId) =
             interchange |> Option.iter (fun i -> i.Post(CancelQueued(Protocol.key id.Value tryId.Value)))

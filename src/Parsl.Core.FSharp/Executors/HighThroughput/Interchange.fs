@@ -67,11 +67,20 @@ type InterchangeSettings =
       Selector: ManagerSelector
       /// The server's CURVE key pair (None: plain TCP).
       Curve: NetMQCertificate option
+      /// An abstract local socket name that managers on this host connect to instead of TCP (None: TCP only).
+      LocalSocket: string option
+      /// What a manager on the local socket must say first (the client's secret key; "" when not encrypted).
+      LocalToken: string
       Log: Serilog.ILogger
       Report: InterchangeEvent -> unit }
 
+/// How the interchange reaches a manager: through the ROUTER socket by identity, or over its local connection.
+type private Peer =
+    | Routed of identity: byte[]
+    | Direct of Link
+
 type private ManagerRecord =
-    { Identity: byte[]
+    { Peer: Peer
       Reg: Registration
       InFlight: HashSet<int64>
       Sent: HashSet<int>
@@ -84,11 +93,18 @@ type private ManagerRecord =
 
 /// The handle of a running interchange.
 [<Sealed>]
-type InterchangeHandle internal (port: int, post: InterchangeRequest -> unit, completion: Task) =
+type InterchangeHandle internal (port: int, post: InterchangeRequest -> unit, queue: InterchangeRequest -> unit, flush: unit -> unit, completion: Task) =
     /// The port managers connect to.
     member _.Port = port
     /// Sends a request to the actor. Thread-safe; never blocks.
     member _.Post r = post r
+    /// Queues a request without waking the interchange: it is handled at the next `Flush` (or anything else
+    /// the interchange does). For the kernel's thread, which flushes after each batch of its messages.
+    member _.Queue r = queue r
+    /// Handles the queued requests and dispatches on the calling thread: a task reaches its manager without
+    /// waking the interchange's thread (one context switch less per task in a dependency chain), and a burst of
+    /// submissions still leaves in batches.
+    member _.Flush() = flush ()
     /// Ends when the actor's loop has ended and its socket is closed.
     member _.Completion = completion
 
@@ -136,6 +152,25 @@ module Interchange =
         // the executor was shutting down).
         let mutable closed = false
         let gate = obj ()
+        // The interchange's state (queue, managers, definitions): its own thread and `Flush` callers take turns.
+        let state = obj ()
+        // Events made under `state`, handed to the executor once it is released (decoding results does not hold
+        // up a flush, and the executor may post back without re-entering).
+        let pending = List<InterchangeEvent>()
+        let report (e: InterchangeEvent) = pending.Add e
+        let locked (f: unit -> unit) =
+            let mutable out: InterchangeEvent[] = null
+            lock state (fun () ->
+                f ()
+                if pending.Count > 0 then
+                    out <- pending.ToArray()
+                    pending.Clear())
+            if not (isNull out) then
+                for e in out do
+                    s.Report e
+        let mutable loopThread = -1
+        // Messages for managers over TCP made on another thread: NetMQ sockets belong to their poller's thread.
+        let routerOut = ConcurrentQueue<NetMQMessage>()
         let queue = PriorityQueue<QueuedTask, QueueOrder>()
         let cancelled = HashSet<int64>()
         let definitions = Dictionary<int, byte[]>()
@@ -159,20 +194,32 @@ module Interchange =
                 | Stop(_, reply) -> reply.TrySetResult() |> ignore
                 | _ -> ()
 
+        let ring () =
+            if Interlocked.Exchange(&rung, 1) = 0 then
+                lock gate (fun () -> if not closed then doorbell.Enqueue true)
         let post (r: InterchangeRequest) =
             requests.Enqueue r
             if Volatile.Read(&closed) then drainStopped ()
-            elif Interlocked.Exchange(&rung, 1) = 0 then
-                lock gate (fun () -> if not closed then doorbell.Enqueue true)
+            else
+                ring ()
                 if Volatile.Read(&closed) then drainStopped ()
+        let queueRequest (r: InterchangeRequest) =
+            requests.Enqueue r
+            if Volatile.Read(&closed) then drainStopped ()
         let poller = new NetMQPoller()
         let completion = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
-        let send (identity: byte[]) (m: ToManager) =
-            let msg = NetMQMessage(2)
-            msg.Append identity
-            msg.Append(Protocol.encodeToManager m)
-            router.TrySendMultipartMessage msg |> ignore
+        let send (peer: Peer) (m: ToManager) =
+            match peer with
+            | Routed identity ->
+                let msg = NetMQMessage(2)
+                msg.Append identity
+                msg.Append(Protocol.encodeToManager m)
+                if Environment.CurrentManagedThreadId = loopThread then router.TrySendMultipartMessage msg |> ignore
+                else
+                    routerOut.Enqueue msg
+                    ring ()
+            | Direct link -> link.Send(Protocol.encodeToManager m)
 
         let dispatch () =
             if queue.Count > 0 && managers.Count > 0 then
@@ -195,7 +242,7 @@ module Interchange =
                     while batch.Count < n && queue.Count > 0 do
                         let t = queue.Dequeue()
                         if cancelled.Count > 0 && cancelled.Remove t.Key then
-                            s.Report(TryLost(t.Key, OperationCanceledException(sprintf "Task %d was cancelled" (fst (Protocol.ofKey t.Key)))))
+                            report(TryLost(t.Key, OperationCanceledException(sprintf "Task %d was cancelled" (fst (Protocol.ofKey t.Key)))))
                         else
                             let body =
                                 match t.Body with
@@ -203,30 +250,30 @@ module Interchange =
                                 | b -> b
                             m.InFlight.Add t.Key |> ignore
                             batch.Add { Key = t.Key; AppName = t.AppName; Body = body }
-                    if batch.Count > 0 then send m.Identity (Tasks(List.ofSeq batch))
+                    if batch.Count > 0 then send m.Peer (Tasks(List.ofSeq batch))
 
         let failQueued (f: int64 -> exn) =
             while queue.Count > 0 do
                 let t = queue.Dequeue()
-                s.Report(TryLost(t.Key, (if cancelled.Remove t.Key then OperationCanceledException("cancelled") :> exn else f t.Key)))
+                report(TryLost(t.Key, (if cancelled.Remove t.Key then OperationCanceledException("cancelled") :> exn else f t.Key)))
 
         let removeManager (m: ManagerRecord) (error: int64 -> exn) =
             managers.Remove m.Reg.ManagerId |> ignore
             for k in m.InFlight do
-                s.Report(TryLost(k, error k))
+                report(TryLost(k, error k))
             m.InFlight.Clear()
 
         let handleRequest r =
             match r with
             | Enqueue t ->
                 match failWith with
-                | Some f -> s.Report(TryLost(t.Key, f t.Key))
+                | Some f -> report(TryLost(t.Key, f t.Key))
                 | None -> queue.Enqueue(t, t.Order)
             | Define(id, def) -> definitions[id] <- def
             | AddAssembly(h, p) -> assemblies[h] <- p
             | CancelQueued k ->
                 match managers.Values |> Seq.tryFind (fun m -> m.InFlight.Contains k) with
-                | Some m -> send m.Identity (CancelTry k)
+                | Some m -> send m.Peer (CancelTry k)
                 | None -> cancelled.Add k |> ignore
             | QueryManagers reply ->
                 let t = now ()
@@ -251,7 +298,7 @@ module Interchange =
                         m.Active <- false
                         // An idle manager of a block being scaled in is let go at once, cleanly.
                         if m.InFlight.Count = 0 then
-                            send m.Identity Shutdown
+                            send m.Peer Shutdown
                             managers.Remove m.Reg.ManagerId |> ignore
                 reply.TrySetResult() |> ignore
             | FailAll f ->
@@ -259,9 +306,9 @@ module Interchange =
                 failQueued f
                 for m in List.ofSeq managers.Values do
                     for k in m.InFlight do
-                        s.Report(TryLost(k, f k))
+                        report(TryLost(k, f k))
                     m.InFlight.Clear()
-            | Raise e -> s.Report e
+            | Raise e -> report e
             | DropQueued f ->
                 failWith <- Some f
                 failQueued f
@@ -269,13 +316,13 @@ module Interchange =
                 failWith <- Some f
                 failQueued f
                 for m in List.ofSeq managers.Values do
-                    send m.Identity Shutdown
+                    send m.Peer Shutdown
                     removeManager m f
                 stopped <- true
                 poller.StopAsync()
                 reply.TrySetResult() |> ignore
 
-        let register (identity: byte[]) (g: Registration) =
+        let register (identity: Peer) (g: Registration) =
             let expected = Protocol.parslVersion ()
             let rt = Protocol.runtimeVersion ()
             if g.ProtocolVersion <> Protocol.Version || g.ParslVersion <> expected || g.RuntimeVersion <> rt then
@@ -284,11 +331,11 @@ module Interchange =
                         g.ManagerId g.Hostname g.ParslVersion g.ProtocolVersion g.RuntimeVersion expected Protocol.Version rt
                 s.Log.Error("Interchange: refused manager: {Reason}", reason)
                 send identity (Refused reason)
-                s.Report(Fatal(VersionMismatch reason))
+                report(Fatal(VersionMismatch reason))
             else
                 let t = now ()
                 managers[g.ManagerId] <-
-                    { Identity = identity
+                    { Peer = identity
                       Reg = g
                       InFlight = HashSet()
                       Sent = HashSet()
@@ -302,11 +349,16 @@ module Interchange =
                     g.ManagerId, g.BlockId, g.Hostname, g.WorkerCount)
                 send identity Accepted
 
-        let handleMessage (identity: byte[]) (payload: byte[]) =
-            let mid = Encoding.UTF8.GetString identity
+        /// A message from a manager: `mid` is its ROUTER identity, or what it registered as on a local connection.
+        let handleMessage (identity: Peer) (mid: string) (payload: byte[]) =
             match (try Ok(Protocol.decodeToInterchange payload) with e -> Error e) with
             | Error e -> s.Log.Warning("Interchange: ignored a malformed message from {Manager}: {Error}", mid, e.Message)
-            | Ok(Register g) -> register identity { g with ManagerId = mid }
+            | Ok(Register g) ->
+                match identity with
+                | Routed _ -> register identity { g with ManagerId = mid }
+                | Direct link ->
+                    link.Name <- g.ManagerId
+                    register identity g
             | Ok msg ->
                 match managers.TryGetValue mid with
                 | false, _ ->
@@ -320,7 +372,7 @@ module Interchange =
                         for r in rs do
                             m.InFlight.Remove r.Key |> ignore
                         if m.InFlight.Count = 0 then m.IdleSince <- now ()
-                        s.Report(ResultsArrived rs)
+                        report(ResultsArrived rs)
                         if m.Draining && m.InFlight.Count = 0 then
                             send identity Drained
                             managers.Remove mid |> ignore
@@ -342,29 +394,87 @@ module Interchange =
                     s.Log.Warning("Interchange: manager {Manager} on {Host} missed its heartbeats; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
                     removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
 
-        router.ReceiveReady.Add(fun _ ->
+        /// Handles the requests queued so far, then dispatches (under `state`).
+        let drain () =
+            let mutable r = Unchecked.defaultof<InterchangeRequest>
+            while not stopped && requests.TryDequeue(&r) do
+                handleRequest r
+            if not stopped then dispatch ()
+        let sendRouted () =
             let mutable msg: NetMQMessage = null
-            let mutable n = 0
-            while n < 1000 && router.TryReceiveMultipartMessage(&msg) do
-                n <- n + 1
-                if msg.FrameCount >= 2 then handleMessage (msg[0].ToByteArray()) (msg[msg.FrameCount - 1].ToByteArray())
-            if not stopped then dispatch ())
+            while routerOut.TryDequeue(&msg) do
+                router.TrySendMultipartMessage msg |> ignore
+
+        router.ReceiveReady.Add(fun _ ->
+            locked (fun () ->
+                let mutable msg: NetMQMessage = null
+                let mutable n = 0
+                while n < 1000 && router.TryReceiveMultipartMessage(&msg) do
+                    n <- n + 1
+                    if msg.FrameCount >= 2 then
+                        let identity = msg[0].ToByteArray()
+                        handleMessage (Routed identity) (Encoding.UTF8.GetString identity) (msg[msg.FrameCount - 1].ToByteArray())
+                drain ()))
         doorbell.ReceiveReady.Add(fun _ ->
             let mutable b = false
             while doorbell.TryDequeue(&b, TimeSpan.Zero) do
                 ()
             Volatile.Write(&rung, 0)
-            let mutable r = Unchecked.defaultof<InterchangeRequest>
-            while not stopped && requests.TryDequeue(&r) do
-                handleRequest r
-            if not stopped then dispatch ())
+            locked drain
+            sendRouted ())
         let tick =
             let ms = s.HeartbeatThreshold.TotalMilliseconds / 4.0 |> max 10.0 |> min 1000.0
             new NetMQTimer(TimeSpan.FromMilliseconds ms)
         tick.Elapsed.Add(fun _ ->
-            if not stopped then
-                expire ()
-                dispatch ())
+            locked (fun () ->
+                if not stopped then expire ()
+                drain ())
+            sendRouted ())
+        // Managers on this host: a local socket, read by this thread as soon as the kernel has the bytes.
+        let links = HashSet<Link>()
+        let closeLink (link: Link) =
+            if links.Remove link then
+                poller.Remove link.Socket
+                link.Close()
+        let onLocalReadable (link: Link) (onFrame: byte[] -> unit) =
+            locked (fun () ->
+                if links.Contains link && not (link.ReadAvailable onFrame) then
+                    closeLink link
+                    match managers.TryGetValue link.Name with
+                    | true, m when (match m.Peer with Direct l -> obj.ReferenceEquals(l, link) | Routed _ -> false) ->
+                        // Known at once here (over TCP only the heartbeat threshold tells).
+                        s.Log.Warning("Interchange: manager {Manager} on {Host} closed its connection; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
+                        removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
+                    | _ -> ()
+                drain ())
+            sendRouted ()
+        let onLocalConnect (l: Net.Sockets.Socket) =
+            let conn = l.Accept()
+            let pid, uid = LocalSocket.peer conn
+            if uid <> LocalSocket.uid.Value then
+                s.Log.Warning("Interchange: refused a local connection from pid {Pid} of another user ({Uid})", pid, uid)
+                conn.Dispose()
+            else
+                let link = Link conn
+                links.Add link |> ignore
+                // The first frame must be the token (the client's secret key): only a manager launched by this client
+                // has it. Nothing else is read from the connection before that.
+                let token = Encoding.UTF8.GetBytes s.LocalToken
+                let trusted = ref false
+                let onFrame (frame: byte[]) =
+                    if trusted.Value then handleMessage (Direct link) link.Name frame
+                    elif Security.Cryptography.CryptographicOperations.FixedTimeEquals(ReadOnlySpan frame, ReadOnlySpan token) then
+                        trusted.Value <- true
+                    else
+                        s.Log.Warning("Interchange: refused a local connection from pid {Pid} without the client's key", pid)
+                        closeLink link
+                poller.Add(conn, Action<Net.Sockets.Socket>(fun _ -> onLocalReadable link onFrame))
+        let listener =
+            s.LocalSocket
+            |> Option.map (fun name ->
+                let l = LocalSocket.listen name 64
+                poller.Add(l, Action<Net.Sockets.Socket>(onLocalConnect))
+                l)
         poller.Add router
         poller.Add doorbell
         poller.Add tick
@@ -373,17 +483,26 @@ module Interchange =
                 (fun () ->
                     try
                         try
+                            loopThread <- Environment.CurrentManagedThreadId
                             poller.Run()
                         with e -> s.Log.Error(e, "Interchange loop failed")
                     finally
+                        // Shutdowns for managers over TCP queued by a Stop handled on another thread.
+                        sendRouted ()
                         // Requests that arrived after Stop, and any that come later: answered, never left waiting.
                         lock gate (fun () -> closed <- true)
                         drainStopped ()
                         poller.Dispose()
+                        for link in List.ofSeq links do
+                            link.Close()
+                        listener |> Option.iter (fun l -> l.Dispose())
                         router.Dispose()
                         doorbell.Dispose()
                         completion.TrySetResult() |> ignore),
                 IsBackground = true,
                 Name = "HTEx-Interchange")
         thread.Start()
-        InterchangeHandle(port, post, completion.Task)
+        let flush () =
+            if Volatile.Read(&closed) then drainStopped ()
+            elif not requests.IsEmpty then locked drain
+        InterchangeHandle(port, post, queueRequest, flush, completion.Task)

@@ -27,6 +27,8 @@ type ManagerSettings =
       Accelerators: string list
       /// The directory with `server.key` and `client.key` (None: plain TCP).
       CertDir: string option
+      /// The interchange's local socket (abstract name), tried before `Address`: it answers only on the client's host.
+      LocalSocket: string option
       /// The command that starts one worker process (program first); `--worker` is run in worker mode.
       WorkerCommand: string list
       /// Where assemblies fetched from the interchange are cached by hash.
@@ -45,10 +47,7 @@ type private WorkerSlot =
       mutable Generation: int
       mutable Process: Process
       /// The worker's connection once it said hello (null before, and after it closed).
-      mutable Conn: System.Net.Sockets.Socket
-      /// Bytes read from `Conn` and not yet a whole frame.
-      mutable Buffer: byte[]
-      mutable Filled: int
+      mutable Conn: Link
       Outstanding: List<WireTask>
       Functions: HashSet<int> }
 
@@ -100,14 +99,12 @@ module Manager =
                 lock doorbellCell (fun () -> if not closed then doorbellCell.Value.Enqueue true)
         let slots =
             Array.init count (fun r ->
-                { Rank = r; Generation = 0; Process = null; Conn = null; Buffer = Array.zeroCreate 65536; Filled = 0
+                { Rank = r; Generation = 0; Process = null; Conn = null
                   Outstanding = List(); Functions = HashSet() })
         // Workers connect to this local socket; the poller reads their results directly (no reader thread and no
         // hand-off per result), and their standard output and error stay free for what tasks print.
         let socketName = "parsl-net-worker-" + s.ManagerId + "-" + string Environment.ProcessId
-        let listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
-        listener.Bind(Worker.endpoint socketName)
-        listener.Listen(count + 8)
+        let listener = LocalSocket.listen socketName (count + 8)
         let mutable stopping = false
         let mutable exitCode = 0
 
@@ -176,20 +173,47 @@ module Manager =
         let warm =
             Thread((fun () -> if not (Serialization.precompiled ()) then Serialization.warmUp (Serialization.options (fun _ -> false))), IsBackground = true, Name = "warm-up")
         warm.Start()
-        let dealer = new DealerSocket()
-        dealer.Options.Identity <- Encoding.UTF8.GetBytes s.ManagerId
-        dealer.Options.Linger <- TimeSpan.FromSeconds 1.0
-        dealer.Options.SendHighWatermark <- 0
-        dealer.Options.ReceiveHighWatermark <- 0
-        match s.CertDir with
-        | Some dir ->
-            let server = File.ReadAllText(Path.Combine(dir, "server.key")).Trim()
-            let client = File.ReadAllLines(Path.Combine(dir, "client.key"))
-            dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
-            dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
-        | None -> ()
-        dealer.Connect s.Address
-        let sendMsg (m: ToInterchange) = dealer.TrySendFrame(Protocol.encodeToInterchange m) |> ignore
+        let clientKey = s.CertDir |> Option.map (fun dir -> File.ReadAllLines(Path.Combine(dir, "client.key")))
+        // On the interchange's own host, a local socket: the kernel hands each message straight to the thread that
+        // reads it (TCP through NetMQ goes through two more threads on each side). Anywhere else, TCP (with CURVE).
+        let local =
+            match s.LocalSocket with
+            | None -> None
+            | Some name ->
+                match (try Some(LocalSocket.connect name) with :? System.Net.Sockets.SocketException -> None) with
+                | None -> None
+                | Some conn when snd (LocalSocket.peer conn) <> LocalSocket.uid.Value ->
+                    // Another user's socket under that name is not our interchange.
+                    conn.Dispose()
+                    None
+                | Some conn ->
+                    let link = Link conn
+                    // The hello: the client's secret key, which only a manager launched by the client has.
+                    link.Send(Encoding.UTF8.GetBytes(match clientKey with Some k -> k[1].Trim() | None -> ""))
+                    Some link
+        let dealer =
+            match local with
+            | Some _ -> None
+            | None ->
+                let dealer = new DealerSocket()
+                dealer.Options.Identity <- Encoding.UTF8.GetBytes s.ManagerId
+                dealer.Options.Linger <- TimeSpan.FromSeconds 1.0
+                dealer.Options.SendHighWatermark <- 0
+                dealer.Options.ReceiveHighWatermark <- 0
+                match s.CertDir, clientKey with
+                | Some dir, Some client ->
+                    let server = File.ReadAllText(Path.Combine(dir, "server.key")).Trim()
+                    dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
+                    dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
+                | _ -> ()
+                dealer.Connect s.Address
+                Some dealer
+        let sendMsg (m: ToInterchange) =
+            let bytes = Protocol.encodeToInterchange m
+            match local, dealer with
+            | Some link, _ -> link.Send bytes
+            | None, Some d -> d.TrySendFrame bytes |> ignore
+            | None, None -> ()
 
         // Function definitions ready for workers, and those waiting for assemblies from the interchange.
         let ready = Dictionary<int, byte[]>()
@@ -268,19 +292,13 @@ module Manager =
                                 | _ -> t
                             slot.Outstanding.Add t
                             batch.Add t
-                        try
-                            slot.Conn.Send(Frames.encode (Protocol.encodeToWorker (Run(List.ofSeq batch)))) |> ignore
-                        with
-                        | :? System.Net.Sockets.SocketException
-                        | :? ObjectDisposedException ->
-                            // The worker is dying; its exit is reported by its waiter and the tries are handled there.
-                            ()
+                        // If the worker is dying, its exit is reported by its waiter and the tries are handled there.
+                        slot.Conn.Send(Protocol.encodeToWorker (Run(List.ofSeq batch)))
 
         let stopWorkers () =
             // A worker exits when its connection ends.
             for slot in slots do
-                if not (isNull slot.Conn) then
-                    try slot.Conn.Shutdown System.Net.Sockets.SocketShutdown.Send with _ -> ()
+                if not (isNull slot.Conn) then slot.Conn.ShutdownSend()
             let deadline = DateTime.UtcNow.AddSeconds 1.0
             for slot in slots do
                 if not (isNull slot.Process) then
@@ -300,9 +318,8 @@ module Manager =
         let mutable lastSent = started
         let mutable draining = false
 
-        dealer.ReceiveReady.Add(fun _ ->
-            let mutable frame: byte[] = null
-            while not stopping && dealer.TryReceiveFrameBytes(&frame) do
+        let onInterchangeFrame (frame: byte[]) =
+            if not stopping then
                 lastHeard <- DateTime.UtcNow
                 match (try Some(Protocol.decodeToManager frame) with _ -> None) with
                 | None -> log "ignored a malformed message"
@@ -361,11 +378,6 @@ module Manager =
                 | Some Shutdown ->
                     log "told to shut down"
                     stop 0
-            if not stopping then
-                dispatch ()
-                if outbox.Count > 0 then
-                    sendMsg (Results(List.ofSeq outbox))
-                    outbox.Clear())
 
         let flushOutbox () =
             if not stopping then
@@ -374,6 +386,27 @@ module Manager =
                     sendMsg (Results(List.ofSeq outbox))
                     outbox.Clear()
 
+        match local, dealer with
+        | Some link, _ ->
+            poller.Add(
+                link.Socket,
+                Action<System.Net.Sockets.Socket>(fun conn ->
+                    if not (link.ReadAvailable onInterchangeFrame) then
+                        poller.Remove conn
+                        if not stopping then
+                            log "the interchange closed its connection; exiting"
+                            stop 2
+                    flushOutbox ())
+            )
+        | None, Some d ->
+            d.ReceiveReady.Add(fun _ ->
+                let mutable frame: byte[] = null
+                while not stopping && d.TryReceiveFrameBytes(&frame) do
+                    onInterchangeFrame frame
+                flushOutbox ())
+            poller.Add d
+        | None, None -> ()
+
         let onResults (slot: WorkerSlot) (rs: WireResult list) =
             startRest ()
             for r in rs do
@@ -381,79 +414,31 @@ module Manager =
                 if i >= 0 then slot.Outstanding.RemoveAt i
                 outbox.Add(if cancelled.Count > 0 && cancelled.Remove r.Key then cancelledOutcome r.Key else r)
 
-        /// Takes the whole frames out of the slot's buffer.
-        let takeFrames (slot: WorkerSlot) =
-            let mutable at = 0
-            let mutable go = true
-            while go && slot.Filled - at >= 4 do
-                let n = BitConverter.ToInt32(slot.Buffer, at)
-                if slot.Filled - at - 4 >= n then
-                    let frame = Array.sub slot.Buffer (at + 4) n
-                    at <- at + 4 + n
-                    match Protocol.decodeFromWorker frame with
-                    | Done rs -> onResults slot rs
-                else
-                    go <- false
-                    // A frame larger than the buffer: make room for all of it.
-                    if 4 + n > slot.Buffer.Length then
-                        let bigger = Array.zeroCreate (4 + n)
-                        Buffer.BlockCopy(slot.Buffer, at, bigger, 0, slot.Filled - at)
-                        slot.Buffer <- bigger
-                        slot.Filled <- slot.Filled - at
-                        at <- 0
-            if at > 0 then
-                Buffer.BlockCopy(slot.Buffer, at, slot.Buffer, 0, slot.Filled - at)
-                slot.Filled <- slot.Filled - at
+        let onWorkerFrame (slot: WorkerSlot) (frame: byte[]) =
+            match Protocol.decodeFromWorker frame with
+            | Done rs -> onResults slot rs
 
         let closeConn (slot: WorkerSlot) =
             if not (isNull slot.Conn) then
-                poller.Remove slot.Conn
-                slot.Conn.Dispose()
+                poller.Remove slot.Conn.Socket
+                slot.Conn.Close()
                 slot.Conn <- null
-                slot.Filled <- 0
-
-        /// Reads what the worker sent; false once its connection ended.
-        let readFrom (slot: WorkerSlot) =
-            let n =
-                try slot.Conn.Receive(slot.Buffer, slot.Filled, slot.Buffer.Length - slot.Filled, System.Net.Sockets.SocketFlags.None)
-                with :? System.Net.Sockets.SocketException -> 0
-            if n > 0 then
-                slot.Filled <- slot.Filled + n
-                takeFrames slot
-            n > 0
 
         let onWorkerReadable (slot: WorkerSlot) (conn: System.Net.Sockets.Socket) =
-            if obj.ReferenceEquals(conn, slot.Conn) then
-                if not (readFrom slot) then closeConn slot
+            if not (isNull slot.Conn) && obj.ReferenceEquals(conn, slot.Conn.Socket) then
+                if not (slot.Conn.ReadAvailable(onWorkerFrame slot)) then closeConn slot
                 flushOutbox ()
 
         listener.Blocking <- true
         // Who is at the other end of a local connection, from the kernel (SO_PEERCRED), not from what it says: only
         // the worker process this manager started (or a process it started, for a wrapping WorkerCommand) is let in,
         // so another user on the node cannot pose as a worker and read tasks.
-        let parentOf (pid: int) =
-            try
-                let stat = File.ReadAllText("/proc/" + string pid + "/stat")
-                int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
-            with _ -> -1
-        let startedBy (root: int) (pid: int) =
-            let mutable p = pid
-            let mutable depth = 0
-            while p > 1 && p <> root && depth < 16 do
-                p <- parentOf p
-                depth <- depth + 1
-            p = root
-        let peerPid (conn: System.Net.Sockets.Socket) =
-            try
-                let cred = Array.zeroCreate<byte> 12 // struct ucred { pid; uid; gid }
-                if conn.GetRawSocketOption(1, 17, Span<byte>(cred)) >= 4 then BitConverter.ToInt32(cred, 0) else -1
-            with _ -> -1
         let onHello (l: System.Net.Sockets.Socket) =
             let conn = l.Accept()
-            let peer = peerPid conn
+            let peer, _ = LocalSocket.peer conn
             // The hello: "rank generation pid", sent at once by a worker that connects. Read only from processes this
             // manager started: a stranger is dropped before it can hold the loop up.
-            let owner = slots |> Array.tryFind (fun w -> not (isNull w.Process) && startedBy w.Process.Id peer)
+            let owner = slots |> Array.tryFind (fun w -> not (isNull w.Process) && LocalSocket.startedBy w.Process.Id peer)
             conn.ReceiveTimeout <- 5000
             let hello =
                 if owner.IsNone then None
@@ -466,8 +451,7 @@ module Manager =
             // The hello must name the slot whose process is connecting, in its current start.
             match owner, hello |> Option.map (fun h -> h.Split ' ') with
             | Some slot, Some [| rank; gen; _ |] when string slot.Rank = rank && string slot.Generation = gen && isNull slot.Conn ->
-                slot.Conn <- conn
-                slot.Filled <- 0
+                slot.Conn <- Link conn
                 poller.Add(conn, Action<System.Net.Sockets.Socket>(onWorkerReadable slot))
                 flushOutbox ()
                 restTimer.Enable <- true
@@ -491,9 +475,7 @@ module Manager =
                     if gen = slot.Generation then
                         // Results it sent before it died count: read to the end of its connection first.
                         if not (isNull slot.Conn) then
-                            slot.Conn.ReceiveTimeout <- 1000
-                            while readFrom slot do
-                                ()
+                            slot.Conn.ReadToEnd(onWorkerFrame slot, TimeSpan.FromSeconds 1.0)
                             closeConn slot
                         if not stopping then
                             log (sprintf "worker %d exited with code %d; restarting it" rank code)
@@ -532,7 +514,6 @@ module Manager =
                     sendMsg Drain
                 | _ -> ())
 
-        poller.Add dealer
         poller.Add doorbell
         poller.Add restTimer
         poller.Add tick
@@ -548,7 +529,7 @@ module Manager =
                   PrefetchCapacity = s.Prefetch
                   Pid = Environment.ProcessId }
         )
-        log ("connecting to " + s.Address + " with " + string count + " workers (block " + s.BlockId + ")")
+        log ((if local.IsSome then "connected to the local socket of " else "connecting to ") + s.Address + " with " + string count + " workers (block " + s.BlockId + ")")
         try
             poller.Run()
         finally
@@ -557,9 +538,10 @@ module Manager =
             lock doorbellCell (fun () -> closed <- true)
             poller.Dispose()
             for slot in slots do
-                if not (isNull slot.Conn) then slot.Conn.Dispose()
+                if not (isNull slot.Conn) then slot.Conn.Close()
             listener.Dispose()
-            dealer.Dispose()
+            local |> Option.iter (fun l -> l.Close())
+            dealer |> Option.iter (fun d -> d.Dispose())
             doorbell.Dispose()
             NetMQConfig.Cleanup(false)
         exitCode

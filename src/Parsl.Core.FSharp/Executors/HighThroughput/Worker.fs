@@ -13,35 +13,6 @@ open Parsl
 open Parsl.Executors
 open Parsl.Runtime
 
-/// Length-prefixed frames over the local socket between a manager and a worker process.
-[<RequireQualifiedAccess>]
-module Frames =
-    /// One frame as bytes: a 4-byte length, then the body.
-    let encode (bytes: byte[]) =
-        let frame = Array.zeroCreate<byte> (4 + bytes.Length)
-        BitConverter.TryWriteBytes(Span<byte>(frame, 0, 4), bytes.Length) |> ignore
-        Buffer.BlockCopy(bytes, 0, frame, 4, bytes.Length)
-        frame
-
-    /// Writes one frame in one write (not flushed).
-    let write (s: Stream) (bytes: byte[]) =
-        let frame = encode bytes
-        s.Write(frame, 0, frame.Length)
-
-    let private readExactly (s: Stream) (buffer: byte[]) =
-        let mutable got = 0
-        while got < buffer.Length && (let n = s.Read(buffer, got, buffer.Length - got) in (if n > 0 then got <- got + n); n > 0) do
-            ()
-        got = buffer.Length
-
-    /// Reads one frame; None at end of stream.
-    let read (s: Stream) : byte[] option =
-        let header = Array.zeroCreate<byte> 4
-        if not (readExactly s header) then None
-        else
-            let body = Array.zeroCreate<byte> (BitConverter.ToInt32(header, 0))
-            if readExactly s body then Some body else None
-
 /// The worker process's loop (Parsl's `worker` in `process_worker_pool.py`): reads batches of tries from
 /// its manager's local socket, runs them one after another, and writes their results back in batches.
 /// Standard output and error stay the user's: what a task prints goes to the block's output files.
@@ -84,15 +55,10 @@ module Worker =
             else null
         | v -> v
 
-    /// The endpoint of a manager's local socket, by name: in Linux's abstract namespace (a leading NUL), so there is
-    /// no file to clean up and nothing left behind by a manager that was killed.
-    let endpoint (name: string) = System.Net.Sockets.UnixDomainSocketEndPoint("\000" + name)
-
     /// Connects to the manager and says which worker slot (rank and start generation) this process is; the
     /// manager takes this hello as "up". Returns the connection's stream.
     let connect (name: string) (rank: int) (generation: int) : Stream =
-        let socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
-        socket.Connect(endpoint name)
+        let socket = LocalSocket.connect name
         let stream = new System.Net.Sockets.NetworkStream(socket, true)
         Frames.write stream (Text.Encoding.UTF8.GetBytes(String.Join(" ", rank, generation, Environment.ProcessId)))
         stream.Flush()

@@ -1,0 +1,217 @@
+namespace Parsl.Executors.HighThroughput
+
+open System
+open System.Collections.Generic
+open System.IO
+open System.Net.Sockets
+open System.Threading
+
+/// Length-prefixed frames over a local socket (interchange ↔ manager on one host, manager ↔ worker).
+[<RequireQualifiedAccess>]
+module Frames =
+    /// One frame as bytes: a 4-byte length, then the body.
+    let encode (bytes: byte[]) =
+        let frame = Array.zeroCreate<byte> (4 + bytes.Length)
+        BitConverter.TryWriteBytes(Span<byte>(frame, 0, 4), bytes.Length) |> ignore
+        Buffer.BlockCopy(bytes, 0, frame, 4, bytes.Length)
+        frame
+
+    /// Writes one frame in one write (not flushed).
+    let write (s: Stream) (bytes: byte[]) =
+        let frame = encode bytes
+        s.Write(frame, 0, frame.Length)
+
+    let private readExactly (s: Stream) (buffer: byte[]) =
+        let mutable got = 0
+        while got < buffer.Length && (let n = s.Read(buffer, got, buffer.Length - got) in (if n > 0 then got <- got + n); n > 0) do
+            ()
+        got = buffer.Length
+
+    /// Reads one frame; None at end of stream.
+    let read (s: Stream) : byte[] option =
+        let header = Array.zeroCreate<byte> 4
+        if not (readExactly s header) then None
+        else
+            let body = Array.zeroCreate<byte> (BitConverter.ToInt32(header, 0))
+            if readExactly s body then Some body else None
+
+/// Stream sockets in Linux's abstract namespace (a name with a leading NUL: no file to clean up, nothing left
+/// behind by a process that was killed), and who is at the other end, from the kernel.
+[<RequireQualifiedAccess>]
+module LocalSocket =
+    let endpoint (name: string) = UnixDomainSocketEndPoint("\000" + name)
+
+    let private make () = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+
+    /// A listening socket bound to the name.
+    let listen (name: string) (backlog: int) =
+        let s = make ()
+        try
+            s.Bind(endpoint name)
+            s.Listen backlog
+            s
+        with _ ->
+            s.Dispose()
+            reraise ()
+
+    /// A blocking connection to the name; throws SocketException when nobody listens there (another host, or
+    /// the listener is gone).
+    let connect (name: string) =
+        let s = make ()
+        try
+            s.Connect(endpoint name)
+            s
+        with _ ->
+            s.Dispose()
+            reraise ()
+
+    /// The process id and effective user id of the peer when it connected (SO_PEERCRED); (-1, -1) if unknown.
+    let peer (conn: Socket) =
+        try
+            let cred = Array.zeroCreate<byte> 12 // struct ucred { pid; uid; gid }
+            if conn.GetRawSocketOption(1, 17, Span<byte>(cred)) >= 8 then BitConverter.ToInt32(cred, 0), BitConverter.ToInt32(cred, 4)
+            else -1, -1
+        with _ -> -1, -1
+
+    /// This process's effective user id (from /proc; -2 if unknown, which matches no peer).
+    let uid =
+        lazy
+            (try
+                File.ReadLines "/proc/self/status"
+                |> Seq.find (fun l -> l.StartsWith "Uid:")
+                |> fun l -> int (l.Split([| ' '; '\t' |], StringSplitOptions.RemoveEmptyEntries)[2])
+             with _ -> -2)
+
+    let private parentOf (pid: int) =
+        try
+            let stat = File.ReadAllText("/proc/" + string pid + "/stat")
+            int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
+        with _ -> -1
+
+    /// Whether `pid` is `root` or a descendant of it (within 16 generations).
+    let startedBy (root: int) (pid: int) =
+        let mutable p = pid
+        let mutable depth = 0
+        while p > 1 && p <> root && depth < 16 do
+            p <- parentOf p
+            depth <- depth + 1
+        p = root
+
+/// One local connection served by a poller thread: frames in as they arrive, and frames out without ever
+/// blocking that thread. A send the socket cannot take at once (the peer is slow to read) waits in order in a
+/// backlog that a short-lived helper thread writes out; two pollers sending to each other with full buffers
+/// therefore never deadlock.
+[<Sealed; AllowNullLiteral>]
+type Link(socket: Socket) =
+    do socket.Blocking <- false
+    let mutable buffer = Array.zeroCreate<byte> 65536
+    let mutable filled = 0
+    let gate = obj ()
+    let backlog = Queue<ArraySegment<byte>>()
+    let mutable closed = false
+
+    /// Writes the backlog as the socket takes it (under `gate`); true once it is empty or the link is dead.
+    let writeBacklog () =
+        let mutable go = true
+        while go && backlog.Count > 0 do
+            let seg = backlog.Peek()
+            let mutable err = SocketError.Success
+            let n = (try socket.Send(seg.Array, seg.Offset, seg.Count, SocketFlags.None, &err) with :? ObjectDisposedException -> err <- SocketError.Shutdown; 0)
+            if err = SocketError.Success && n = seg.Count then backlog.Dequeue() |> ignore
+            elif err = SocketError.Success || err = SocketError.WouldBlock then
+                if n > 0 then
+                    backlog.Dequeue() |> ignore
+                    // Put the rest back at the head: rebuild the queue with it first.
+                    let rest = ArraySegment<byte>(seg.Array, seg.Offset + n, seg.Count - n)
+                    let others = backlog.ToArray()
+                    backlog.Clear()
+                    backlog.Enqueue rest
+                    for o in others do backlog.Enqueue o
+                go <- false
+            else
+                // The peer is gone: its reader sees the end of the connection and handles it.
+                backlog.Clear()
+                go <- false
+        backlog.Count = 0
+
+    let flusher () =
+        let mutable go = true
+        while go do
+            let writable = (try closed || socket.Poll(1_000_000, SelectMode.SelectWrite) with _ -> true)
+            if writable then
+                lock gate (fun () ->
+                    if closed || writeBacklog () then
+                        backlog.Clear()
+                        go <- false)
+
+    member _.Socket = socket
+
+    /// What the peer said it is (set by the owner once it knows, e.g. a manager's id).
+    member val Name = "" with get, set
+
+    /// Sends one frame. Never blocks; frames leave in the order they were sent.
+    member _.Send(payload: byte[]) =
+        let frame = Frames.encode payload
+        lock gate (fun () ->
+            if not closed then
+                let idle = backlog.Count = 0
+                backlog.Enqueue(ArraySegment frame)
+                if idle && not (writeBacklog ()) then
+                    Thread(flusher, IsBackground = true, Name = "local-link-flush").Start())
+
+    /// Reads what has arrived and hands each whole frame to `onFrame`; false once the peer has closed.
+    member _.ReadAvailable(onFrame: byte[] -> unit) : bool =
+        if filled = buffer.Length then
+            let bigger = Array.zeroCreate<byte> (buffer.Length * 2)
+            Buffer.BlockCopy(buffer, 0, bigger, 0, filled)
+            buffer <- bigger
+        let mutable err = SocketError.Success
+        let n = (try socket.Receive(buffer, filled, buffer.Length - filled, SocketFlags.None, &err) with :? ObjectDisposedException -> 0)
+        if n > 0 then
+            filled <- filled + n
+            let mutable at = 0
+            let mutable go = true
+            while go && filled - at >= 4 do
+                let size = BitConverter.ToInt32(buffer, at)
+                if filled - at - 4 >= size then
+                    let frame = Array.sub buffer (at + 4) size
+                    at <- at + 4 + size
+                    onFrame frame
+                else
+                    go <- false
+                    // A frame larger than the buffer: make room for all of it.
+                    if 4 + size > buffer.Length then
+                        let bigger = Array.zeroCreate<byte> (4 + size)
+                        Buffer.BlockCopy(buffer, at, bigger, 0, filled - at)
+                        buffer <- bigger
+                        filled <- filled - at
+                        at <- 0
+            if at > 0 then
+                Buffer.BlockCopy(buffer, at, buffer, 0, filled - at)
+                filled <- filled - at
+            true
+        else
+            // Nothing yet (a wake-up with no data) is not the end; an error or a zero-byte read is.
+            n = 0 && err = SocketError.WouldBlock
+
+    /// Reads until the peer's end of the connection (for a peer process that has exited), waiting at most
+    /// `timeout` for more.
+    member this.ReadToEnd(onFrame: byte[] -> unit, timeout: TimeSpan) =
+        let deadline = DateTime.UtcNow + timeout
+        let mutable go = true
+        while go do
+            let left = deadline - DateTime.UtcNow
+            go <-
+                left > TimeSpan.Zero
+                && (try socket.Poll(int left.TotalMicroseconds, SelectMode.SelectRead) with _ -> false)
+                && this.ReadAvailable onFrame
+
+    /// Closes the connection; sends still in the backlog are dropped.
+    member _.Close() =
+        lock gate (fun () -> closed <- true)
+        try socket.Shutdown SocketShutdown.Both with _ -> ()
+        socket.Dispose()
+
+    /// Stops sending (the peer reads to the end, then sees the connection end); reads go on.
+    member _.ShutdownSend() =
+        try socket.Shutdown SocketShutdown.Send with _ -> ()
