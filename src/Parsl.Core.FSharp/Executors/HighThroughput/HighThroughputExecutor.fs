@@ -38,6 +38,7 @@ type HighThroughputExecutor(options: HtexOptions) =
     let mutable bad: exn option = None
     let mutable launch: string -> string = fun _ -> ""
     let mutable certDir: string option = None
+    let mutable localSocketName: string option = None
     // Set by the kernel's first `Flush`: from then on `Submit` only queues (the kernel flushes after each batch).
     let mutable flushed = false
     let idle = obj ()
@@ -191,6 +192,9 @@ type HighThroughputExecutor(options: HtexOptions) =
     /// The run's certificate directory when encryption is on (after start).
     member _.CertificateDirectory = certDir
 
+    /// The local socket (abstract name) managers on this host connect to, when `SameHostSocket` (after start).
+    member _.LocalSocket = localSocketName
+
     /// The command a block runs to start its manager(s) for a block id.
     member _.LaunchCommand(blockId: string) = launch blockId
 
@@ -254,6 +258,7 @@ type HighThroughputExecutor(options: HtexOptions) =
             // Managers on this host connect here instead of TCP; the name is unguessable and dies with the process.
             let localSocket =
                 if options.SameHostSocket then Some("parsl-net-interchange-" + Guid.NewGuid().ToString("N")) else None
+            localSocketName <- localSocket
             let ic =
                 Interchange.start
                     { Address = options.Address

@@ -31,7 +31,9 @@ type ManagerInfo =
       IdleFor: TimeSpan
       /// False once its block is being scaled in.
       Active: bool
-      Draining: bool }
+      Draining: bool
+      /// Connected over the interchange's local socket (same host), not TCP.
+      Local: bool }
 
 /// What the interchange tells its executor.
 type InterchangeEvent =
@@ -287,7 +289,8 @@ module Interchange =
                       TasksInFlight = m.InFlight.Count
                       IdleFor = (if m.InFlight.Count > 0 then TimeSpan.Zero else t - m.IdleSince)
                       Active = m.Active
-                      Draining = m.Draining })
+                      Draining = m.Draining
+                      Local = (match m.Peer with Direct _ -> true | Routed _ -> false) })
                 |> List.ofSeq
                 |> reply.TrySetResult
                 |> ignore
@@ -430,12 +433,10 @@ module Interchange =
                 if not stopped then expire ()
                 drain ())
             sendRouted ())
-        // Managers on this host: a local socket, read by this thread as soon as the kernel has the bytes.
+        // Managers on this host: a local socket each, read by a thread of its own as soon as the kernel has the bytes.
         let links = HashSet<Link>()
         let closeLink (link: Link) =
-            if links.Remove link then
-                poller.Remove link.Socket
-                link.Close()
+            if links.Remove link then link.Close()
         let onLocalReadable (link: Link) (onFrame: byte[] -> unit) =
             locked (fun () ->
                 if links.Contains link && not (link.ReadAvailable onFrame) then
@@ -456,7 +457,7 @@ module Interchange =
                 conn.Dispose()
             else
                 let link = Link conn
-                links.Add link |> ignore
+                lock state (fun () -> links.Add link |> ignore)
                 // The first frame must be the token (the client's secret key): only a manager launched by this client
                 // has it. Nothing else is read from the connection before that.
                 let token = Encoding.UTF8.GetBytes s.LocalToken
@@ -468,7 +469,7 @@ module Interchange =
                     else
                         s.Log.Warning("Interchange: refused a local connection from pid {Pid} without the client's key", pid)
                         closeLink link
-                poller.Add(conn, Action<Net.Sockets.Socket>(fun _ -> onLocalReadable link onFrame))
+                link.StartReader("HTEx-Interchange-local", fun () -> onLocalReadable link onFrame)
         let listener =
             s.LocalSocket
             |> Option.map (fun name ->
@@ -493,7 +494,7 @@ module Interchange =
                         lock gate (fun () -> closed <- true)
                         drainStopped ()
                         poller.Dispose()
-                        for link in List.ofSeq links do
+                        for link in lock state (fun () -> List.ofSeq links) do
                             link.Close()
                         listener |> Option.iter (fun l -> l.Dispose())
                         router.Dispose()

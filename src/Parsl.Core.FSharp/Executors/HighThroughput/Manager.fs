@@ -167,9 +167,13 @@ module Manager =
         let doorbell = doorbellCell.Value
         let restTimer = new NetMQTimer(TimeSpan.FromMilliseconds 300.0)
         restTimer.Enable <- false
+        // The manager's state is shared by its poller thread and, on a local connection, the threads that read the
+        // interchange's and the workers' connections: each handler runs under this lock.
+        let gate = obj ()
         restTimer.Elapsed.Add(fun _ ->
-            restTimer.Enable <- false
-            startRest ())
+            lock gate (fun () ->
+                restTimer.Enable <- false
+                startRest ()))
         let warm =
             Thread((fun () -> if not (Serialization.precompiled ()) then Serialization.warmUp (Serialization.options (fun _ -> false))), IsBackground = true, Name = "warm-up")
         warm.Start()
@@ -388,22 +392,24 @@ module Manager =
 
         match local, dealer with
         | Some link, _ ->
-            poller.Add(
-                link.Socket,
-                Action<System.Net.Sockets.Socket>(fun conn ->
-                    if not (link.ReadAvailable onInterchangeFrame) then
-                        poller.Remove conn
-                        if not stopping then
-                            log "the interchange closed its connection; exiting"
-                            stop 2
-                    flushOutbox ())
+            link.StartReader(
+                "interchange-reader",
+                fun () ->
+                    lock gate (fun () ->
+                        if not (link.ReadAvailable onInterchangeFrame) then
+                            link.Close()
+                            if not stopping then
+                                log "the interchange closed its connection; exiting"
+                                stop 2
+                        flushOutbox ())
             )
         | None, Some d ->
             d.ReceiveReady.Add(fun _ ->
-                let mutable frame: byte[] = null
-                while not stopping && d.TryReceiveFrameBytes(&frame) do
-                    onInterchangeFrame frame
-                flushOutbox ())
+                lock gate (fun () ->
+                    let mutable frame: byte[] = null
+                    while not stopping && d.TryReceiveFrameBytes(&frame) do
+                        onInterchangeFrame frame
+                    flushOutbox ()))
             poller.Add d
         | None, None -> ()
 
@@ -420,7 +426,8 @@ module Manager =
 
         let closeConn (slot: WorkerSlot) =
             if not (isNull slot.Conn) then
-                poller.Remove slot.Conn.Socket
+                // Over TCP the poller reads the workers; on a local connection each has a reader thread.
+                if local.IsNone then poller.Remove slot.Conn.Socket
                 slot.Conn.Close()
                 slot.Conn <- null
 
@@ -449,22 +456,25 @@ module Manager =
                     with _ -> None
             conn.ReceiveTimeout <- 0
             // The hello must name the slot whose process is connecting, in its current start.
-            match owner, hello |> Option.map (fun h -> h.Split ' ') with
-            | Some slot, Some [| rank; gen; _ |] when string slot.Rank = rank && string slot.Generation = gen && isNull slot.Conn ->
-                slot.Conn <- Link conn
-                poller.Add(conn, Action<System.Net.Sockets.Socket>(onWorkerReadable slot))
-                flushOutbox ()
-                restTimer.Enable <- true
-            | _ ->
-                log (sprintf "refused a local connection from pid %d that is not a current worker (%A)" peer hello)
-                conn.Dispose()
+            lock gate (fun () ->
+                match owner, hello |> Option.map (fun h -> h.Split ' ') with
+                | Some slot, Some [| rank; gen; _ |] when string slot.Rank = rank && string slot.Generation = gen && isNull slot.Conn ->
+                    let link = Link conn
+                    slot.Conn <- link
+                    // On a local connection to the interchange, results go out from the thread that read them (one
+                    // wake-up per result batch); over TCP the dealer belongs to the poller, so the poller reads workers.
+                    if local.IsSome then
+                        link.StartReader("worker-" + string slot.Rank + "-reader", fun () -> lock gate (fun () -> onWorkerReadable slot conn))
+                    else
+                        poller.Add(conn, Action<System.Net.Sockets.Socket>(onWorkerReadable slot))
+                    flushOutbox ()
+                    restTimer.Enable <- true
+                | _ ->
+                    log (sprintf "refused a local connection from pid %d that is not a current worker (%A)" peer hello)
+                    conn.Dispose())
         poller.Add(listener, Action<System.Net.Sockets.Socket>(onHello))
 
-        doorbell.ReceiveReady.Add(fun _ ->
-            let mutable b = false
-            while doorbell.TryDequeue(&b, TimeSpan.Zero) do
-                ()
-            Volatile.Write(&rung, 0)
+        let onEvents () =
             let mutable e = Unchecked.defaultof<WorkerEvent>
             while events.TryDequeue(&e) do
                 match e with
@@ -494,25 +504,33 @@ module Manager =
                                 slot.Outstanding.Clear()
                             slot.Process.Dispose()
                             startWorker slot
-            flushOutbox ())
+            flushOutbox ()
+
+        doorbell.ReceiveReady.Add(fun _ ->
+            let mutable b = false
+            while doorbell.TryDequeue(&b, TimeSpan.Zero) do
+                ()
+            Volatile.Write(&rung, 0)
+            lock gate onEvents)
 
         let tickMs = s.HeartbeatPeriod.TotalMilliseconds / 2.0 |> max 10.0 |> min 1000.0
         let tick = new NetMQTimer(TimeSpan.FromMilliseconds tickMs)
         tick.Elapsed.Add(fun _ ->
-            let t = DateTime.UtcNow
-            if t - lastHeard > s.HeartbeatThreshold then
-                log "heard nothing from the interchange within the heartbeat threshold; exiting"
-                stop 2
-            else
-                if t - lastSent >= s.HeartbeatPeriod then
-                    sendMsg Heartbeat
-                    lastSent <- t
-                match s.DrainPeriod with
-                | Some d when not draining && t - started > d ->
-                    draining <- true
-                    log "draining"
-                    sendMsg Drain
-                | _ -> ())
+            lock gate (fun () ->
+                let t = DateTime.UtcNow
+                if t - lastHeard > s.HeartbeatThreshold then
+                    log "heard nothing from the interchange within the heartbeat threshold; exiting"
+                    stop 2
+                else
+                    if t - lastSent >= s.HeartbeatPeriod then
+                        sendMsg Heartbeat
+                        lastSent <- t
+                    match s.DrainPeriod with
+                    | Some d when not draining && t - started > d ->
+                        draining <- true
+                        log "draining"
+                        sendMsg Drain
+                    | _ -> ()))
 
         poller.Add doorbell
         poller.Add restTimer
@@ -537,8 +555,9 @@ module Manager =
             stopWorkers ()
             lock doorbellCell (fun () -> closed <- true)
             poller.Dispose()
-            for slot in slots do
-                if not (isNull slot.Conn) then slot.Conn.Close()
+            lock gate (fun () ->
+                for slot in slots do
+                    if not (isNull slot.Conn) then slot.Conn.Close())
             listener.Dispose()
             local |> Option.iter (fun l -> l.Close())
             dealer |> Option.iter (fun d -> d.Dispose())
