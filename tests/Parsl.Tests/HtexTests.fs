@@ -60,6 +60,18 @@ let e2e =
             Expect.equal managers.Length 1 "one manager"
             Expect.equal managers.Head.WorkerCount 2 "two workers"
         }
+        test "a manager on this host connects over the local socket; with SameHostSocket off it uses TCP with CURVE" {
+            for sameHost in [ true; false ] do
+                let htex, dfk = withHtex (fun o -> { o with SameHostSocket = sameHost })
+                use _ = dfk
+                let square = App.func dfk (fun (x: int) -> x * x)
+                let results = [ for i in 1..50 -> square (Arg.value i) ] |> List.map (fun f -> await f.Task)
+                Expect.equal results [ for i in 1..50 -> i * i ] (sprintf "every result (SameHostSocket = %b)" sameHost)
+                let m = (await (htex.ConnectedManagersAsync())).Head
+                Expect.equal m.Local sameHost (sprintf "connected locally = %b" sameHost)
+                Expect.equal htex.LocalSocket.IsSome sameHost "local socket only when asked for"
+                Expect.isSome htex.CertificateDirectory "CURVE keys in both cases"
+        }
         test "a process that is not one of the manager's workers cannot join its pool and gets no task" {
             let htex, dfk = withHtex id
             use _ = dfk
@@ -262,6 +274,24 @@ let failures =
                 blockGroups htex
             expectNoLeftovers groups
         }
+        test "a manager killed on a local connection is lost at once, not after the heartbeat threshold" {
+            // A threshold far beyond the test's own 60 s wait: only the closed connection can tell.
+            let htex, dfk = withHtex (fun o -> { o with HeartbeatThreshold = TimeSpan.FromSeconds 600.0 })
+            let started = tmpFile "started"
+            let groups =
+                use _ = dfk
+                let slow = App.func dfk (fun (p: string) -> File.WriteAllText(p, "x"); Thread.Sleep 60000; 0)
+                let f = slow (Arg.value started)
+                waitUntil 60.0 "the task to start" (fun () -> File.Exists started)
+                let m = (await (htex.ConnectedManagersAsync())).Head
+                Expect.isTrue m.Local "connected locally"
+                kill (m.Pid, 9) |> ignore
+                match errorOf f with
+                | :? ManagerLost as lost -> Expect.equal lost.Hostname Environment.MachineName "host named"
+                | e -> failtestf "expected ManagerLost, got %O" e
+                blockGroups htex
+            expectNoLeftovers groups
+        }
         test "a launch command that fails puts the executor in a bad state carrying its exit code and output" {
             let htex, dfk =
                 withHtex (fun o -> { o with WorkerCommand = Some [ "/bin/sh"; "-c"; "echo no-such-runtime >&2; exit 7"; "sh" ] })
@@ -365,6 +395,51 @@ let failures =
 
 let security =
     testList "HTEx CURVE" [
+        test "a local connection without the client's key gets no task; one with it does" {
+            let htex, dfk = withHtex (fun o -> { o with Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MaxBlocks = 0 } })
+            use _ = dfk
+            let app = App.func dfk (fun (x: int) -> x + 1)
+            let f = app (Arg.value 1)
+            waitUntil 30.0 "the task to be queued" (fun () -> htex.Outstanding = 1)
+            let name = htex.LocalSocket.Value
+            let registration id =
+                Protocol.encodeToInterchange (
+                    Register
+                        { ProtocolVersion = Protocol.Version
+                          ParslVersion = Protocol.parslVersion ()
+                          RuntimeVersion = Protocol.runtimeVersion ()
+                          ManagerId = id
+                          BlockId = "x"
+                          Hostname = "intruder"
+                          WorkerCount = 1
+                          PrefetchCapacity = 0
+                          Pid = 1 })
+            /// Connects, says `token` then registers; true if a batch of tasks comes back within 2 s.
+            let tryWith (token: string) id =
+                use s = LocalSocket.connect name
+                let closed (e: exn) = (e :? System.Net.Sockets.SocketException)
+                try
+                    s.Send(Frames.encode (Text.Encoding.UTF8.GetBytes token)) |> ignore
+                    s.Send(Frames.encode (registration id)) |> ignore
+                with e when closed e -> ()
+                s.ReceiveTimeout <- 2000
+                use stream = new System.Net.Sockets.NetworkStream(s, false)
+                let rec read () =
+                    match (try Frames.read stream with e when closed e || (e :? IOException) -> None) with
+                    | None -> false
+                    | Some frame ->
+                        match Protocol.decodeToManager frame with
+                        | Tasks _ -> true
+                        | _ -> read ()
+                read ()
+            Expect.isFalse (tryWith "" "nokey") "no key: nothing"
+            Expect.isFalse (tryWith "an-invented-key-of-the-right-length-00000" "wrong") "a wrong key: nothing"
+            Expect.isEmpty (await (htex.ConnectedManagersAsync())) "nobody registered"
+            // The run's key: registered, and the task arrives (so the checks above can fail).
+            let client = File.ReadAllLines(Path.Combine(htex.CertificateDirectory.Value, "client.key"))
+            Expect.isTrue (tryWith (client[1].Trim()) "good") "the keyed connection gets the task"
+            ignore f
+        }
         test "with encryption on, a socket without the key gets no task; one with the keys does" {
             let htex, dfk = withHtex (fun o -> { o with Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MaxBlocks = 0 } })
             use _ = dfk
