@@ -87,6 +87,24 @@ type internal ClosureFormatter<'T>() =
                     if i < fields.Length then fields[i].SetValue(o, ClosureTypes.coerce fields[i].FieldType v)
                 o :?> 'T
 
+/// Writes or reads a value whose type is known only at run time, through the formatter the options' resolver
+/// gives for that type. MessagePack's typeless formatter does the same through expression trees compiled per type;
+/// their first compilation took 40–60 ms of a worker's first task (measured), on the path to the first result.
+type internal BoxedWriter = delegate of byref<MessagePackWriter> * obj * MessagePackSerializerOptions -> unit
+type internal BoxedReader = delegate of byref<MessagePackReader> * MessagePackSerializerOptions -> obj
+
+type internal Boxed private () =
+    static let writers = ConcurrentDictionary<Type, BoxedWriter>()
+    static let readers = ConcurrentDictionary<Type, BoxedReader>()
+    static member Write<'T>(writer: byref<MessagePackWriter>, value: obj, options: MessagePackSerializerOptions) =
+        options.Resolver.GetFormatterWithVerify<'T>().Serialize(&writer, (value :?> 'T), options)
+    static member Read<'T>(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : obj =
+        box (options.Resolver.GetFormatterWithVerify<'T>().Deserialize(&reader, options))
+    static member WriterFor(t: Type) =
+        writers.GetOrAdd(t, fun t -> typeof<Boxed>.GetMethod("Write", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic).MakeGenericMethod(t).CreateDelegate<BoxedWriter>())
+    static member ReaderFor(t: Type) =
+        readers.GetOrAdd(t, fun t -> typeof<Boxed>.GetMethod("Read", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic).MakeGenericMethod(t).CreateDelegate<BoxedReader>())
+
 /// A delegate as a reference: declaring type, method token (and generic arguments), and its target.
 type internal DelegateFormatter<'T>() =
     interface IMessagePackFormatter<'T> with
@@ -110,7 +128,14 @@ type internal DelegateFormatter<'T>() =
                 writer.WriteArrayHeader gargs.Length
                 for g in gargs do
                     writer.Write g.AssemblyQualifiedName
-                MessagePackSerializer.Serialize<obj>(&writer, d.Target, options)
+                // The target (the closure): its type's name, then its value through that type's formatter.
+                match d.Target with
+                | null -> writer.WriteNil()
+                | target ->
+                    let t = target.GetType()
+                    writer.WriteArrayHeader 2
+                    writer.Write t.AssemblyQualifiedName
+                    Boxed.WriterFor(t).Invoke(&writer, target, options)
             | _ -> writer.WriteNil()
 
         member _.Deserialize(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : 'T =
@@ -123,7 +148,13 @@ type internal DelegateFormatter<'T>() =
                 let gargs = Array.zeroCreate<Type> n
                 for i in 0 .. n - 1 do
                     gargs[i] <- Type.GetType(reader.ReadString(), true)
-                let target = MessagePackSerializer.Deserialize<obj>(&reader, options)
+                let target =
+                    if reader.TryReadNil() then null
+                    else
+                        reader.ReadArrayHeader() |> ignore
+                        let t = Type.GetType(reader.ReadString(), true)
+                        options.ThrowIfDeserializingTypeIsDisallowed t
+                        Boxed.ReaderFor(t).Invoke(&reader, options)
                 let flags = BindingFlags.Instance ||| BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic ||| BindingFlags.DeclaredOnly
                 let m =
                     declaring.GetMethods flags
@@ -209,6 +240,9 @@ type internal ShippingResolver() =
                         elif typeof<Delegate>.IsAssignableFrom t && t <> typeof<Delegate> && t <> typeof<MulticastDelegate> then
                             box (DelegateFormatter<'T>())
                         elif ClosureTypes.isClosure t then box (ClosureFormatter<'T>())
+                        // What `obj` resolves to further down (only the typeless resolver answers for it), found
+                        // here without waking the dynamic resolvers, whose start-up builds code generators.
+                        elif t = typeof<obj> then box (TypelessObjectResolver.Instance.GetFormatter<obj>())
                         elif t.IsGenericType && t.GetGenericTypeDefinition() = typedefof<int list> then
                             Activator.CreateInstance(typedefof<FSharpListFormatter<int>>.MakeGenericType(t.GetGenericArguments()))
                         elif Microsoft.FSharp.Reflection.FSharpType.IsUnion(t, BindingFlags.Public ||| BindingFlags.NonPublic) then
@@ -217,6 +251,13 @@ type internal ShippingResolver() =
             match f with
             | null -> null
             | f -> f :?> IMessagePackFormatter<'T>
+
+/// A resolver made when first asked: the dynamic resolvers' start-up (code generators) is paid only by a
+/// process whose values need them, not by every worker for its first int.
+type internal LazyResolver(make: unit -> IFormatterResolver) =
+    let inner = lazy (make ())
+    interface IFormatterResolver with
+        member _.GetFormatter<'T>() = inner.Value.GetFormatter<'T>()
 
 /// Typeless options that deserialize only types from the BCL, FSharp.Core, Parsl.NET and allowed assemblies.
 type internal ShippingOptions =
@@ -246,10 +287,10 @@ module Serialization =
                BuiltinResolver.Instance
                AttributeFormatterResolver.Instance
                CompositeResolver.Create(ExpandoObjectFormatter.Instance)
-               DynamicGenericResolver.Instance
-               DynamicUnionResolver.Instance
-               DynamicObjectResolver.Instance
-               DynamicContractlessObjectResolverAllowPrivate.Instance
+               LazyResolver(fun () -> DynamicGenericResolver.Instance)
+               LazyResolver(fun () -> DynamicUnionResolver.Instance)
+               LazyResolver(fun () -> DynamicObjectResolver.Instance)
+               LazyResolver(fun () -> DynamicContractlessObjectResolverAllowPrivate.Instance)
                TypelessObjectResolver.Instance |])
 
     /// Options that accept types from assemblies whose simple name passes `allowed`.
