@@ -3,6 +3,7 @@ namespace Parsl.Executors.HighThroughput
 open System
 open System.Buffers
 open System.Collections.Concurrent
+open System.Collections.Generic
 open System.IO
 open System.Reflection
 open System.Runtime.CompilerServices
@@ -104,6 +105,59 @@ type internal Boxed private () =
         writers.GetOrAdd(t, fun t -> typeof<Boxed>.GetMethod("Write", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic).MakeGenericMethod(t).CreateDelegate<BoxedWriter>())
     static member ReaderFor(t: Type) =
         readers.GetOrAdd(t, fun t -> typeof<Boxed>.GetMethod("Read", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic).MakeGenericMethod(t).CreateDelegate<BoxedReader>())
+
+/// Values typed `obj` (arguments, results, captured values) in MessagePack's typeless format, byte for byte:
+/// built-in scalars and strings as they are, anything else as extension 100 holding the type's name and the value.
+/// Ours because MessagePack's `TypelessFormatter` costs 30–40 ms to start (measured in a fresh process) and compiles
+/// an expression tree for each new type, both on a worker's way to its first result.
+type internal ObjFormatter private () =
+    static let builtin =
+        HashSet<Type>(
+            [ typeof<bool>; typeof<sbyte>; typeof<byte>; typeof<int16>; typeof<uint16>; typeof<int>; typeof<uint32>
+              typeof<int64>; typeof<uint64>; typeof<single>; typeof<double>; typeof<string>; typeof<byte[]>
+              typeof<Nullable<bool>>; typeof<Nullable<sbyte>>; typeof<Nullable<byte>>; typeof<Nullable<int16>>
+              typeof<Nullable<uint16>>; typeof<Nullable<int>>; typeof<Nullable<uint32>>; typeof<Nullable<int64>>
+              typeof<Nullable<uint64>>; typeof<Nullable<single>>; typeof<Nullable<double>> ])
+    static let names = ConcurrentDictionary<Type, string>()
+    static let types = ConcurrentDictionary<string, Type>()
+    static let anonymous (t: Type) =
+        t.Name.Contains "AnonymousType" && t.IsDefined(typeof<CompilerGeneratedAttribute>, false)
+    [<Literal>]
+    static let Typeless = 100y
+    static member val Instance = ObjFormatter()
+    interface IMessagePackFormatter<obj> with
+        member _.Serialize(writer: byref<MessagePackWriter>, value: obj, options: MessagePackSerializerOptions) =
+            match value with
+            | null -> writer.WriteNil()
+            | v ->
+                let t = v.GetType()
+                if builtin.Contains t || anonymous t then DynamicObjectTypeFallbackFormatter.Instance.Serialize(&writer, v, options)
+                else
+                    let name = names.GetOrAdd(t, fun t -> t.AssemblyQualifiedName)
+                    let scratch = ArrayBufferWriter<byte>(64)
+                    let mutable inner = writer.Clone scratch
+                    inner.Write name
+                    Boxed.WriterFor(t).Invoke(&inner, v, options)
+                    inner.Flush()
+                    writer.WriteExtensionFormat(ExtensionResult(Typeless, ReadOnlySequence<byte>(scratch.WrittenMemory)))
+
+        member _.Deserialize(reader: byref<MessagePackReader>, options: MessagePackSerializerOptions) : obj =
+            if reader.TryReadNil() then null
+            else
+                let mutable peek = reader.CreatePeekReader()
+                if reader.NextMessagePackType = MessagePackType.Extension && peek.ReadExtensionFormatHeader().TypeCode = Typeless then
+                    reader <- peek
+                    let name = reader.ReadString()
+                    let t =
+                        types.GetOrAdd(
+                            name,
+                            fun n ->
+                                match options.LoadType n with
+                                | null -> Type.GetType(n, true)
+                                | t -> t)
+                    options.ThrowIfDeserializingTypeIsDisallowed t
+                    Boxed.ReaderFor(t).Invoke(&reader, options)
+                else DynamicObjectTypeFallbackFormatter.Instance.Deserialize(&reader, options)
 
 /// A delegate as a reference: declaring type, method token (and generic arguments), and its target.
 type internal DelegateFormatter<'T>() =
@@ -240,9 +294,8 @@ type internal ShippingResolver() =
                         elif typeof<Delegate>.IsAssignableFrom t && t <> typeof<Delegate> && t <> typeof<MulticastDelegate> then
                             box (DelegateFormatter<'T>())
                         elif ClosureTypes.isClosure t then box (ClosureFormatter<'T>())
-                        // What `obj` resolves to further down (only the typeless resolver answers for it), found
-                        // here without waking the dynamic resolvers, whose start-up builds code generators.
-                        elif t = typeof<obj> then box (TypelessObjectResolver.Instance.GetFormatter<obj>())
+                        // Found here without waking the dynamic resolvers, whose start-up builds code generators.
+                        elif t = typeof<obj> then box ObjFormatter.Instance
                         elif t.IsGenericType && t.GetGenericTypeDefinition() = typedefof<int list> then
                             Activator.CreateInstance(typedefof<FSharpListFormatter<int>>.MakeGenericType(t.GetGenericArguments()))
                         elif Microsoft.FSharp.Reflection.FSharpType.IsUnion(t, BindingFlags.Public ||| BindingFlags.NonPublic) then
@@ -291,7 +344,9 @@ module Serialization =
                LazyResolver(fun () -> DynamicUnionResolver.Instance)
                LazyResolver(fun () -> DynamicObjectResolver.Instance)
                LazyResolver(fun () -> DynamicContractlessObjectResolverAllowPrivate.Instance)
-               TypelessObjectResolver.Instance |])
+               // Abstract classes and interfaces (a field typed `Delegate`) as typeless values; its start-up is the
+               // costly one, paid only by a process that meets such a field.
+               LazyResolver(fun () -> TypelessObjectResolver.Instance) |])
 
     /// Options that accept types from assemblies whose simple name passes `allowed`.
     let options (allowed: string -> bool) : MessagePackSerializerOptions =
