@@ -41,6 +41,7 @@ let main argv =
     | Ok flags when flags.ContainsKey "worker" ->
         match Int32.TryParse flags["worker"], Map.tryFind "connect" flags, Map.tryFind "generation" flags |> Option.map Int32.TryParse with
         | (true, rank), Some address, Some(true, generation) ->
+            Worker.prime ()
             match (try Ok(Worker.connect address rank generation) with e -> Error e) with
             | Ok channel ->
                 use channel = channel

@@ -33,7 +33,8 @@ type BlockPollerSettings =
       LaunchCommand: string -> string
       /// Tries queued or running.
       Outstanding: unit -> int
-      Interchange: InterchangeHandle
+      /// The interchange (it may still be starting when the first block is launched: this waits for it).
+      Interchange: unit -> InterchangeHandle
       /// Puts the executor in a bad state (every pending task fails with this error).
       SetBad: exn -> unit
       IsBad: unit -> bool
@@ -101,7 +102,7 @@ module BlockPoller =
             task {
                 if not chosen.IsEmpty then
                     let hold = TaskCompletionSource<unit>()
-                    s.Interchange.Post(HoldBlocks(chosen |> List.map (fun b -> b.Id), hold))
+                    s.Interchange().Post(HoldBlocks(chosen |> List.map (fun b -> b.Id), hold))
                     do! hold.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
                     let jobs = chosen |> List.choose (fun b -> b.JobId)
                     if not jobs.IsEmpty then
@@ -116,7 +117,7 @@ module BlockPoller =
         let scaleIn n (onlyIdle: TimeSpan option) =
             task {
                 let q = TaskCompletionSource<ManagerInfo list>()
-                s.Interchange.Post(QueryManagers q)
+                s.Interchange().Post(QueryManagers q)
                 let! managers = q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
                 let info (b: Block) =
                     let ms = managers |> List.filter (fun m -> m.BlockId = b.Id && m.Active)
@@ -142,7 +143,7 @@ module BlockPoller =
                     if not polled.IsEmpty then
                         let! statuses = s.Provider.StatusAsync(polled |> List.map (fun b -> b.JobId.Value), CancellationToken.None)
                         let q = TaskCompletionSource<string list>()
-                        s.Interchange.Post(QueryBlocks q)
+                        s.Interchange().Post(QueryBlocks q)
                         let! connected = q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
                         for b, st in List.zip polled statuses do
                             // A block that ended without ever connecting is MISSING (Parsl's HTEx `status()`).

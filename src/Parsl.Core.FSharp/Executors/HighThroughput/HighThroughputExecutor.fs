@@ -177,6 +177,27 @@ type HighThroughputExecutor(options: HtexOptions) =
                 && t.GetFields(Reflection.BindingFlags.Instance ||| Reflection.BindingFlags.Public ||| Reflection.BindingFlags.NonPublic)
                    |> Array.exists (fun field -> HighThroughputExecutor.CompiledInMemory (depth - 1) (field.GetValue o)))
 
+    /// A port in [lo, hi) that nothing listens on at `address` now (probed with a plain socket, which is immediate;
+    /// the interchange binds it moments later). Raises naming `WorkerPortRange` when there is none.
+    static member internal FreePort (address: string) (lo: int, hi: int) : int =
+        let ip =
+            match Net.IPAddress.TryParse address with
+            | true, ip -> ip
+            | _ when address = "*" || address = "0.0.0.0" -> Net.IPAddress.Any
+            | _ -> (try Net.Dns.GetHostAddresses(address) |> Array.find (fun a -> a.AddressFamily = Net.Sockets.AddressFamily.InterNetwork) with _ -> Net.IPAddress.Any)
+        let start = Random.Shared.Next(lo, hi)
+        let free p =
+            try
+                use probe = new Net.Sockets.Socket(Net.Sockets.AddressFamily.InterNetwork, Net.Sockets.SocketType.Stream, Net.Sockets.ProtocolType.Tcp)
+                probe.Bind(Net.IPEndPoint(ip, p))
+                true
+            with _ -> false
+        seq { 0 .. hi - lo - 1 }
+        |> Seq.map (fun i -> lo + (start - lo + i) % (hi - lo))
+        |> Seq.tryFind free
+        |> Option.defaultWith (fun () ->
+            raise (ExecutorError("HighThroughputExecutor", sprintf "no free port in WorkerPortRange (%d, %d) on %s; widen the range" lo hi address, null)))
+
     /// Parsl's defaults.
     new() = HighThroughputExecutor(HtexOptions.defaults ())
 
@@ -259,19 +280,15 @@ type HighThroughputExecutor(options: HtexOptions) =
             let localSocket =
                 if options.SameHostSocket then Some("parsl-net-interchange-" + Guid.NewGuid().ToString("N")) else None
             localSocketName <- localSocket
-            let ic =
-                Interchange.start
-                    { Address = options.Address
-                      Port = options.WorkerPort
-                      PortRange = options.WorkerPortRange
-                      HeartbeatThreshold = options.HeartbeatThreshold
-                      Selector = options.ManagerSelector
-                      Curve = curve
-                      LocalSocket = localSocket
-                      LocalToken = token
-                      Log = context.Log
-                      Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
-            interchange <- Some ic
+            // The first block is launched before the interchange starts (NetMQ's start-up takes tens of ms): its
+            // manager needs a while to start, and reaches the interchange through the local socket, which listens
+            // from here on, or the port chosen here.
+            let listener = localSocket |> Option.map (fun n -> LocalSocket.listen n 64)
+            let port =
+                match options.WorkerPort with
+                | Some p -> p
+                | None -> HighThroughputExecutor.FreePort options.Address options.WorkerPortRange
+            let started = TaskCompletionSource<InterchangeHandle>(TaskCreationOptions.RunContinuationsAsynchronously)
             let worker =
                 match options.WorkerCommand with
                 | Some words -> words
@@ -282,7 +299,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                 fun blockId ->
                     [ yield! worker
                       "--manager"
-                      "--address"; sprintf "tcp://%s:%d" options.Address ic.Port
+                      "--address"; sprintf "tcp://%s:%d" options.Address port
                       "--block-id"; blockId
                       match options.MaxWorkersPerNode with Some n -> yield! [ "--max-workers-per-node"; string n ] | None -> ()
                       "--cores-per-worker"; string options.CoresPerWorker
@@ -308,10 +325,36 @@ type HighThroughputExecutor(options: HtexOptions) =
                           Options = options
                           LaunchCommand = launch
                           Outstanding = fun () -> inflight.Count
-                          Interchange = ic
+                          Interchange = fun () -> started.Task.Result
                           SetBad = setBad
                           IsBad = fun () -> bad.IsSome
                           Log = context.Log })
+            let ic =
+                try
+                    Interchange.start
+                        { Address = options.Address
+                          Port = options.WorkerPort
+                          PortRange = options.WorkerPortRange
+                          PreferredPort = Some port
+                          HeartbeatThreshold = options.HeartbeatThreshold
+                          Selector = options.ManagerSelector
+                          Curve = curve
+                          LocalListener = listener
+                          LocalToken = token
+                          Log = context.Log
+                          Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
+                with e ->
+                    started.TrySetException e |> ignore
+                    listener |> Option.iter (fun l -> l.Dispose())
+                    // The block launched above must not outlive a start that failed.
+                    poller |> Option.iter (fun p ->
+                        let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                        p.Post(StopPoller stopped)
+                        stopped.Task.Wait(TimeSpan.FromSeconds 30.0) |> ignore)
+                    poller <- None
+                    reraise ()
+            interchange <- Some ic
+            started.TrySetResult ic |> ignore
             ignore this
             Task.CompletedTask
 

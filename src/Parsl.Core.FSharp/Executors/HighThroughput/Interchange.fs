@@ -69,8 +69,11 @@ type InterchangeSettings =
       Selector: ManagerSelector
       /// The server's CURVE key pair (None: plain TCP).
       Curve: NetMQCertificate option
-      /// An abstract local socket name that managers on this host connect to instead of TCP (None: TCP only).
-      LocalSocket: string option
+      /// A port to try first when `Port` is None (chosen before the interchange starts, so that a block could be
+      /// launched already); the rest of `PortRange` if it was taken meanwhile.
+      PreferredPort: int option
+      /// A listening local socket that managers on this host connect to instead of TCP (None: TCP only).
+      LocalListener: Net.Sockets.Socket option
       /// What a manager on the local socket must say first (the client's secret key; "" when not encrypted).
       LocalToken: string
       Log: Serilog.ILogger
@@ -136,14 +139,17 @@ module Interchange =
                 p
             | None ->
                 let lo, hi = s.PortRange
-                let start = Random.Shared.Next(lo, hi)
+                let start = match s.PreferredPort with Some p when p >= lo && p < hi -> p | _ -> Random.Shared.Next(lo, hi)
                 let rec attempt i =
                     if i >= hi - lo then
                         router.Dispose()
                         raise (ExecutorError("HighThroughputExecutor", sprintf "no free port in WorkerPortRange (%d, %d) on %s; widen the range" lo hi s.Address, null))
                     let p = lo + (start - lo + i) % (hi - lo)
                     match (try router.Bind(sprintf "%s:%d" endpoint p); true with :? NetMQException -> false) with
-                    | true -> p
+                    | true ->
+                        if i > 0 && s.PreferredPort.IsSome then
+                            s.Log.Warning("Interchange: port {Preferred} was taken before it could be bound; managers started already reach this interchange only over its local socket (it listens on {Port})", s.PreferredPort.Value, p)
+                        p
                     | false -> attempt (i + 1)
                 attempt 0
         let requests = ConcurrentQueue<InterchangeRequest>()
@@ -471,9 +477,8 @@ module Interchange =
                         closeLink link
                 link.StartReader("HTEx-Interchange-local", fun () -> onLocalReadable link onFrame)
         let listener =
-            s.LocalSocket
-            |> Option.map (fun name ->
-                let l = LocalSocket.listen name 64
+            s.LocalListener
+            |> Option.map (fun l ->
                 poller.Add(l, Action<Net.Sockets.Socket>(onLocalConnect))
                 l)
         poller.Add router

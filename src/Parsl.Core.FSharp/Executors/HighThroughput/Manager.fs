@@ -104,7 +104,6 @@ module Manager =
         // Workers connect to this local socket; the poller reads their results directly (no reader thread and no
         // hand-off per result), and their standard output and error stay free for what tasks print.
         let socketName = "parsl-net-worker-" + s.ManagerId + "-" + string Environment.ProcessId
-        let listener = LocalSocket.listen socketName (count + 8)
         let mutable stopping = false
         let mutable exitCode = 0
 
@@ -164,6 +163,8 @@ module Manager =
                 for slot in slots do
                     if isNull slot.Process then startWorker slot
         startWorker slots[0]
+        // Listening after the first worker is on its way (a process start takes far longer; it retries meanwhile).
+        let listener = LocalSocket.listen socketName (count + 8)
         let doorbell = doorbellCell.Value
         let restTimer = new NetMQTimer(TimeSpan.FromMilliseconds 300.0)
         restTimer.Enable <- false

@@ -57,8 +57,20 @@ module Worker =
 
     /// Connects to the manager and says which worker slot (rank and start generation) this process is; the
     /// manager takes this hello as "up". Returns the connection's stream.
+    /// Starts MessagePack's one-time set-up (its assembly, the resolvers' tables) on a thread of its own, to run
+    /// while this process connects to its manager instead of after.
+    let prime () =
+        Thread((fun () -> Serialization.options (fun _ -> false) |> ignore), IsBackground = true, Name = "prime").Start()
+
     let connect (name: string) (rank: int) (generation: int) : Stream =
-        let socket = LocalSocket.connect name
+        // The manager listens just after starting this process: a refusal in the first second means "not yet".
+        let deadline = DateTime.UtcNow.AddSeconds 1.0
+        let rec attempt () =
+            try LocalSocket.connect name
+            with :? System.Net.Sockets.SocketException when DateTime.UtcNow < deadline ->
+                Thread.Sleep 5
+                attempt ()
+        let socket = attempt ()
         let stream = new System.Net.Sockets.NetworkStream(socket, true)
         Frames.write stream (Text.Encoding.UTF8.GetBytes(String.Join(" ", rank, generation, Environment.ProcessId)))
         stream.Flush()
