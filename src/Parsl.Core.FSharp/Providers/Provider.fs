@@ -144,7 +144,8 @@ module BasicLaunchers =
                     command
                     "}"
                     "PARSL_PIDS=\"\""
-                    "for PARSL_I in $(seq 1 $PARSL_COPIES); do"
+                    // A bash loop, not `$(seq ...)`: one process start less before the manager starts.
+                    "for ((PARSL_I = 1; PARSL_I <= PARSL_COPIES; PARSL_I++)); do"
                     "    parsl_launch_one $PARSL_I &"
                     "    PARSL_PIDS=\"$PARSL_PIDS $!\""
                     "done"

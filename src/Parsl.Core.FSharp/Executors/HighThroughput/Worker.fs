@@ -60,7 +60,14 @@ module Worker =
     /// Starts MessagePack's one-time set-up (its assembly, the resolvers' tables) on a thread of its own, to run
     /// while this process connects to its manager instead of after.
     let prime () =
-        Thread((fun () -> Serialization.options (fun _ -> false) |> ignore), IsBackground = true, Name = "prime").Start()
+        let run () =
+            try
+                let o = Serialization.options (fun _ -> false)
+                // A number and a string there and back: the built-in formatters' tables, as a first result needs.
+                for v in [ box 0; box "" ] do
+                    Serialization.deserialize o (Serialization.serialize o "a value" v) |> ignore
+            with _ -> ()
+        Thread(run, IsBackground = true, Name = "prime").Start()
 
     let connect (name: string) (rank: int) (generation: int) : Stream =
         // The manager listens just after starting this process: a refusal in the first second means "not yet".
