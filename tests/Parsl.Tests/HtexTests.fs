@@ -423,15 +423,19 @@ let security =
                     s.Send(Frames.encode (registration id)) |> ignore
                 with e when closed e -> ()
                 s.ReceiveTimeout <- 2000
-                use stream = new System.Net.Sockets.NetworkStream(s, false)
-                let rec read () =
-                    match (try Frames.read stream with e when closed e || (e :? IOException) -> None) with
-                    | None -> false
-                    | Some frame ->
-                        match Protocol.decodeToManager frame with
-                        | Tasks _ -> true
-                        | _ -> read ()
-                read ()
+                // The interchange may have closed the connection already (then the stream cannot even be made).
+                match (try Some(new System.Net.Sockets.NetworkStream(s, false)) with e when closed e || (e :? IOException) -> None) with
+                | None -> false
+                | Some stream ->
+                    use stream = stream
+                    let rec read () =
+                        match (try Frames.read stream with e when closed e || (e :? IOException) -> None) with
+                        | None -> false
+                        | Some frame ->
+                            match Protocol.decodeToManager frame with
+                            | Tasks _ -> true
+                            | _ -> read ()
+                    read ()
             Expect.isFalse (tryWith "" "nokey") "no key: nothing"
             Expect.isFalse (tryWith "an-invented-key-of-the-right-length-00000" "wrong") "a wrong key: nothing"
             Expect.isEmpty (await (htex.ConnectedManagersAsync())) "nobody registered"

@@ -258,24 +258,31 @@ type HighThroughputExecutor(options: HtexOptions) =
 
         member this.StartAsync(context, _) =
             ctx <- context
-            let curve, token =
-                if options.Encrypted then
+            // The keys' directory exists (owner only) before the first block is launched; the keys themselves are
+            // made after it (15 ms off the way to the first result): a manager waits for each file to appear, and
+            // each appears whole (written aside, then renamed).
+            if options.Encrypted then
+                let dir = Path.Combine(context.RunDir, label, "certificates")
+                Directory.CreateDirectory dir |> ignore
+                if not (OperatingSystem.IsWindows()) then
+                    File.SetUnixFileMode(dir, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+                certDir <- Some dir
+            let makeKeys () =
+                match certDir with
+                | Some dir ->
                     let server = NetMQCertificate()
                     let client = NetMQCertificate()
-                    let dir = Path.Combine(context.RunDir, label, "certificates")
-                    Directory.CreateDirectory dir |> ignore
-                    if not (OperatingSystem.IsWindows()) then
-                        File.SetUnixFileMode(dir, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
                     let write name (text: string) =
                         let p = Path.Combine(dir, name)
-                        File.WriteAllText(p, text)
+                        let aside = p + ".tmp"
+                        File.WriteAllText(aside, text)
                         if not (OperatingSystem.IsWindows()) then
-                            File.SetUnixFileMode(p, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
+                            File.SetUnixFileMode(aside, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
+                        File.Move(aside, p, true)
                     write "server.key" server.PublicKeyZ85
                     write "client.key" (client.PublicKeyZ85 + "\n" + client.SecretKeyZ85 + "\n")
-                    certDir <- Some dir
                     Some server, client.SecretKeyZ85
-                else None, ""
+                | None -> None, ""
             // Managers on this host connect here instead of TCP; the name is unguessable and dies with the process.
             let localSocket =
                 if options.SameHostSocket then Some("parsl-net-interchange-" + Guid.NewGuid().ToString("N")) else None
@@ -329,6 +336,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                           SetBad = setBad
                           IsBad = fun () -> bad.IsSome
                           Log = context.Log })
+            let curve, token = makeKeys ()
             let ic =
                 try
                     Interchange.start

@@ -178,7 +178,14 @@ module Manager =
         let warm =
             Thread((fun () -> if not (Serialization.precompiled ()) then Serialization.warmUp (Serialization.options (fun _ -> false))), IsBackground = true, Name = "warm-up")
         warm.Start()
-        let clientKey = s.CertDir |> Option.map (fun dir -> File.ReadAllLines(Path.Combine(dir, "client.key")))
+        // The client writes its keys just after launching this block: wait for them (each file appears whole).
+        let readKey (dir: string) (name: string) =
+            let path = Path.Combine(dir, name)
+            let deadline = DateTime.UtcNow.AddSeconds 30.0
+            while not (File.Exists path) && DateTime.UtcNow < deadline do
+                Thread.Sleep 2
+            File.ReadAllLines path
+        let clientKey = s.CertDir |> Option.map (fun dir -> readKey dir "client.key")
         // On the interchange's own host, a local socket: the kernel hands each message straight to the thread that
         // reads it (TCP through NetMQ goes through two more threads on each side). Anywhere else, TCP (with CURVE).
         let local =
@@ -207,7 +214,7 @@ module Manager =
                 dealer.Options.ReceiveHighWatermark <- 0
                 match s.CertDir, clientKey with
                 | Some dir, Some client ->
-                    let server = File.ReadAllText(Path.Combine(dir, "server.key")).Trim()
+                    let server = (Array.head (readKey dir "server.key")).Trim()
                     dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
                     dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
                 | _ -> ()
