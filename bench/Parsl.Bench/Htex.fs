@@ -15,6 +15,8 @@ let private options () =
         // Keep workers fed between batches: throughput comes from batching on every hop.
         PrefetchCapacity = 2000
         Encrypted = isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_PLAIN")
+        // PARSL_BENCH_TCP=1: the manager over TCP (as one on another host would be) instead of the local socket.
+        SameHostSocket = isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_TCP")
         // The Bench target points this at a ReadyToRun publish of Parsl.Workers (deployed as a cluster would).
         WorkerCommand =
             match Environment.GetEnvironmentVariable "PARSL_BENCH_WORKERS" with
