@@ -393,6 +393,18 @@ let failures =
         }
     ]
 
+/// A registration as a stranger's manager would send it (right versions, one worker).
+let intruder id =
+    { ProtocolVersion = Protocol.Version
+      ParslVersion = Protocol.parslVersion ()
+      RuntimeVersion = Protocol.runtimeVersion ()
+      ManagerId = id
+      BlockId = "x"
+      Hostname = "intruder"
+      WorkerCount = 1
+      PrefetchCapacity = 0
+      Pid = 1 }
+
 let security =
     testList "HTEx CURVE" [
         test "a local connection without the client's key gets no task; one with it does" {
@@ -402,18 +414,7 @@ let security =
             let f = app (Arg.value 1)
             waitUntil 30.0 "the task to be queued" (fun () -> htex.Outstanding = 1)
             let name = htex.LocalSocket.Value
-            let registration id =
-                Protocol.encodeToInterchange (
-                    Register
-                        { ProtocolVersion = Protocol.Version
-                          ParslVersion = Protocol.parslVersion ()
-                          RuntimeVersion = Protocol.runtimeVersion ()
-                          ManagerId = id
-                          BlockId = "x"
-                          Hostname = "intruder"
-                          WorkerCount = 1
-                          PrefetchCapacity = 0
-                          Pid = 1 })
+            let registration id = Protocol.encodeToInterchange (Register(intruder id))
             /// Connects, says `token` then registers; true if a batch of tasks comes back within 2 s.
             let tryWith (token: string) id =
                 use s = LocalSocket.connect name
@@ -452,17 +453,7 @@ let security =
             waitUntil 30.0 "the task to be queued" (fun () -> htex.Outstanding = 1)
             let port = htex.WorkerPort.Value
             let register (s: NetMQ.Sockets.DealerSocket) id =
-                let reg =
-                    { ProtocolVersion = Protocol.Version
-                      ParslVersion = Protocol.parslVersion ()
-                      RuntimeVersion = Protocol.runtimeVersion ()
-                      ManagerId = id
-                      BlockId = "x"
-                      Hostname = "intruder"
-                      WorkerCount = 1
-                      PrefetchCapacity = 0
-                      Pid = 1 }
-                NetMQ.OutgoingSocketExtensions.SendFrame(s, Protocol.encodeToInterchange (Register reg))
+                NetMQ.OutgoingSocketExtensions.SendFrame(s, Protocol.encodeToInterchange (Register(intruder id)))
             let gotTask (s: NetMQ.Sockets.DealerSocket) =
                 let mutable frame: byte[] = null
                 let mutable got = false
