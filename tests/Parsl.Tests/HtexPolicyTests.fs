@@ -7,6 +7,9 @@ open Parsl
 open Parsl.Jobs
 open Parsl.Executors.HighThroughput
 
+/// A record that travels as a typeless value (extension, type name, fields).
+type Tagged = { Html: string; Count: int }
+
 let private input kind first tasks running pending perNode minB maxB par idle =
     { Kind = kind
       FirstPoll = first
@@ -139,6 +142,22 @@ let serialization =
         testProperty "F# lists, options and unions round-trip" (fun (xs: int list) (o: string option) ->
             let v = box (xs, o, Some(Choice1Of2 xs: Choice<int list, string>))
             Serialization.deserialize opts (Serialization.serialize opts "v" v) = v)
+        testProperty "values typed obj are written byte for byte as MessagePack's typeless formatter writes them" (fun (i: int) (l: int64) (d: float) (b: bool) (t: NonNull<string>) (bs: byte[]) (xs: int list) ->
+            // The reference: MessagePack's own typeless resolution of obj, over the same resolvers.
+            let reference =
+                MessagePack.MessagePackSerializerOptions(
+                    MessagePack.Resolvers.CompositeResolver.Create(
+                        [| MessagePack.Resolvers.NativeDateTimeResolver.Instance :> MessagePack.IFormatterResolver
+                           MessagePack.Resolvers.BuiltinResolver.Instance
+                           MessagePack.Resolvers.DynamicGenericResolver.Instance
+                           MessagePack.Resolvers.DynamicContractlessObjectResolverAllowPrivate.Instance
+                           MessagePack.Resolvers.TypelessObjectResolver.Instance |]))
+            let point = { Html = t.Get; Count = i }
+            let sameBytes =
+                [ box i; box l; box d; box b; box t.Get; box bs; box (Array.ofList xs); box point; null ]
+                |> List.forall (fun v -> Serialization.serialize opts "v" v = MessagePack.MessagePackSerializer.Serialize<obj>(v, reference))
+            let back = Serialization.deserialize opts (Serialization.serialize opts "v" (box point))
+            sameBytes && back = box point)
         test "code compiled in memory cannot be shipped, and the error names the fix" {
             let dm = Reflection.Emit.DynamicMethod("answer", typeof<int>, [| typeof<int> |])
             let il = dm.GetILGenerator()

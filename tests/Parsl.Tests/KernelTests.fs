@@ -317,4 +317,40 @@ let private cancellation =
         }
     ]
 
-let tests = testList "Kernel" [ states; retries; dependencies; joins; cancellation ]
+/// The futex semaphore the kernel's mailbox and the thread pool's queue sleep on.
+let semaphore =
+    testList "light semaphore" [
+        test "every release is taken exactly once by waiting threads, and none is lost" {
+            let sem = Parsl.Runtime.LightSemaphore()
+            let consumers = 4
+            let each = 5_000
+            let missed = ref 0
+            // Each consumer takes its share; a wake-up that went missing leaves one asleep with the count above zero
+            // until its 30 s wait gives up (false), and the test fails.
+            let threads =
+                [ for _ in 1..consumers ->
+                    Threading.Thread(fun () ->
+                        for _ in 1..each do
+                            if not (sem.Wait 30_000) then Threading.Interlocked.Increment(&missed.contents) |> ignore) ]
+            for t in threads do t.Start()
+            // Single releases and batches, as the queues use them: 10,000 + 100 × 100.
+            for i in 1..10_000 do
+                sem.Release()
+                if i % 100 = 0 then sem.Release 100
+            for t in threads do
+                Expect.isTrue (t.Join(TimeSpan.FromSeconds 120.0)) "every consumer finished"
+            Expect.equal missed.Value 0 "every wait was answered by a release"
+            Expect.isFalse (sem.Wait 0) "and no release was taken twice or left over"
+        }
+        test "a wait with nothing released times out and returns false" {
+            let sem = Parsl.Runtime.LightSemaphore()
+            let sw = Diagnostics.Stopwatch.StartNew()
+            Expect.isFalse (sem.Wait 50) "nothing to take"
+            Expect.isGreaterThanOrEqual sw.ElapsedMilliseconds 45L "it waited (about) the time asked"
+            sem.Release 3
+            Expect.isTrue (sem.Wait 0 && sem.Wait 0 && sem.Wait 0) "three taken"
+            Expect.isFalse (sem.Wait 0) "then none"
+        }
+    ]
+
+let tests = testList "Kernel" [ states; retries; dependencies; joins; cancellation; semaphore ]

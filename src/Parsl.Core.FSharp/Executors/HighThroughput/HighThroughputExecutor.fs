@@ -336,9 +336,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                           SetBad = setBad
                           IsBad = fun () -> bad.IsSome
                           Log = context.Log })
-            let curve, token = makeKeys ()
             let ic =
                 try
+                    let curve, token = makeKeys ()
                     Interchange.start
                         { Address = options.Address
                           Port = options.WorkerPort
