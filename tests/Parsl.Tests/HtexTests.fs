@@ -72,6 +72,16 @@ let e2e =
                 Expect.equal htex.LocalSocket.IsSome sameHost "local socket only when asked for"
                 Expect.isSome htex.CertificateDirectory "CURVE keys in both cases"
         }
+        test "arguments and results far larger than a socket's buffer travel intact" {
+            let _, dfk = withHtex id
+            use _ = dfk
+            // 8 MB each way: every local connection has to queue what the socket cannot take at once.
+            let reverse = App.func dfk (fun (b: byte[]) -> Array.rev b)
+            let data = Array.init (8 * 1024 * 1024) (fun i -> byte (i * 7 % 251))
+            let results = [ for _ in 1..3 -> reverse (Arg.value data) ] |> List.map (fun f -> await f.Task)
+            for r in results do
+                Expect.isTrue (r = Array.rev data) "the reversed bytes came back whole"
+        }
         test "a process that is not one of the manager's workers cannot join its pool and gets no task" {
             let htex, dfk = withHtex id
             use _ = dfk
