@@ -73,12 +73,11 @@ module Worker =
         // The manager listens just after starting this process: a refusal in the first second means "not yet".
         let deadline = DateTime.UtcNow.AddSeconds 1.0
         let rec attempt () =
-            try LocalSocket.connect name
-            with :? System.Net.Sockets.SocketException when DateTime.UtcNow < deadline ->
+            try LocalSocket.connectStream name
+            with :? IOException when DateTime.UtcNow < deadline ->
                 Thread.Sleep 5
                 attempt ()
-        let socket = attempt ()
-        let stream = new System.Net.Sockets.NetworkStream(socket, true)
+        let stream = attempt ()
         Frames.write stream (Text.Encoding.UTF8.GetBytes(String.Join(" ", rank, generation, Environment.ProcessId)))
         stream.Flush()
         stream
