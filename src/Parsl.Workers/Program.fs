@@ -86,7 +86,12 @@ let main argv =
                   SharedFileSystem = not (flags.ContainsKey "no-shared-fs")
                   ParslVersion = get "parsl-version"
                   Log = Console.Error }
-            Manager.run settings
+            try
+                Manager.run settings
+            with e ->
+                // A manager that cannot start says why in the block's error file, in one line.
+                eprintfn "manager %s: cannot run: %s" settings.ManagerId e.Message
+                1
         | _ ->
             eprintfn "--address and --block-id are required\n%s" usage
             64

@@ -415,14 +415,19 @@ let intruder id =
       PrefetchCapacity = 0
       Pid = 1 }
 
+/// An executor with no blocks (so no manager of its own) and one task waiting in its interchange.
+let withQueuedTask () =
+    let htex, dfk = withHtex (fun o -> { o with Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MaxBlocks = 0 } })
+    let app = App.func dfk (fun (x: int) -> x + 1)
+    let f = app (Arg.value 1)
+    waitUntil 30.0 "the task to be queued" (fun () -> htex.Outstanding = 1)
+    htex, dfk, f
+
 let security =
     testList "HTEx CURVE" [
         test "a local connection without the client's key gets no task; one with it does" {
-            let htex, dfk = withHtex (fun o -> { o with Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MaxBlocks = 0 } })
+            let htex, dfk, f = withQueuedTask ()
             use _ = dfk
-            let app = App.func dfk (fun (x: int) -> x + 1)
-            let f = app (Arg.value 1)
-            waitUntil 30.0 "the task to be queued" (fun () -> htex.Outstanding = 1)
             let name = htex.LocalSocket.Value
             let registration id = Protocol.encodeToInterchange (Register(intruder id))
             /// Connects, says `token` then registers; true if a batch of tasks comes back within 2 s.
@@ -455,12 +460,24 @@ let security =
             Expect.isTrue (tryWith (client[1].Trim()) "good") "the keyed connection gets the task"
             ignore f
         }
-        test "with encryption on, a socket without the key gets no task; one with the keys does" {
-            let htex, dfk = withHtex (fun o -> { o with Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MaxBlocks = 0 } })
+        test "a local connection that sends a garbage frame length is dropped and the executor keeps working" {
+            let htex, dfk = withHtex id
             use _ = dfk
-            let app = App.func dfk (fun (x: int) -> x + 1)
-            let f = app (Arg.value 1)
-            waitUntil 30.0 "the task to be queued" (fun () -> htex.Outstanding = 1)
+            let app = App.func dfk (fun (x: int) -> x * 3)
+            Expect.equal (await (app (Arg.value 1)).Task) 3 "running"
+            for length in [ Int32.MaxValue - 8; -5 ] do
+                use s = LocalSocket.connect htex.LocalSocket.Value
+                let closed (e: exn) = (e :? System.Net.Sockets.SocketException)
+                // Before it has shown the key, a peer cannot make the client allocate gigabytes (or fail on a negative size).
+                (try s.Send(Array.append (BitConverter.GetBytes length) (Array.zeroCreate 64)) with e when closed e -> 0) |> ignore
+                s.ReceiveTimeout <- 10_000
+                let got = try s.Receive(Array.zeroCreate<byte> 16) with e when closed e && (e :?> System.Net.Sockets.SocketException).SocketErrorCode <> System.Net.Sockets.SocketError.TimedOut -> 0
+                Expect.equal got 0 (sprintf "length %d: the interchange closed the connection" length)
+            Expect.equal ([ for i in 1..10 -> app (Arg.value i) ] |> List.map (fun f -> await f.Task)) [ for i in 1..10 -> i * 3 ] "still running"
+        }
+        test "with encryption on, a socket without the key gets no task; one with the keys does" {
+            let htex, dfk, f = withQueuedTask ()
+            use _ = dfk
             let port = htex.WorkerPort.Value
             let register (s: NetMQ.Sockets.DealerSocket) id =
                 NetMQ.OutgoingSocketExtensions.SendFrame(s, Protocol.encodeToInterchange (Register(intruder id)))

@@ -45,6 +45,11 @@ type HighThroughputExecutor(options: HtexOptions) =
     let mutable idleWaiters: TaskCompletionSource<unit> list = []
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
 
+    /// Hands a request from `Submit` to the interchange: queued for the kernel's next flush once the kernel is known
+    /// to flush (it is on the kernel's thread), else posted (which wakes the interchange).
+    let submitRequest (r: InterchangeRequest) =
+        interchange |> Option.iter (fun ic -> if flushed then ic.Queue r else ic.Post r)
+
     let quote (s: string) =
         if s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) && s <> "" then s
         else "'" + s.Replace("'", "'\\''") + "'"
@@ -106,7 +111,7 @@ type HighThroughputExecutor(options: HtexOptions) =
         |> Seq.map (fun a ->
             let h = hashes.GetOrAdd(a.Location, Serialization.hashFile)
             shipped[a.GetName().Name] <- true
-            interchange |> Option.iter (fun i -> if flushed then i.Queue(AddAssembly(h, a.Location)) else i.Post(AddAssembly(h, a.Location)))
+            submitRequest (AddAssembly(h, a.Location))
             { FullName = a.FullName; Path = a.Location; Hash = h })
         |> List.ofSeq
 
@@ -131,8 +136,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                 | true, id -> id
                 | _ ->
                     let id = Interlocked.Increment &nextFunction
-                    let ic = interchange.Value
-                    if flushed then ic.Queue(Define(id, def)) else ic.Post(Define(id, def))
+                    submitRequest (Define(id, def))
                     functionIds[f] <- id
                     id)
 
@@ -370,7 +374,7 @@ type HighThroughputExecutor(options: HtexOptions) =
             match bad, interchange with
             | Some ex, _ -> ctx.Report(TryFailed(t.Id, t.Try, ex))
             | _, None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
-            | None, Some ic ->
+            | None, Some _ ->
                 match (try Ok(encode t) with e -> Error e) with
                 | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
                 | Ok(body, app) ->
@@ -384,7 +388,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                               Order = Policies.order priority (Interlocked.Increment &sequence)
                               Body = body }
                     // Under a kernel that flushes, the try leaves at its flush (on this thread, with any others).
-                    if flushed then ic.Queue request else ic.Post request
+                    submitRequest request
 
         member _.Cancel(id, tryId) =
             interchange |> Option.iter (fun i -> i.Post(CancelQueued(Protocol.key id.Value tryId.Value)))

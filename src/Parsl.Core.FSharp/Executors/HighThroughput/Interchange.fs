@@ -465,13 +465,16 @@ module Interchange =
                 let link = Link conn
                 lock state (fun () -> links.Add link |> ignore)
                 // The first frame must be the token (the client's secret key): only a manager launched by this client
-                // has it. Nothing else is read from the connection before that.
+                // has it. Nothing else is read from the connection before that, and nothing longer than a token.
                 let token = Encoding.UTF8.GetBytes s.LocalToken
+                link.MaxFrame <- max 64 token.Length
                 let trusted = ref false
                 let onFrame (frame: byte[]) =
-                    if trusted.Value then handleMessage (Direct link) link.Name frame
+                    if not (links.Contains link) then () // refused already: the rest of what it sent is dropped
+                    elif trusted.Value then handleMessage (Direct link) link.Name frame
                     elif Security.Cryptography.CryptographicOperations.FixedTimeEquals(ReadOnlySpan frame, ReadOnlySpan token) then
                         trusted.Value <- true
+                        link.MaxFrame <- Int32.MaxValue - 4
                     else
                         s.Log.Warning("Interchange: refused a local connection from pid {Pid} without the client's key", pid)
                         closeLink link

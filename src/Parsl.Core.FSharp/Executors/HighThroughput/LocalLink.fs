@@ -123,40 +123,39 @@ module LocalSocket =
             depth <- depth + 1
         p = root
 
-/// One local connection served by a poller thread: frames in as they arrive, and frames out without ever
-/// blocking that thread. A send the socket cannot take at once (the peer is slow to read) waits in order in a
-/// backlog that a short-lived helper thread writes out; two pollers sending to each other with full buffers
-/// therefore never deadlock.
+/// One local connection: frames in as they arrive (read by a poller or by a reader thread of its own), and frames
+/// out without ever blocking the sender. A send the socket cannot take at once (the peer is slow to read) waits in
+/// order in a backlog that a short-lived helper thread writes out; two processes sending to each other with full
+/// buffers therefore never deadlock. A frame whose length is negative or above `MaxFrame` ends the connection
+/// (a peer that is not yet trusted cannot make this process allocate gigabytes).
 [<Sealed; AllowNullLiteral>]
 type Link(socket: Socket) =
     do socket.Blocking <- false
     let mutable buffer = Array.zeroCreate<byte> 65536
     let mutable filled = 0
     let gate = obj ()
-    let backlog = Queue<ArraySegment<byte>>()
+    let backlog = Queue<byte[]>()
+    // Bytes of the backlog's first frame already sent.
+    let mutable headSent = 0
     let mutable closed = false
 
     /// Writes the backlog as the socket takes it (under `gate`); true once it is empty or the link is dead.
     let writeBacklog () =
         let mutable go = true
         while go && backlog.Count > 0 do
-            let seg = backlog.Peek()
+            let frame = backlog.Peek()
             let mutable err = SocketError.Success
-            let n = (try socket.Send(seg.Array, seg.Offset, seg.Count, SocketFlags.None, &err) with :? ObjectDisposedException -> err <- SocketError.Shutdown; 0)
-            if err = SocketError.Success && n = seg.Count then backlog.Dequeue() |> ignore
-            elif err = SocketError.Success || err = SocketError.WouldBlock then
-                if n > 0 then
+            let n = (try socket.Send(frame, headSent, frame.Length - headSent, SocketFlags.None, &err) with :? ObjectDisposedException -> err <- SocketError.Shutdown; 0)
+            if err = SocketError.Success || err = SocketError.WouldBlock then
+                headSent <- headSent + max 0 n
+                if headSent = frame.Length then
                     backlog.Dequeue() |> ignore
-                    // Put the rest back at the head: rebuild the queue with it first.
-                    let rest = ArraySegment<byte>(seg.Array, seg.Offset + n, seg.Count - n)
-                    let others = backlog.ToArray()
-                    backlog.Clear()
-                    backlog.Enqueue rest
-                    for o in others do backlog.Enqueue o
-                go <- false
+                    headSent <- 0
+                else go <- false
             else
                 // The peer is gone: its reader sees the end of the connection and handles it.
                 backlog.Clear()
+                headSent <- 0
                 go <- false
         backlog.Count = 0
 
@@ -168,6 +167,7 @@ type Link(socket: Socket) =
                 lock gate (fun () ->
                     if closed || writeBacklog () then
                         backlog.Clear()
+                        headSent <- 0
                         go <- false)
 
     member _.Socket = socket
@@ -175,18 +175,21 @@ type Link(socket: Socket) =
     /// What the peer said it is (set by the owner once it knows, e.g. a manager's id).
     member val Name = "" with get, set
 
+    /// The largest frame accepted from the peer (bytes). Default: no limit beyond the format's.
+    member val MaxFrame = Int32.MaxValue - 4 with get, set
+
     /// Sends one frame. Never blocks; frames leave in the order they were sent.
     member _.Send(payload: byte[]) =
         let frame = Frames.encode payload
         lock gate (fun () ->
             if not closed then
                 let idle = backlog.Count = 0
-                backlog.Enqueue(ArraySegment frame)
+                backlog.Enqueue frame
                 if idle && not (writeBacklog ()) then
                     Thread(flusher, IsBackground = true, Name = "local-link-flush").Start())
 
     /// Reads what has arrived and hands each whole frame to `onFrame`; false once the peer has closed.
-    member _.ReadAvailable(onFrame: byte[] -> unit) : bool =
+    member this.ReadAvailable(onFrame: byte[] -> unit) : bool =
         if filled = buffer.Length then
             let bigger = Array.zeroCreate<byte> (buffer.Length * 2)
             Buffer.BlockCopy(buffer, 0, bigger, 0, filled)
@@ -197,9 +200,13 @@ type Link(socket: Socket) =
             filled <- filled + n
             let mutable at = 0
             let mutable go = true
+            let mutable corrupt = false
             while go && filled - at >= 4 do
                 let size = BitConverter.ToInt32(buffer, at)
-                if filled - at - 4 >= size then
+                if size < 0 || size > this.MaxFrame then
+                    corrupt <- true
+                    go <- false
+                elif filled - at - 4 >= size then
                     let frame = Array.sub buffer (at + 4) size
                     at <- at + 4 + size
                     onFrame frame
@@ -215,7 +222,7 @@ type Link(socket: Socket) =
             if at > 0 then
                 Buffer.BlockCopy(buffer, at, buffer, 0, filled - at)
                 filled <- filled - at
-            true
+            not corrupt
         else
             // Nothing yet (a wake-up with no data) is not the end; an error or a zero-byte read is.
             n = 0 && err = SocketError.WouldBlock
@@ -235,13 +242,23 @@ type Link(socket: Socket) =
     /// Calls `onReadable` on a thread of its own each time bytes (or the end of the connection) arrive, until the
     /// link is closed: one wake-up and two system calls per message, where a poller also polls every other socket
     /// it has, twice. `onReadable` reads (under its owner's lock) and closes the link at the end.
-    member _.StartReader(name: string, onReadable: unit -> unit) =
+    member this.StartReader(name: string, onReadable: unit -> unit) =
         let run () =
             let mutable go = true
             while go && not (Volatile.Read &closed) do
                 // Close shuts the socket down first, which ends this wait (closing alone would not).
                 let ready = (try socket.Poll(-1, SelectMode.SelectRead) with _ -> false)
-                if not ready || Volatile.Read &closed then go <- false else onReadable ()
+                if not ready || Volatile.Read &closed then go <- false
+                else
+                    try
+                        onReadable ()
+                    with _ ->
+                        // A handler that failed (a frame that did not decode) must not take the process down: the
+                        // connection ends, and the owner, reading once more, sees its end and cleans up as for a
+                        // peer that went away.
+                        this.Close()
+                        try onReadable () with _ -> ()
+                        go <- false
         Thread(run, IsBackground = true, Name = name).Start()
 
     /// Closes the connection; sends still in the backlog are dropped.

@@ -184,6 +184,8 @@ module Manager =
             let deadline = DateTime.UtcNow.AddSeconds 30.0
             while not (File.Exists path) && DateTime.UtcNow < deadline do
                 Thread.Sleep 2
+            if not (File.Exists path) then
+                failwithf "the client's key %s did not appear within 30 s; the client that launched this block has gone or cannot write there" path
             File.ReadAllLines path
         let clientKey = s.CertDir |> Option.map (fun dir -> readKey dir "client.key")
         // On the interchange's own host, a local socket: the kernel hands each message straight to the thread that
