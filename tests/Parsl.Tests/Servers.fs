@@ -61,14 +61,18 @@ type HttpServer(files: Map<string, byte[]>) =
 
 let private vsftpd = "/usr/sbin/vsftpd"
 
+let private installLock = obj ()
+
 /// Makes sure vsftpd is installed: installs it with apt-get when running as root; otherwise fails saying what
 /// is missing.
 let ensureVsftpd () =
+  // Two FTP tests run at once: one installs while the other waits (dpkg takes one installer at a time).
+  lock installLock (fun () ->
     if not (File.Exists vsftpd) then
         if Environment.UserName <> "root" then
             failwith "The FTP staging tests need vsftpd (Debian package 'vsftpd'); run them as root or install it: apt-get install -y vsftpd"
         let run (args: string) =
-            let psi = ProcessStartInfo("apt-get", args)
+            let psi = ProcessStartInfo("apt-get", "-o DPkg::Lock::Timeout=600 " + args)
             psi.Environment["DEBIAN_FRONTEND"] <- "noninteractive"
             psi.RedirectStandardOutput <- true
             psi.RedirectStandardError <- true
@@ -82,7 +86,7 @@ let ensureVsftpd () =
             run "update" |> ignore
             let code, out2 = run "install -y vsftpd"
             if code <> 0 then failwithf "Installing vsftpd failed:\n%s\n%s" out out2
-    Directory.CreateDirectory "/var/run/vsftpd/empty" |> ignore
+    Directory.CreateDirectory "/var/run/vsftpd/empty" |> ignore)
 
 /// vsftpd serving `root` to anonymous users on 127.0.0.1, started for one test and killed at disposal.
 type FtpServer(root: string) =
