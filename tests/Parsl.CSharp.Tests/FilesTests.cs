@@ -92,3 +92,100 @@ public class FilesTests
         Assert.Throws<ArgumentNullException>(() => StreamTarget.File(null!));
     }
 }
+
+/// <summary>Staging over real sockets and processes: HTTP from a loopback server, and in-task zip staging on the
+/// HighThroughputExecutor's worker processes.</summary>
+public class StagingTests
+{
+    /// <summary>A loopback HTTP server answering every GET with its path, for the life of the test.</summary>
+    private sealed class Server : IAsyncDisposable
+    {
+        private readonly System.Net.HttpListener listener = new();
+        private readonly Task loop;
+
+        public Server()
+        {
+            for (var attempt = 0; ; attempt++)
+            {
+                var port = Random.Shared.Next(20000, 40000);
+                listener.Prefixes.Clear();
+                listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+                try { listener.Start(); Url = $"http://127.0.0.1:{port}"; break; }
+                catch (System.Net.HttpListenerException) when (attempt < 20) { }
+            }
+            loop = Task.Run(async () =>
+            {
+                while (listener.IsListening)
+                {
+                    System.Net.HttpListenerContext context;
+                    try { context = await listener.GetContextAsync(); }
+                    catch (Exception) when (!listener.IsListening) { return; }
+                    var found = context.Request.Url!.AbsolutePath != "/missing.csv";
+                    context.Response.StatusCode = found ? 200 : 404;
+                    var body = System.Text.Encoding.UTF8.GetBytes(found ? "served " + context.Request.Url.AbsolutePath : "no");
+                    await context.Response.OutputStream.WriteAsync(body);
+                    context.Response.Close();
+                }
+            });
+        }
+
+        public string Url { get; } = "";
+
+        public async ValueTask DisposeAsync()
+        {
+            listener.Stop();
+            listener.Close();
+            await loop;
+        }
+    }
+
+    [Theory]
+    [InlineData(StagingPlacement.SeparateTask)]
+    [InlineData(StagingPlacement.InTask)]
+    public async Task An_http_input_is_downloaded_before_the_app_runs_and_a_404_is_a_StagingError(StagingPlacement placement)
+    {
+        await using var server = new Server();
+        await using var dfk = await LoadAsync(o =>
+        {
+            o.Staging.Add(StagingProviderOptions.NoOpFile);
+            o.Staging.Add(StagingProviderOptions.Http(placement));
+        });
+        var read = dfk.App((ParslFile input) => File.ReadAllText(input.Filepath));
+        Assert.Equal("served /data/x.csv", await read.Invoke(Arg.File(ParslFile.Of(server.Url + "/data/x.csv"))).Within());
+        var e = await FailureOf(read.Invoke(Arg.File(ParslFile.Of(server.Url + "/missing.csv"))));
+        var staging = e as Parsl.Data.StagingError ?? e.InnerException as Parsl.Data.StagingError;
+        Assert.NotNull(staging);
+        Assert.EndsWith("/missing.csv", staging!.Url);
+    }
+
+    private static int WriteText(string text, ParslFile output)
+    {
+        File.WriteAllText(output.Filepath, text);
+        return Environment.ProcessId;
+    }
+
+    private static string ReadText(ParslFile input) => File.ReadAllText(input.Filepath);
+
+    [Fact]
+    public async Task In_task_zip_staging_runs_on_the_HighThroughputExecutors_workers()
+    {
+        await using var dfk = await LoadAsync(o =>
+        {
+            o.Staging.Add(StagingProviderOptions.NoOpFile);
+            o.Staging.Add(StagingProviderOptions.Zip(StagingPlacement.InTask));
+            o.Executors.Add(new HighThroughputExecutorOptions
+            {
+                Label = "htex", MaxWorkersPerNode = 1, StrategyPeriod = TimeSpan.FromMilliseconds(200),
+                Provider = new LocalProviderOptions { StatusPollingInterval = TimeSpan.FromMilliseconds(200) },
+            });
+        });
+        var archive = Path.Combine(TempRunDir(), "remote.zip");
+        var write = dfk.App<string, ParslFile, int>(WriteText);
+        var read = dfk.App<ParslFile, string>(ReadText);
+        var w = write.Invoke("from a worker", Arg.Output(ParslFile.Of($"zip:{archive}/w.txt")));
+        Assert.Equal("from a worker", await read.Invoke(Arg.Data(w.Outputs[0])).Within());
+        Assert.NotEqual(Environment.ProcessId, await w.Within());
+        using var zip = ZipFile.OpenRead(archive);
+        Assert.NotNull(zip.GetEntry("w.txt"));
+    }
+}
