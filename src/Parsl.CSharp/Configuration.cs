@@ -16,7 +16,9 @@ public sealed partial class DfkOptions
     /// <see cref="ConfigurationError"/> whose <see cref="ConfigurationError.Field"/> is the configuration path
     /// (<c>Parsl:Executors:0:Provider:MaxBlocks</c>). The values themselves are checked by
     /// <see cref="Dfk.LoadAsync(DfkOptions, CancellationToken)"/>, as for options made in code. Delegates,
-    /// <see cref="LoggerFactory"/> and <see cref="MemoHashers"/> cannot come from configuration: set them in code.</summary>
+    /// <see cref="LoggerFactory"/> and <see cref="MemoHashers"/> cannot come from configuration: set them in code.
+    /// Use this rather than <c>ConfigurationBinder</c>'s <c>Get&lt;DfkOptions&gt;()</c>, which cannot choose an
+    /// executor's kind and skips the executors without a word.</summary>
     /// <example><code>
     /// // appsettings.json: { "Parsl": { "Retries": 2, "Executors": [ { "Type": "HighThroughput", "MaxWorkersPerNode": 4,
     /// //                     "Provider": { "Type": "Slurm", "Partition": "debug", "Launcher": { "Type": "Srun" } } } ] } }
