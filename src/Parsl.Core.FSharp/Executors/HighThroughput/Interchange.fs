@@ -538,13 +538,20 @@ module Interchange =
         // Only the key's frame is read from them (4 + key length bytes), so nothing else is allocated for.
         let token = Encoding.UTF8.GetBytes s.LocalToken
         let pendingLocal = LinkedList<PendingLocal>()
+        let mutable refusedLocal = 0L
+        let mutable lastRefusedLog = DateTime.MinValue
         let dropPending (p: PendingLocal) (why: string) =
             if not (isNull p.Node) then
                 pendingLocal.Remove p.Node
                 p.Node <- null
                 (try poller.Remove p.Socket with _ -> ())
                 p.Socket.Dispose()
-                s.Log.Warning("Interchange: refused a local connection from pid {Pid}: {Why}", p.Pid, why)
+                refusedLocal <- refusedLocal + 1L
+                // One line per few seconds, however many connections a process makes.
+                let t = now ()
+                if t - lastRefusedLog > TimeSpan.FromSeconds 5.0 then
+                    lastRefusedLog <- t
+                    s.Log.Warning("Interchange: refused a local connection from pid {Pid}: {Why} ({Refused} refused so far)", p.Pid, why, refusedLocal)
         let admit (p: PendingLocal) =
             pendingLocal.Remove p.Node
             p.Node <- null
