@@ -300,6 +300,15 @@ let strangers =
                 for s in idle do
                     s.Dispose()
         }
+        test "a local connection that never shows the key is closed after the pending timeout" {
+            let htex, dfk = withHtex id
+            use _ = dfk
+            use s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            s.Connect(LocalSocket.endpoint htex.LocalSocket.Value)
+            s.ReceiveTimeout <- 60_000
+            let got = try s.Receive(Array.zeroCreate<byte> 16) with :? SocketException as e when e.SocketErrorCode <> SocketError.TimedOut -> 0
+            Expect.equal got 0 "the interchange closed the idle connection without sending anything"
+        }
         test "a manager of another version that proves the secret fails its own block only" {
             // Block 0's manager claims another version; block 1's is right.
             let dll = HtexOptions.defaultWorkerDll ()

@@ -51,6 +51,7 @@ type Registration =
 
 /// Manager → interchange.
 ///
+///   manager ──Hello──▶ interchange ──Challenge──▶ manager ──Proof──▶   (over TCP, first: see `Handshake`)
 ///   manager ──Register──▶ interchange ──Accepted | Refused──▶ manager
 ///   manager ──Heartbeat─▶ interchange ──HeartbeatReply──────▶ manager   (every heartbeat period)
 ///   interchange ──Tasks[batch ≤ free capacity + prefetch]──▶ manager ──Results[batch]──▶ interchange
