@@ -235,7 +235,8 @@ let strangers =
             Expect.equal tasks 1 "the stranger got the task: this is what the option gives up"
             ignore first
         }
-        test "10,000 malformed messages and 1 GiB frame claims leave the client's memory and the executor's work alone" {
+        // Alone: it measures the whole process, which tests running beside it would change.
+        testSequenced <| test "10,000 malformed messages and 1 GiB frame claims leave the client's memory and the executor's work alone" {
             let htex, dfk = withHtex (fun o -> { o with SameHostSocket = false })
             use _ = dfk
             let app = App.func dfk (fun (x: int) -> x * 2)
@@ -275,7 +276,8 @@ let strangers =
                 (c :> IDisposable).Dispose()
             Expect.isLessThan grown (50L * 1024L * 1024L) (sprintf "the client's RSS grew %d MiB" (grown / 1048576L))
         }
-        test "1,000 idle connections to the local socket make no thread each, and a real manager still connects" {
+        // Alone: it measures the whole process, which tests running beside it would change.
+        testSequenced <| test "1,000 idle connections to the local socket make no thread each, and a real manager still connects" {
             let htex, dfk = withHtex id
             use _ = dfk
             let app = App.func dfk (fun (x: int) -> x + 1)
