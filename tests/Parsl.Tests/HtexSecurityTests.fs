@@ -235,6 +235,14 @@ let strangers =
             Expect.equal tasks 1 "the stranger got the task: this is what the option gives up"
             ignore first
         }
+        test "with AllowUnauthenticatedManagers and encryption, the executor's own managers connect over CURVE without the proof" {
+            let htex, dfk = withHtex (fun o -> { o with SameHostSocket = false; AllowUnauthenticatedManagers = true })
+            use _ = dfk
+            let app = App.func dfk (fun (x: int) -> x - 1)
+            Expect.equal ([ for i in 1..10 -> app (Arg.value i) ] |> List.map (fun f -> await f.Task)) [ 0..9 ] "tasks run"
+            Expect.isTrue (File.Exists(Path.Combine(htex.CertificateDirectory.Value, "server.key"))) "CURVE keys"
+            Expect.isFalse (await (htex.ConnectedManagersAsync())).Head.Local "over TCP"
+        }
         // Alone: it measures the whole process, which tests running beside it would change.
         testSequenced <| test "10,000 malformed messages and 1 GiB frame claims leave the client's memory and the executor's work alone" {
             let htex, dfk = withHtex (fun o -> { o with SameHostSocket = false })

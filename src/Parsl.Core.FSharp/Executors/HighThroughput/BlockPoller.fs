@@ -228,6 +228,10 @@ module BlockPoller =
 
         let loop =
             task {
+                // Off the caller's thread: the executor starts this before its interchange, and a second poll (queued by
+                // the timer while a slow first block launch ran) asks for the interchange, which waits for the
+                // caller to finish starting it; run inline, that wait was a deadlock (seen under load).
+                do! Task.Yield()
                 let mutable go = true
                 channel.Writer.TryWrite Poll |> ignore
                 while go do
