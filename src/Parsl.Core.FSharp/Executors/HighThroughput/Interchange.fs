@@ -87,6 +87,7 @@ type InterchangeSettings =
       Report: InterchangeEvent -> unit }
 
 /// A local connection that has not shown the client's key yet.
+[<ReferenceEquality>]
 type private PendingLocal =
     { Socket: Net.Sockets.Socket
       Pid: int
@@ -444,8 +445,8 @@ module Interchange =
             while routerOut.TryDequeue(&msg) do
                 router.TrySendMultipartMessage msg |> ignore
 
-        // Over TCP, identities (ROUTER identities, in base 64: lossless, unlike the UTF-8 `mid`) that have proven the secret, and the challenges sent
-        // to those that said hello (bounded: the oldest is forgotten first).
+        // Over TCP, the ROUTER identities that have proven the secret (in base 64: lossless, unlike the UTF-8 `mid`), and
+        // the challenges sent to those that said hello (at most 1,024: the oldest is forgotten first).
         let proven = HashSet<string>()
         let challenged = Dictionary<string, byte[]>()
         let challengeOrder = Queue<string>()
@@ -462,8 +463,7 @@ module Interchange =
                     "Interchange: dropped a message from a peer that has not proven the run's secret ({Why}; {Dropped} dropped so far; latest identity {Identity})",
                     why, dropped, mid.Substring(0, min 24 mid.Length))
         /// A message from an identity that has not proven the secret: only the two handshake frames, compared as bytes.
-        let handshake (identity: byte[]) (idKey: string) (msg: NetMQMessage) =
-            let mid = idKey
+        let handshake (identity: byte[]) (mid: string) (msg: NetMQMessage) =
             let key = hmacKey.Value
             let frame = msg[msg.FrameCount - 1]
             if msg.FrameCount <> 2 || frame.MessageSize > Handshake.MaxFrame then dropStranger mid "not a handshake frame"
