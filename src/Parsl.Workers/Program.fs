@@ -11,7 +11,8 @@ let private usage =
     "usage: Parsl.Workers --manager --address tcp://HOST:PORT --block-id ID [--max-workers-per-node N] \
 [--cores-per-worker C] [--mem-per-worker GB] [--prefetch-capacity N] [--hb-period MS] [--hb-threshold MS] \
 [--drain-period MS] [--cpu-affinity none|block|block-reverse|alternating|list:...] [--available-accelerators a,b] \
-[--cert-dir DIR] [--local-socket NAME] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID]\n       Parsl.Workers --worker RANK --generation G --connect ADDRESS"
+[--cert-dir DIR] [--local-socket NAME] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID] \
+[--plain-tcp] [--no-auth] [--max-message-size BYTES]\n       Parsl.Workers --worker RANK --generation G --connect ADDRESS"
 
 /// The flags, as a map from name to value (flags without a value map to "").
 let private parse (argv: string[]) =
@@ -85,7 +86,10 @@ let main argv =
                   CacheDir = get "cache-dir" |> Option.defaultValue (Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies"))
                   SharedFileSystem = not (flags.ContainsKey "no-shared-fs")
                   ParslVersion = get "parsl-version"
-                  Log = Console.Error }
+                  Log = Console.Error
+                  Curve = not (flags.ContainsKey "plain-tcp")
+                  Authenticate = not (flags.ContainsKey "no-auth")
+                  MaxMessageSize = get "max-message-size" |> Option.map int |> Option.defaultValue (128 * 1024 * 1024) }
             try
                 Manager.run settings
             with e ->

@@ -18,6 +18,7 @@ let all =
         HtexPolicyTests.tests
         HtexTests.tests
         HtexStagingTests.tests
+        HtexSecurityTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests

@@ -94,6 +94,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                     | WorkerDied(w, h) -> Error(WorkerLost(w, h) :> exn)
                 report r.Key outcome
         | TryLost(k, ex) -> report k (Error ex)
+        | ManagerRefused(blockId, ex) ->
+            ctx.Log.Error(ex, "{Label}: a manager of block {Block} was refused", label, blockId)
+            poller |> Option.iter (fun p -> p.Post(FailBlock(blockId, ex)))
         | Fatal ex ->
             if bad.IsNone then
                 bad <- Some ex
@@ -264,8 +267,10 @@ type HighThroughputExecutor(options: HtexOptions) =
             ctx <- context
             // The keys' directory exists (owner only) before the first block is launched; the keys themselves are
             // made after it (15 ms off the way to the first result): a manager waits for each file to appear, and
-            // each appears whole (written aside, then renamed).
-            if options.Encrypted then
+            // each appears whole (written aside, then renamed). Without encryption the client key is still made: its
+            // secret is what a manager proves it holds, unless the user gave that up.
+            let authenticate = not options.AllowUnauthenticatedManagers
+            if options.Encrypted || authenticate then
                 let dir = Path.Combine(context.RunDir, label, "certificates")
                 Directory.CreateDirectory dir |> ignore
                 if not (OperatingSystem.IsWindows()) then
@@ -283,9 +288,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                         if not (OperatingSystem.IsWindows()) then
                             File.SetUnixFileMode(aside, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
                         File.Move(aside, p, true)
-                    write "server.key" server.PublicKeyZ85
+                    if options.Encrypted then write "server.key" server.PublicKeyZ85
                     write "client.key" (client.PublicKeyZ85 + "\n" + client.SecretKeyZ85 + "\n")
-                    Some server, client.SecretKeyZ85
+                    (if options.Encrypted then Some server else None), client.SecretKeyZ85
                 | None -> None, ""
             // Managers on this host connect here instead of TCP; the name is unguessable and dies with the process.
             let localSocket =
@@ -323,6 +328,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                       if not options.AvailableAccelerators.IsEmpty then
                           yield! [ "--available-accelerators"; String.Join(",", options.AvailableAccelerators) ]
                       match certDir with Some d -> yield! [ "--cert-dir"; d ] | None -> ()
+                      if certDir.IsSome && not options.Encrypted then "--plain-tcp"
+                      if certDir.IsSome && not authenticate then "--no-auth"
+                      "--max-message-size"; string options.MaxMessageSize
                       match localSocket with Some n -> yield! [ "--local-socket"; n ] | None -> ()
                       "--cache-dir"; cacheDir ]
                     |> List.map quote
@@ -353,6 +361,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                           Curve = curve
                           LocalListener = listener
                           LocalToken = token
+                          Secret = (if authenticate then Some token else None)
+                          MaxMessageSize = options.MaxMessageSize
                           Log = context.Log
                           Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
                 with e ->

@@ -38,7 +38,13 @@ type ManagerSettings =
       SharedFileSystem: bool
       /// Overrides the version sent at registration (used to check that a mismatch is refused).
       ParslVersion: string option
-      Log: TextWriter }
+      Log: TextWriter
+      /// CURVE on the TCP connection (with the keys in `CertDir`). The executor's `Encrypted`.
+      Curve: bool
+      /// Prove the run's secret (from `CertDir`) by challenge and response before registering over TCP.
+      Authenticate: bool
+      /// The largest message the interchange accepts (its `MaxMessageSize`): result batches are kept below it.
+      MaxMessageSize: int }
 
 type private WorkerEvent = Exited of rank: int * generation: int * exitCode: int
 
@@ -215,19 +221,35 @@ module Manager =
                 dealer.Options.SendHighWatermark <- 0
                 dealer.Options.ReceiveHighWatermark <- 0
                 match s.CertDir, clientKey with
-                | Some dir, Some client ->
+                | Some dir, Some client when s.Curve ->
                     let server = (Array.head (readKey dir "server.key")).Trim()
                     dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
                     dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
                 | _ -> ()
                 dealer.Connect s.Address
                 Some dealer
-        let sendMsg (m: ToInterchange) =
-            let bytes = Protocol.encodeToInterchange m
+        let sendBytes (bytes: byte[]) =
             match local, dealer with
             | Some link, _ -> link.Send bytes
             | None, Some d -> d.TrySendFrame bytes |> ignore
             | None, None -> ()
+        // The interchange refuses (disconnects) a message longer than its bound: a batch that long goes out one result
+        // at a time, and a result that alone is too long fails its task, saying why.
+        let limit = s.MaxMessageSize
+        let rec sendMsg (m: ToInterchange) =
+            let bytes = Protocol.encodeToInterchange m
+            match m with
+            | Results rs when bytes.Length > limit ->
+                match rs with
+                | [ r ] ->
+                    let why =
+                        "the result is " + string bytes.Length + " bytes, more than the interchange accepts (HighThroughputExecutor.MaxMessageSize = "
+                        + string limit + "); return less, or raise MaxMessageSize"
+                    sendBytes (Protocol.encodeToInterchange (Results [ { Key = r.Key; Outcome = Unserializable why } ]))
+                | rs ->
+                    for r in rs do
+                        sendMsg (Results [ r ])
+            | _ -> sendBytes bytes
 
         // Function definitions ready for workers, and those waiting for assemblies from the interchange.
         let ready = Dictionary<int, byte[]>()
@@ -332,6 +354,21 @@ module Manager =
         let mutable lastSent = started
         let mutable draining = false
 
+        // Over TCP with a secret nothing but the handshake goes out until the proof has (a heartbeat in between would
+        // be dropped as a stranger's message).
+        let mutable proving = local.IsNone && s.Authenticate && clientKey.IsSome
+        let registration =
+            Register
+                { ProtocolVersion = Protocol.Version
+                  ParslVersion = defaultArg s.ParslVersion (Protocol.parslVersion ())
+                  RuntimeVersion = Protocol.runtimeVersion ()
+                  ManagerId = s.ManagerId
+                  BlockId = s.BlockId
+                  Hostname = host
+                  WorkerCount = count
+                  PrefetchCapacity = s.Prefetch
+                  Pid = Environment.ProcessId }
+
         let onInterchangeFrame (frame: byte[]) =
             if not stopping then
                 lastHeard <- DateTime.UtcNow
@@ -342,6 +379,14 @@ module Manager =
                     log (sprintf "refused by the interchange: %s" reason)
                     stop 3
                 | Some HeartbeatReply -> ()
+                | Some(Challenge nonce) ->
+                    // Over TCP: prove the run's secret (never sent itself) for this nonce and identity, then register.
+                    match clientKey, dealer with
+                    | Some k, Some d when s.Authenticate && not (isNull nonce) ->
+                        sendBytes (Handshake.proof (Handshake.key (k[1].Trim())) nonce d.Options.Identity)
+                        proving <- false
+                        sendMsg registration
+                    | _ -> log "ignored a challenge it cannot answer" 
                 | Some(Tasks ts) ->
                     for t in ts do
                         accept t
@@ -532,7 +577,7 @@ module Manager =
                     log "heard nothing from the interchange within the heartbeat threshold; exiting"
                     stop 2
                 else
-                    if t - lastSent >= s.HeartbeatPeriod then
+                    if t - lastSent >= s.HeartbeatPeriod && not proving then
                         sendMsg Heartbeat
                         lastSent <- t
                     match s.DrainPeriod with
@@ -545,18 +590,9 @@ module Manager =
         poller.Add doorbell
         poller.Add restTimer
         poller.Add tick
-        sendMsg (
-            Register
-                { ProtocolVersion = Protocol.Version
-                  ParslVersion = defaultArg s.ParslVersion (Protocol.parslVersion ())
-                  RuntimeVersion = Protocol.runtimeVersion ()
-                  ManagerId = s.ManagerId
-                  BlockId = s.BlockId
-                  Hostname = host
-                  WorkerCount = count
-                  PrefetchCapacity = s.Prefetch
-                  Pid = Environment.ProcessId }
-        )
+        // Over TCP with a secret the registration follows the proof (see `Challenge` above).
+        if proving then sendBytes (Handshake.hello ())
+        else sendMsg registration
         log ((if local.IsSome then "connected to the local socket of " else "connecting to ") + s.Address + " with " + string count + " workers (block " + s.BlockId + ")")
         try
             poller.Run()

@@ -61,7 +61,17 @@ type HtexOptions =
       /// The command that starts a manager, as a list of words (program first). Default: `dotnet
       /// <dir>/Parsl.Workers.dll` where dir is the application's directory (reference the Parsl.Workers project
       /// or package so that it is copied there).
-      WorkerCommand: string list option }
+      WorkerCommand: string list option
+      /// DANGEROUS: lets any peer that reaches the interchange's port register as a manager, receive tasks (their
+      /// code and arguments) and send results, without proving it holds the run's secret. Only for networks where
+      /// nobody else can reach the port. With `Encrypted` the traffic is still encrypted, but CURVE alone checks no
+      /// client key. Default false: every manager proves the secret by challenge and response, encrypted or not.
+      AllowUnauthenticatedManagers: bool
+      /// The largest message (bytes) a manager may send the interchange: NetMQ refuses a longer frame before it
+      /// allocates for it, so a stranger cannot make the client allocate more than this. A result batch that would
+      /// be longer is split by the manager, and a single result longer than this fails its task with
+      /// `SerializationError` naming this option. Default 128 MiB.
+      MaxMessageSize: int }
 
 /// Functions over HTEx options.
 [<RequireQualifiedAccess>]
@@ -91,7 +101,9 @@ module HtexOptions =
           Strategy = Simple
           StrategyPeriod = TimeSpan.FromSeconds 5.0
           MaxIdleTime = TimeSpan.FromSeconds 120.0
-          WorkerCommand = None }
+          WorkerCommand = None
+          AllowUnauthenticatedManagers = false
+          MaxMessageSize = 128 * 1024 * 1024 }
 
     /// Where the default worker command looks for `Parsl.Workers.dll`.
     let defaultWorkerDll () = IO.Path.Combine(AppContext.BaseDirectory, "Parsl.Workers.dll")
@@ -136,6 +148,8 @@ module HtexOptions =
           yield! ErrorHandlers.validate "HighThroughputExecutor" o.BlockErrorHandler
           if o.StrategyPeriod <= TimeSpan.Zero then ConfigurationError(f "StrategyPeriod", "must be positive; the default is 5 s")
           if o.MaxIdleTime < TimeSpan.Zero then ConfigurationError(f "MaxIdleTime", "must be 0 or more; the default is 120 s")
+          if o.MaxMessageSize < 64 * 1024 then
+              ConfigurationError(f "MaxMessageSize", sprintf "must be at least 65536 bytes (got %d); the default is 134217728 (128 MiB)" o.MaxMessageSize)
           match o.WorkerCommand with
           | Some [] -> ConfigurationError(f "WorkerCommand", "is empty; give the program and its arguments, or None for the default")
           | None when not (IO.File.Exists(defaultWorkerDll ())) ->

@@ -51,6 +51,7 @@ type Registration =
 
 /// Manager → interchange.
 ///
+///   manager ──Hello──▶ interchange ──Challenge──▶ manager ──Proof──▶   (over TCP, first: see `Handshake`)
 ///   manager ──Register──▶ interchange ──Accepted | Refused──▶ manager
 ///   manager ──Heartbeat─▶ interchange ──HeartbeatReply──────▶ manager   (every heartbeat period)
 ///   interchange ──Tasks[batch ≤ free capacity + prefetch]──▶ manager ──Results[batch]──▶ interchange
@@ -76,6 +77,8 @@ type ToManager =
     | Shutdown
     /// Stop this try: drop it if queued, kill its worker if running (the worker is restarted).
     | CancelTry of key: int64
+    /// The interchange's answer to a TCP manager's hello: prove you hold the run's secret (see `Handshake`).
+    | Challenge of nonce: byte[]
 
 /// Manager → worker process (over the worker's stdin, length-prefixed).
 type ToWorker =
@@ -357,6 +360,10 @@ module Protocol =
             w.WriteArrayHeader 2
             w.Write 7
             w.Write k
+        | Challenge nonce ->
+            w.WriteArrayHeader 2
+            w.Write 8
+            writeBytes &w nonce
         w.Flush()
         finish buffer
 
@@ -380,6 +387,7 @@ module Protocol =
         | 5 -> Drained
         | 6 -> Shutdown
         | 7 -> CancelTry(r.ReadInt64())
+        | 8 -> Challenge(readBytes &r)
         | t -> failwithf "unknown message tag %d" t
 
     /// Encodes a batch for a worker.
@@ -405,3 +413,50 @@ module Protocol =
 
     /// The task and try ids of a key.
     let ofKey (k: int64) = int (k >>> 32), int (k &&& 0xFFFFFFFFL)
+
+
+/// The challenge and response by which a manager on TCP proves that it holds the run's secret (the client's secret
+/// key, in `client.key`, mode 0600, in the run directory) before the interchange decodes anything it sends:
+///
+///   manager ──Hello (fixed bytes)──────────────────────▶ interchange   (anything else from it: dropped)
+///   manager ◀──Challenge(32 random bytes, new for each hello)── interchange
+///   manager ──Proof = HMAC-SHA256(key, label ‖ nonce ‖ identity)──▶ interchange ──▶ Register as before
+///
+/// The secret itself never travels; a proof is good for one nonce and one ROUTER identity only. The handshake does
+/// not rely on CURVE (NetMQ lets ZMTP 1.0 and 2.0 peers past a CURVE server without any handshake), so it holds
+/// whatever ZMTP version the peer speaks. Frames before the proof are compared byte for byte, never decoded.
+[<RequireQualifiedAccess>]
+module Handshake =
+    let private helloBytes = Text.Encoding.ASCII.GetBytes "PARSL.NET-HELLO-1"
+    let private proofTag = Text.Encoding.ASCII.GetBytes "PARSL.NET-PROOF-1"
+    let private label = Text.Encoding.ASCII.GetBytes "parsl.net htex manager proof v1\000"
+
+    /// The size of a challenge's nonce.
+    [<Literal>]
+    let NonceSize = 32
+
+    /// The largest handshake frame: nothing longer from an unproven peer is even looked at.
+    let MaxFrame = proofTag.Length + 32
+
+    /// The hello a manager sends first.
+    let hello () = Array.copy helloBytes
+
+    /// Whether a frame is exactly the hello.
+    let isHello (frame: ReadOnlySpan<byte>) = frame.SequenceEqual(ReadOnlySpan helloBytes)
+
+    /// The HMAC key made from the run's secret (the secret is not used as a key directly: it is also the CURVE key).
+    let key (secret: string) =
+        Security.Cryptography.HMACSHA256.HashData(Text.Encoding.UTF8.GetBytes secret, Text.Encoding.ASCII.GetBytes "parsl.net htex manager key v1")
+
+    let private mac (key: byte[]) (nonce: byte[]) (identity: byte[]) =
+        let data = Array.concat [ label; nonce; identity ]
+        Security.Cryptography.HMACSHA256.HashData(key, data)
+
+    /// The proof frame a manager answers a challenge with.
+    let proof (key: byte[]) (nonce: byte[]) (identity: byte[]) = Array.append proofTag (mac key nonce identity)
+
+    /// Whether a frame proves the key for this nonce and identity (constant time in the MAC).
+    let verify (key: byte[]) (nonce: byte[]) (identity: byte[]) (frame: ReadOnlySpan<byte>) =
+        frame.Length = MaxFrame
+        && frame.Slice(0, proofTag.Length).SequenceEqual(ReadOnlySpan proofTag)
+        && Security.Cryptography.CryptographicOperations.FixedTimeEquals(frame.Slice proofTag.Length, ReadOnlySpan(mac key nonce identity))
