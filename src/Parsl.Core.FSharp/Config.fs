@@ -71,7 +71,12 @@ type Config =
       Staging: StagingProvider list
       /// Where staged-in files (and zip members before they are added to the archive) are written
       /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
-      StagingDir: string option }
+      StagingDir: string option
+      /// SIGTERM and SIGINT (Ctrl-C) of this process stop the kernel first, as a dispose with `Skip` would
+      /// (managers, workers and running shell apps are stopped, unfinished futures fail with `KernelShutdownError`),
+      /// and then the process ends as the signal intends. Default true. False leaves the signals alone: the
+      /// process then ends at once, and managers on other hosts run on until `HeartbeatThreshold`.
+      HandleSignals: bool }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -98,7 +103,8 @@ module Config =
           CheckpointFiles = None
           MemoHashers = []
           Staging = StagingProvider.defaults
-          StagingDir = None }
+          StagingDir = None
+          HandleSignals = true }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =

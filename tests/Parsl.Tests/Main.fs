@@ -18,6 +18,7 @@ let all =
         HtexPolicyTests.tests
         HtexTests.tests
         HtexStagingTests.tests
+        HtexFaultTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests
@@ -35,4 +36,6 @@ let main argv =
     | [| "--memo-key" |] ->
         printfn "%s" (MemoTests.sampleKey false)
         0
+    // A child process for the SIGTERM test: an HTEx running a shell app, waiting to be signalled.
+    | [| "--signal-child"; runBase |] -> HtexFaultTests.signalChild runBase
     | _ -> runTestsWithCLIArgs [] argv all
