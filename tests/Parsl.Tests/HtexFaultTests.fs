@@ -140,17 +140,20 @@ let crashes =
                 blockGroups htex
             expectNoLeftovers groups
         }
-        test "killed workers leave no .NET runtime files in the temp directory" {
+        test "killed workers and managers leave no .NET runtime files in the temp directory" {
             let htex, dfk = withHtex id
             let groups =
                 use _ = dfk
                 let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
                 let worker = await (pid (Arg.value 0)).Task
-                let mine () =
+                let manager = (await (htex.ConnectedManagersAsync())).Head.Pid
+                let filesOf (p: int) =
                     Directory.GetFiles(Path.GetTempPath())
                     |> Array.filter (fun f ->
                         let n = Path.GetFileName f
-                        (n.StartsWith "clr-debug-pipe-" || n.StartsWith "dotnet-diagnostic-") && n.Contains(sprintf "-%d-" worker))
+                        (n.StartsWith "clr-debug-pipe-" || n.StartsWith "dotnet-diagnostic-") && n.Contains(sprintf "-%d-" p))
+                let mine () = filesOf worker
+                Expect.isEmpty (filesOf manager) "the manager opened no debugger or diagnostics pipes"
                 Expect.isEmpty (mine ()) "the worker opened no debugger or diagnostics pipes"
                 HtexTests.kill (worker, sigkill) |> ignore
                 // A call may still reach the dying worker (WorkerLost): ask again.

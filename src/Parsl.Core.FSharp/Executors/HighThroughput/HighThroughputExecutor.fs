@@ -311,9 +311,15 @@ type HighThroughputExecutor(options: HtexOptions) =
             // The manager starts its workers with the same command (was: its own program, which drops the
             // arguments of a WorkerCommand such as `dotnet exec --runtimeconfig ...` or a wrapping script).
             let workerCommand = Convert.ToBase64String(Text.Encoding.UTF8.GetBytes(String.Join("\n", worker)))
+            // A killed manager would leave the runtime's debugger and diagnostics pipes in /tmp: unless this process
+            // has DOTNET_EnableDiagnostics set (then blocks on this host inherit it), managers open none. Their
+            // workers get the same from the manager.
+            let diagnostics =
+                if isNull (Environment.GetEnvironmentVariable "DOTNET_EnableDiagnostics") then [ "env"; "DOTNET_EnableDiagnostics=0" ] else []
             launch <-
                 fun blockId ->
-                    [ yield! worker
+                    [ yield! diagnostics
+                      yield! worker
                       "--manager"
                       "--worker-command"; workerCommand
                       "--address"; sprintf "tcp://%s:%d" options.Address port

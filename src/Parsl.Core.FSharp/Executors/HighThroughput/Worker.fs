@@ -136,7 +136,8 @@ module Worker =
                         match (try Ok(Serialization.deserializeArgs opts f.Parameters args) with e -> Error(unwrap e)) with
                         | Error e -> Unserializable(sprintf "the arguments of app %s could not be deserialized on the worker: %s" t.AppName (chain e))
                         | Ok a ->
-                            use cts = new CancellationTokenSource()
+                            // A token source only for a body that takes a token or has a walltime: none on the common path.
+                            use cts = if f.TakesToken || wall >= 0L then new CancellationTokenSource() else null
                             let a = if f.TakesToken then Array.append a [| box cts.Token |] else a
                             // At the deadline the try fails with AppTimeout and this process ends: a thread cannot be
                             // stopped, a process can, and the manager starts a new worker.
