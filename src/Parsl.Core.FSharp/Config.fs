@@ -72,6 +72,11 @@ type Config =
       /// Where staged-in files (and zip members before they are added to the archive) are written
       /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
       StagingDir: string option
+      /// More places the run's log events go, beside `parsl.log` (the C# façade forwards them to an
+      /// `ILoggerFactory`). They get events at `LogLevel` and above, even when `InitializeLogging` is false.
+      /// Default none.
+      LogSinks: Serilog.Core.ILogEventSink list
+
       /// SIGTERM and SIGINT (Ctrl-C) of this process stop the kernel first, as a dispose with `Skip` would
       /// (managers, workers and running shell apps are stopped, unfinished futures fail with `KernelShutdownError`),
       /// and then the process ends as the signal intends. Default true. False leaves the signals alone: the
@@ -104,6 +109,7 @@ module Config =
           MemoHashers = []
           Staging = StagingProvider.defaults
           StagingDir = None
+          LogSinks = []
           HandleSignals = true }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.

@@ -382,7 +382,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                         "Config.RunDir",
                         sprintf "the run directory cannot be created under '%s' (%s); choose a directory you can write to" config.RunDir e.Message)
                 )
-        let log = RunDir.logger runDir config.InitializeLogging config.LogLevel
+        let log = RunDir.logger runDir config.InitializeLogging config.LogLevel config.LogSinks
         let executors = Dictionary<string, IExecutor>()
         let userExecutors = if config.Executors.IsEmpty then [ ThreadPoolExecutor() :> IExecutor ] else config.Executors
         for e in userExecutors do
