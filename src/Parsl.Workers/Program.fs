@@ -11,7 +11,7 @@ let private usage =
     "usage: Parsl.Workers --manager --address tcp://HOST:PORT --block-id ID [--max-workers-per-node N] \
 [--cores-per-worker C] [--mem-per-worker GB] [--prefetch-capacity N] [--hb-period MS] [--hb-threshold MS] \
 [--drain-period MS] [--cpu-affinity none|block|block-reverse|alternating|list:...] [--available-accelerators a,b] \
-[--cert-dir DIR] [--local-socket NAME] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID] \
+[--cert-dir DIR] [--local-socket NAME] [--cache-dir DIR] [--no-shared-fs] [--manager-id ID] [--worker-command BASE64] \
 [--plain-tcp] [--no-auth] [--max-message-size BYTES]\n       Parsl.Workers --worker RANK --generation G --connect ADDRESS"
 
 /// The flags, as a map from name to value (flags without a value map to "").
@@ -82,7 +82,10 @@ let main argv =
                     |> Option.defaultValue []
                   CertDir = get "cert-dir"
                   LocalSocket = get "local-socket"
-                  WorkerCommand = self ()
+                  WorkerCommand =
+                    match get "worker-command" with
+                    | Some b64 -> Text.Encoding.UTF8.GetString(Convert.FromBase64String b64).Split('\n') |> List.ofArray
+                    | None -> self ()
                   CacheDir = get "cache-dir" |> Option.defaultValue (Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies"))
                   SharedFileSystem = not (flags.ContainsKey "no-shared-fs")
                   ParslVersion = get "parsl-version"

@@ -19,6 +19,7 @@ let all =
         HtexTests.tests
         HtexStagingTests.tests
         HtexSecurityTests.tests
+        HtexFaultTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests
@@ -36,4 +37,6 @@ let main argv =
     | [| "--memo-key" |] ->
         printfn "%s" (MemoTests.sampleKey false)
         0
+    // A child process for the SIGTERM test: an HTEx running a shell app, waiting to be signalled.
+    | [| "--signal-child"; runBase |] -> HtexFaultTests.signalChild runBase
     | _ -> runTestsWithCLIArgs [] argv all

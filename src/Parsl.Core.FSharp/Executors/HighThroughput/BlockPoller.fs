@@ -166,14 +166,22 @@ module BlockPoller =
             }
 
         let handleErrors () =
-            if not (s.IsBad()) then
+            task {
+              if not (s.IsBad()) then
                 // A block that could not even be submitted failed as surely as one that exited non-zero.
                 let statuses =
                     blocks
                     |> Seq.map (fun b ->
                         b.Id, (if b.Status.State = ScalingFailed then { b.Status with State = Failed } else b.Status))
                     |> List.ofSeq
-                match ErrorHandlers.decide s.Options.BlockErrorHandler s.Provider.InitBlocks statuses with
+                let! served =
+                    if statuses |> List.exists (snd >> ErrorHandlers.isFailure) then
+                        let q = TaskCompletionSource<string list>()
+                        s.Interchange().Post(QueryServedBlocks q)
+                        q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
+                    else Task.FromResult []
+                let judged = ErrorHandlers.withoutLostNodes (Set.ofList served) statuses
+                match ErrorHandlers.decide s.Options.BlockErrorHandler s.Provider.InitBlocks judged with
                 | Healthy -> ()
                 | SetBadState _ ->
                     let failed = statuses |> List.filter (snd >> ErrorHandlers.isFailure) |> List.length
@@ -181,6 +189,7 @@ module BlockPoller =
                         sprintf "%d of %d blocks failed:\n%s" failed blocks.Count (blocks |> Seq.map summary |> String.concat "\n")
                     // A block refused for its version carries that error as the cause.
                     s.SetBad(BadStateException(s.Label, message, (if causes.Count > 0 then Seq.head causes.Values else null)))
+            }
 
         let strategize () =
             task {
@@ -240,7 +249,7 @@ module BlockPoller =
                     | Poll ->
                         try
                             do! refreshStatus ()
-                            handleErrors ()
+                            do! handleErrors ()
                             do! strategize ()
                         with e -> s.Log.Error(e, "{Label}: strategy poll failed", s.Label)
                     | QueryBlockStatus reply -> reply.TrySetResult(snapshot ()) |> ignore

@@ -73,6 +73,7 @@ type HighThroughputExecutor(options: HtexOptions) =
         match typeName, data with
         | "Parsl.BashExitFailure", [ app; code ] -> BashExitFailure(app, int code)
         | "Parsl.AppTimeout", _ -> AppTimeout(message)
+        | "Parsl.BadStateException", _ -> BadStateException(label, message, null)
         | "Parsl.MissingOutputs", outputs -> MissingOutputs("the files were not created", outputs)
         | "Parsl.BadStdStreamFile", _ -> BadStdStreamFile(message, null)
         | "System.OperationCanceledException", _ -> OperationCanceledException(message)
@@ -154,7 +155,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                     Array.sub call.Args 0 (call.Args.Length - 1)
                 else call.Args
             let fid = functionId call.AppName call.Function
-            Call(fid, null, Serialization.serializeArgs opts.Value args), call.AppName
+            let wall = match call.Walltime with Some w -> max 1L (int64 w.TotalMilliseconds) | None -> -1L
+            Call(fid, null, Serialization.serializeArgs opts.Value args, wall), call.AppName
         | Shell call ->
             let cmd = call.BuildCommand()
             if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
@@ -311,10 +313,20 @@ type HighThroughputExecutor(options: HtexOptions) =
                 | None -> [ "dotnet"; HtexOptions.defaultWorkerDll () ]
             let cacheDir = Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies")
             let ms (t: TimeSpan) = string (int64 t.TotalMilliseconds)
+            // The manager starts its workers with the same command (was: its own program, which drops the
+            // arguments of a WorkerCommand such as `dotnet exec --runtimeconfig ...` or a wrapping script).
+            let workerCommand = Convert.ToBase64String(Text.Encoding.UTF8.GetBytes(String.Join("\n", worker)))
+            // A killed manager would leave the runtime's debugger and diagnostics pipes in /tmp: unless this process
+            // has DOTNET_EnableDiagnostics set (then blocks on this host inherit it), managers open none. Their
+            // workers get the same from the manager.
+            let diagnostics =
+                if isNull (Environment.GetEnvironmentVariable "DOTNET_EnableDiagnostics") then [ "env"; "DOTNET_EnableDiagnostics=0" ] else []
             launch <-
                 fun blockId ->
-                    [ yield! worker
+                    [ yield! diagnostics
+                      yield! worker
                       "--manager"
+                      "--worker-command"; workerCommand
                       "--address"; sprintf "tcp://%s:%d" options.Address port
                       "--block-id"; blockId
                       match options.MaxWorkersPerNode with Some n -> yield! [ "--max-workers-per-node"; string n ] | None -> ()

@@ -54,6 +54,8 @@ type InterchangeRequest =
     | CancelQueued of key: int64
     | QueryManagers of TaskCompletionSource<ManagerInfo list>
     | QueryBlocks of TaskCompletionSource<string list>
+    /// The blocks whose managers have returned at least one result (a block that then ends is a lost node).
+    | QueryServedBlocks of TaskCompletionSource<string list>
     | HoldBlocks of blockIds: string list * TaskCompletionSource<unit>
     | FailAll of (int64 -> exn)
     /// Fails every try not yet sent to a manager (and every later one); tries on managers go on.
@@ -214,6 +216,7 @@ module Interchange =
         let assemblies = Dictionary<string, string>()
         let managers = Dictionary<string, ManagerRecord>()
         let blocksSeen = List<string>()
+        let blocksServed = HashSet<string>()
         let random = Random()
         let mutable stopped = false
         let mutable failWith: (int64 -> exn) option = None
@@ -226,7 +229,8 @@ module Interchange =
                 match r with
                 | Enqueue t -> s.Report(TryLost(t.Key, f t.Key))
                 | QueryManagers reply -> reply.TrySetResult [] |> ignore
-                | QueryBlocks reply -> reply.TrySetResult [] |> ignore
+                | QueryBlocks reply
+                | QueryServedBlocks reply -> reply.TrySetResult [] |> ignore
                 | HoldBlocks(_, reply) -> reply.TrySetResult() |> ignore
                 | Stop(_, reply) -> reply.TrySetResult() |> ignore
                 | _ -> ()
@@ -283,7 +287,7 @@ module Interchange =
                         else
                             let body =
                                 match t.Body with
-                                | Call(fid, _, args) when m.Sent.Add fid -> Call(fid, definitions[fid], args)
+                                | Call(fid, _, args, wall) when m.Sent.Add fid -> Call(fid, definitions[fid], args, wall)
                                 | b -> b
                             m.InFlight.Add t.Key |> ignore
                             batch.Add { Key = t.Key; AppName = t.AppName; Body = body }
@@ -330,6 +334,7 @@ module Interchange =
                 |> reply.TrySetResult
                 |> ignore
             | QueryBlocks reply -> reply.TrySetResult(List.ofSeq blocksSeen) |> ignore
+            | QueryServedBlocks reply -> reply.TrySetResult(List.ofSeq blocksServed) |> ignore
             | HoldBlocks(ids, reply) ->
                 for m in List.ofSeq managers.Values do
                     if List.contains m.Reg.BlockId ids then
@@ -409,6 +414,14 @@ module Interchange =
                     match msg with
                     | Heartbeat -> send identity HeartbeatReply
                     | Results rs ->
+                        // A block that ran a try (whatever the try's outcome) works; a worker's death or the
+                        // manager's own verdict that it cannot run tries says nothing of the kind.
+                        let ran (r: WireResult) =
+                            match r.Outcome with
+                            | WorkerDied _ -> false
+                            | Raised(t, _, _, _) -> t <> typeof<BadStateException>.FullName
+                            | _ -> true
+                        if rs |> List.exists ran then blocksServed.Add m.Reg.BlockId |> ignore
                         for r in rs do
                             m.InFlight.Remove r.Key |> ignore
                         if m.InFlight.Count = 0 then m.IdleSince <- now ()

@@ -105,6 +105,15 @@ module HtexOptions =
           AllowUnauthenticatedManagers = false
           MaxMessageSize = 128 * 1024 * 1024 }
 
+    /// Whether the interchange can bind `address`: an IP address, "*", or a host name that resolves to an IPv4 address.
+    let addressUsable (address: string) =
+        match Net.IPAddress.TryParse address with
+        | true, _ -> true
+        | _ when address = "*" -> true
+        | _ ->
+            Uri.CheckHostName address = UriHostNameType.Dns
+            && (try Net.Dns.GetHostAddresses address |> Array.exists (fun a -> a.AddressFamily = Net.Sockets.AddressFamily.InterNetwork) with _ -> false)
+
     /// Where the default worker command looks for `Parsl.Workers.dll`.
     let defaultWorkerDll () = IO.Path.Combine(AppContext.BaseDirectory, "Parsl.Workers.dll")
 
@@ -115,6 +124,10 @@ module HtexOptions =
           if isNull (box o.Provider) then ConfigurationError(f "Provider", "is null; use LocalProvider() or another provider")
           else yield! o.Provider.Validate()
           if String.IsNullOrWhiteSpace o.Address then ConfigurationError(f "Address", "is empty; the default is \"127.0.0.1\"")
+          elif not (addressUsable o.Address) then
+              ConfigurationError(
+                  f "Address",
+                  sprintf "'%s' is neither an IP address nor a host name this machine resolves; give the address managers connect to, such as \"127.0.0.1\" or this node's name on the cluster network" o.Address)
           let lo, hi = o.WorkerPortRange
           if lo < 1 || hi > 65536 || lo >= hi then
               ConfigurationError(f "WorkerPortRange", sprintf "(%d, %d) is not a port range; give (low, high) with 1 <= low < high <= 65536" lo hi)

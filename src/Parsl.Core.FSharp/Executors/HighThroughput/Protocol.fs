@@ -11,7 +11,9 @@ type WireStream = { Path: string; Truncate: bool }
 type WireBody =
     /// A function app: the function's id (its definition travels once per manager, then once per worker)
     /// and its arguments, serialized once on the client and forwarded as bytes.
-    | Call of funcId: int * definition: byte[] * args: byte[]
+    /// `walltimeMs` (-1: none): at the deadline the worker reports `AppTimeout` and ends itself, so the work
+    /// really stops (a thread cannot be stopped; its process can), and the manager starts a new worker.
+    | Call of funcId: int * definition: byte[] * args: byte[] * walltimeMs: int64
     /// A shell app: the command line was built on the client.
     | Command of command: string * stdout: WireStream option * stderr: WireStream option * walltimeMs: int64 * outputs: string list
 
@@ -87,6 +89,9 @@ type ToWorker =
 /// Worker process → manager (over the worker's stdout, length-prefixed).
 type FromWorker =
     | Done of WireResult list
+    /// A shell app's process group was started for this try: should the worker die, the manager kills the group
+    /// (the command runs in a group of its own, so nothing else would stop it).
+    | GroupStarted of key: int64 * pgid: int
 
 /// The protocol's encoding: one MessagePack array per message, its first element a tag.
 [<RequireQualifiedAccess>]
@@ -139,14 +144,16 @@ module Protocol =
     /// Writes one task.
     let writeTask (w: byref<MessagePackWriter>) (t: WireTask) =
         match t.Body with
-        | Call(id, def, args) ->
-            w.WriteArrayHeader 6
+        | Call(id, def, args, wall) ->
+            // The walltime only when there is one: the common task stays as it was on the wire.
+            w.WriteArrayHeader(if wall >= 0L then 7 else 6)
             w.Write t.Key
             w.Write t.AppName
             w.Write 0
             w.Write id
             writeBytes &w def
             writeBytes &w args
+            if wall >= 0L then w.Write wall
         | Command(cmd, out, err, wall, outputs) ->
             w.WriteArrayHeader 8
             w.Write t.Key
@@ -162,7 +169,7 @@ module Protocol =
 
     /// Reads one task.
     let readTask (r: byref<MessagePackReader>) : WireTask =
-        r.ReadArrayHeader() |> ignore
+        let fields = r.ReadArrayHeader()
         let key = r.ReadInt64()
         let app = r.ReadString()
         match r.ReadInt32() with
@@ -170,7 +177,8 @@ module Protocol =
             let id = r.ReadInt32()
             let def = readBytes &r
             let args = readBytes &r
-            { Key = key; AppName = app; Body = Call(id, def, args) }
+            let wall = if fields > 6 then r.ReadInt64() else -1L
+            { Key = key; AppName = app; Body = Call(id, def, args, wall) }
         | _ ->
             let cmd = r.ReadString()
             let out = readStrOpt &r
@@ -399,14 +407,31 @@ module Protocol =
         | Tasks ts -> Run ts
         | _ -> failwith "a worker only receives task batches"
 
-    /// Encodes a worker's results.
-    let encodeFromWorker (Done rs) : byte[] = encodeToInterchange (Results rs)
+    /// Encodes a worker's message.
+    let encodeFromWorker (m: FromWorker) : byte[] =
+        match m with
+        | Done rs -> encodeToInterchange (Results rs)
+        | GroupStarted(k, pgid) ->
+            let buffer = ArrayBufferWriter<byte>(32)
+            let mutable w = MessagePackWriter(buffer)
+            w.WriteArrayHeader 3
+            w.Write 10
+            w.Write k
+            w.Write pgid
+            w.Flush()
+            finish buffer
 
-    /// Decodes a worker's results.
+    /// Decodes a worker's message.
     let decodeFromWorker (bytes: byte[]) =
-        match decodeToInterchange bytes with
-        | Results rs -> Done rs
-        | _ -> failwith "a worker only sends results"
+        let mutable r = MessagePackReader(ReadOnlyMemory<byte>(bytes))
+        let n = r.ReadArrayHeader()
+        if n = 3 && r.ReadInt32() = 10 then
+            let k = r.ReadInt64()
+            GroupStarted(k, r.ReadInt32())
+        else
+            match decodeToInterchange bytes with
+            | Results rs -> Done rs
+            | _ -> failwith "a worker only sends results and process groups"
 
     /// The key of a try: task id in the high 32 bits, try id in the low.
     let key (taskId: int) (tryId: int) = (int64 taskId <<< 32) ||| int64 (uint32 tryId)
