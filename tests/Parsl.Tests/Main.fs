@@ -26,6 +26,7 @@ let all =
         ProvidersGridEngineTests.tests
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
+        WorkQueueTests.tests
     ]
 
 [<EntryPoint>]
