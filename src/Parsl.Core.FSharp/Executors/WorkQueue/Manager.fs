@@ -261,7 +261,9 @@ module WqManager =
                             let! c = listener.AcceptTcpClientAsync(stopping.Token)
                             c.NoDelay <- true
                             next <- next + 1
-                            let t = Task.Run(fun () -> serve s next c post abortAll.Token)
+                            // Bound before the closure: `next` is a field of this loop's state machine, read later.
+                            let id = next
+                            let t = Task.Run(fun () -> serve s id c post abortAll.Token)
                             lock connectionsLock (fun () -> connections.Add t)
                     with
                     | :? OperationCanceledException
