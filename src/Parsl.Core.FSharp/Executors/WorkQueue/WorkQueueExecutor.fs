@@ -111,7 +111,8 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             let inputs =
                 if options.SharedFs then []
                 else
-                    [ for a, h in asms ->
+                    // One file per content: an assembly loaded twice (two load contexts) is sent once.
+                    [ for a, h in List.distinctBy snd asms ->
                         let n = sprintf "parsl-asm-%s.dll" (short h)
                         { File = { CacheName = n; SandboxName = n; Cached = true }; LocalPath = a.Location; Mode = 0o644 } ]
             let def = Serialization.encodeDefinition opts.Value refs f
