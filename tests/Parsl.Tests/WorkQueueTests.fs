@@ -71,7 +71,45 @@ let tests =
             testCase "protocol 9 (Debian)" (fun () -> body (fst (harness ())))
             testCase "protocol 11 (built)" (fun () -> body (snd (harness ())))
         ]
-    testSequencedGroup "work queue" <| testList "WorkQueue" [
+    let slurm (exe: string) =
+        Harness.require "slurm" |> ignore
+        let name = HtexSlurmTests.label "wq-slurm"
+        let work = Path.Combine(Path.GetTempPath(), "parsl-wq-slurm-" + Guid.NewGuid().ToString("N"))
+        Directory.CreateDirectory work |> ignore
+        let provider =
+            new SlurmProvider(
+                { Slurm.defaults with
+                    Exclusive = false
+                    Walltime = "00:05:00"
+                    CmdTimeout = TimeSpan.FromSeconds 30.0
+                    StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
+        let wq, dfk =
+            withWq (fun o ->
+                { o with
+                    Label = name
+                    Provider = Some(provider :> IExecutionProvider)
+                    WorkerExecutable = exe
+                    WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
+        let () =
+            use _ = dfk
+            let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
+            let out = Path.Combine(tempRunDir (), "job")
+            let shell = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (_: int) -> "echo $SLURM_JOB_ID")
+            let job = await (jobOf (Arg.value 0)).Task
+            Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
+            Expect.equal (await (shell (Arg.value 0)).Task) 0 "the shell app ran"
+            Expect.equal (File.ReadAllText(out).Trim()) job "in the same job"
+            Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
+            Expect.equal (readyWorkers wq).Length 1 "one worker, from the block"
+        HtexSlurmTests.waitQueueEmpty name
+        try Directory.Delete(work, true) with _ -> ()
+
+    testList "WorkQueue" [
+      testSequencedGroup "provider-daemons" <| testList "on Slurm" [
+          testCase "a worker started in a Slurm block connects and runs tasks (protocol 9)" (fun () -> slurm (fst (harness ())))
+          testCase "a worker started in a Slurm block connects and runs tasks (protocol 11)" (fun () -> slurm (snd (harness ())))
+      ]
+      testSequencedGroup "work queue" <| testList "real workers" [
         flavoured "function and shell apps run on a real worker" (fun exe ->
             let wq, dfk = withWq (fun o -> { o with Env = Map [ "PARSL_WQ_TEST", "from-env" ] })
             use _ = dfk
@@ -250,4 +288,5 @@ let tests =
             Expect.isTrue (WqProtocol.failure 56 9 "" :? WorkQueueMaxRunTime) "56"
             Expect.throwsT<FormatException> (fun () -> WqProtocol.parse "result x 0 0 0 1" |> ignore) "bad number"
         }
+    ]
     ]
