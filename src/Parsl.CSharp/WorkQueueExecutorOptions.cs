@@ -64,6 +64,10 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
     /// <see cref="KeepalivePeriod"/>.</summary>
     public TimeSpan KeepaliveTimeout { get; set; } = TimeSpan.FromSeconds(120);
 
+    /// <summary>CCTools' <c>resource_monitor</c> on the workers: a task that declares <c>memory</c> runs under it and
+    /// fails with <see cref="WorkQueueResourceExhaustion"/> when it goes over. Default null: memory only places tasks.</summary>
+    public string? ResourceMonitor { get; set; }
+
     /// <summary>The program that runs the task runner on workers. Default null: the <c>dotnet</c> running this
     /// process, else <c>dotnet</c> from the worker's PATH.</summary>
     public string? DotnetCommand { get; set; }
@@ -82,6 +86,7 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
             WorkerExecutable, ListModule.OfSeq(WorkerOptions), InitCommand,
             MapModule.OfSeq(Env.Select(kv => Tuple.Create(kv.Key, kv.Value))),
             SharedFs, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,
+            ResourceMonitor is null ? FSharpOption<string>.None : FSharpOption<string>.Some(ResourceMonitor),
             DotnetCommand ?? d.DotnetCommand, RunnerDirectory ?? d.RunnerDirectory));
     }
 }

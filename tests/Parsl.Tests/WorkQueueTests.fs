@@ -167,6 +167,20 @@ let tests =
             | :? WorkQueueMaxRunTime as e -> Expect.equal e.ResultCode 56 "max run time"
             | e -> failtestf "expected WorkQueueMaxRunTime, got %O" e)
 
+        flavoured "a task exceeding its declared memory gets the typed error (under the resource monitor)" (fun exe ->
+            let wq, dfk = withWq (fun o -> { o with ResourceMonitor = Some "resource_monitor" })
+            use _ = dfk
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "2"; "--disk"; "2000"; "--memory"; "2000" ])
+            let res mb = { AppOptions.defaults with Resources = Map [ "cores", box 1; "memory", box mb; "disk", box 100 ] }
+            // 300 MB of touched memory, held for a while: the monitor samples, then kills at the limit.
+            let hog = "python3 -c \"x = b'x' * (300 * 1024 * 1024); import time; time.sleep(20)\""
+            let over = App.shellWith dfk (res 50) (fun (_: int) -> hog)
+            match errorOf (over (Arg.value 0)) with
+            | :? WorkQueueResourceExhaustion as e -> Expect.stringContains e.Message "memory" "names memory"
+            | e -> failtestf "expected WorkQueueResourceExhaustion, got %O" e
+            let within = App.shellWith dfk (res 1000) (fun (x: int) -> sprintf "exit %d" x)
+            Expect.equal (await (within (Arg.value 0)).Task) 0 "a task within its memory runs under the monitor")
+
 
         flavoured "a task on a worker killed with SIGKILL is retried on another worker" (fun exe ->
             let wq, dfk = withWq id

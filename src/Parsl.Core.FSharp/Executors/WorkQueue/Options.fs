@@ -39,6 +39,10 @@ type WorkQueueOptions =
       KeepalivePeriod: TimeSpan
       /// A worker silent this long is lost and its tasks re-run elsewhere. Default 120 s.
       KeepaliveTimeout: TimeSpan
+      /// CCTools' `resource_monitor` on the workers: a task that declares `memory` runs under it and fails with
+      /// `WorkQueueResourceExhaustion` when it goes over (the worker itself enforces only disk and run time).
+      /// Default None: memory is placement only, as in Parsl without monitoring.
+      ResourceMonitor: string option
       /// The program that runs the .NET task runner on workers. Default: the `dotnet` running this process, else
       /// "dotnet" from the worker's PATH.
       DotnetCommand: string
@@ -65,6 +69,7 @@ module WorkQueueOptions =
           MaxRetries = 1
           KeepalivePeriod = TimeSpan.FromSeconds 30.0
           KeepaliveTimeout = TimeSpan.FromSeconds 120.0
+          ResourceMonitor = None
           DotnetCommand =
             (match Environment.ProcessPath with
              | p when not (isNull p) && Path.GetFileNameWithoutExtension p = "dotnet" -> p
@@ -99,6 +104,9 @@ module WorkQueueOptions =
           if o.KeepalivePeriod <= TimeSpan.Zero then ConfigurationError(f "KeepalivePeriod", "must be positive; the default is 30 s")
           if o.KeepaliveTimeout <= o.KeepalivePeriod then
               ConfigurationError(f "KeepaliveTimeout", sprintf "(%O) must be longer than KeepalivePeriod (%O), or idle workers would be dropped" o.KeepaliveTimeout o.KeepalivePeriod)
+          match o.ResourceMonitor with
+          | Some m when String.IsNullOrWhiteSpace m -> ConfigurationError(f "ResourceMonitor", "is empty; give \"resource_monitor\" or a path, or None")
+          | _ -> ()
           if String.IsNullOrWhiteSpace o.DotnetCommand then ConfigurationError(f "DotnetCommand", "is empty; the default is \"dotnet\"")
           if String.IsNullOrWhiteSpace o.RunnerDirectory || not (File.Exists(Path.Combine(o.RunnerDirectory, "Parsl.Workers.dll"))) then
               ConfigurationError(

@@ -190,7 +190,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
         let prefix = sprintf "t%d-%d" t.Id.Value t.Try.Value
         let spec (cmd: string) appName =
             { TaskId = 0L
-              Command = command cmd
+              Command = cmd
               Category = (if options.Autocategory then appName else "parsl-default")
               Cores = 0.0
               Memory = 0L
@@ -201,8 +201,29 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
               Inputs = []
               Outputs = [] }
         let finish (s: TaskSpec) (inputs: InputSource list) (outputs: OutputDest list) (complete: WqOutcome -> Result<obj, exn>) =
+            // With a resource monitor, a task that declares memory runs under it: the monitor kills the task at the
+            // limit and says so in its summary, which comes back with the outputs.
+            let summary = Path.Combine(dir, "rm.summary")
+            let monitored, outputs =
+                match options.ResourceMonitor, req.MemoryMB with
+                | Some rm, Some mb ->
+                    let wrapped = sprintf "%s --no-pprint -L %s -O parsl.rm -- /bin/sh -c %s" (quote rm) (quote (sprintf "memory: %d" mb)) (quote s.Command)
+                    wrapped, outputs @ [ { File = { CacheName = prefix + "-rm"; SandboxName = "parsl.rm.summary"; Cached = false }; Path = summary; Append = false } ]
+                | _ -> s.Command, outputs
+            let complete (o: WqOutcome) =
+                let over =
+                    if File.Exists summary then
+                        let text = File.ReadAllText summary
+                        if text.Contains "\"exit_type\":\"limits\"" then
+                            let i = text.IndexOf "\"limits_exceeded\""
+                            Some(if i >= 0 then text.Substring(i, min 80 (text.Length - i)) else "limits exceeded")
+                        else None
+                    else None
+                match over with
+                | Some what -> Error(WorkQueueResourceExhaustion(sprintf "task used more resources than requested (resource monitor: %s)" what) :> exn)
+                | None -> complete o
             { Key = key
-              Spec = { s with Inputs = inputs |> List.map (fun i -> i.File); Outputs = outputs |> List.map (fun o -> o.File) }
+              Spec = { s with Command = command monitored; Inputs = inputs |> List.map (fun i -> i.File); Outputs = outputs |> List.map (fun o -> o.File) }
               Request = req
               Inputs = inputs
               Outputs = outputs
