@@ -199,6 +199,45 @@ let tests =
             Expect.equal starts.Length 2 "ran twice"
             Expect.notEqual starts[0] starts[1] "in two sandboxes")
 
+        flavoured "a worker that stops answering keepalives is dropped and its task runs elsewhere" (fun exe ->
+            let wq, dfk = withWq (fun o -> { o with KeepalivePeriod = TimeSpan.FromMilliseconds 500.0; KeepaliveTimeout = TimeSpan.FromSeconds 4.0 })
+            use _ = dfk
+            let dir = tempRunDir ()
+            let marks = Path.Combine(dir, "starts")
+            use first = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            let job = App.shell dfk (fun (_: int) -> sprintf "echo $PWD >> %s; sleep 2" marks)
+            let r = job (Arg.value 0)
+            waitFor 60.0 "the task to start on the first worker" (fun () -> File.Exists marks)
+            use _second = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            waitFor 60.0 "the second worker to join" (fun () -> (readyWorkers wq).Length = 2)
+            // Frozen, not dead: its connection stays open, only the keepalive timeout can tell.
+            Expect.equal (HtexTests.kill (first.Process.Id, 19)) 0 "SIGSTOP"
+            try
+                Expect.equal (await r.Task) 0 "completed on the other worker"
+                Expect.equal (File.ReadAllLines marks).Length 2 "ran twice"
+                Expect.equal (readyWorkers wq).Length 1 "the frozen worker was dropped"
+            finally
+                HtexTests.kill (first.Process.Id, 18) |> ignore)
+
+        test "a peer that is not a worker, or speaks another protocol, is refused before anything is decoded" {
+            let wq, dfk = withWq (fun o -> { o with PasswordFile = None })
+            use _ = dfk
+            let send (lines: string) =
+                use c = new Net.Sockets.TcpClient("127.0.0.1", wq.Port.Value)
+                let s = c.GetStream()
+                let b = Text.Encoding.ASCII.GetBytes lines
+                s.Write(b, 0, b.Length)
+                // The manager closes the connection: the read ends.
+                let buffer = Array.zeroCreate<byte> 256
+                s.ReadTimeout <- 30000
+                try s.Read(buffer, 0, buffer.Length) |> ignore with _ -> ()
+            send "workqueue 5 host Linux x86_64 6.0.0\n"
+            send "GET / HTTP/1.1\n"
+            send (String('x', 10000))
+            waitFor 30.0 "three refusals" (fun () -> wq.RejectedConnections >= 3)
+            Expect.isEmpty (await (wq.WorkersAsync())) "none joined"
+        }
+
         flavoured "a worker with a wrong password gets no task" (fun exe ->
             let dir = tempRunDir ()
             let good = Path.Combine(dir, "pw")
@@ -286,6 +325,27 @@ let tests =
             let text = Text.Encoding.UTF8.GetString bytes
             let header = sprintf "task %d\ncmd %d\n" id.Get (Text.Encoding.UTF8.GetByteCount cmd)
             text.StartsWith(header + cmd + "category c%20d\n") && text.EndsWith "\nend\n"
+
+        testProperty "placing tasks by fitsNow never exceeds a worker, and releasing them frees it all" <| fun (cores: PositiveInt) (mem: PositiveInt) (asks: (byte * byte * bool) list) ->
+            let total = { Cores = int64 (cores.Get % 64 + 1); Memory = int64 (mem.Get % 10000 + 1); Disk = 1000L; Gpus = 0L }
+            let requests =
+                asks
+                |> List.map (fun (c, m, whole) ->
+                    { Cores = (if whole then None else Some(float (c % 8uy)))
+                      MemoryMB = (if whole then None else Some(int64 m * 10L))
+                      DiskMB = (if whole then None else Some 1L)
+                      Gpus = None
+                      Priority = 0.0
+                      RunningTimeMin = None })
+            let zero = { Cores = 0L; Memory = 0L; Disk = 0L; Gpus = 0L }
+            let used, placed =
+                requests
+                |> List.fold (fun (used, placed) r ->
+                    let need = WqProtocol.allocation r total
+                    if WqProtocol.fitsNow need total used then WqProtocol.add 1L used need, need :: placed else used, placed) (zero, [])
+            let within = used.Cores <= total.Cores && used.Memory <= total.Memory && used.Disk <= total.Disk
+            let freed = placed |> List.fold (WqProtocol.add -1L) used
+            within && freed = zero
 
         testProperty "password responses match only for the same password and nonce" <| fun (pw: NonEmptyString) (nonce: NonEmptyString) (other: NonEmptyString) ->
             let r = WqProtocol.authResponse pw.Get nonce.Get
