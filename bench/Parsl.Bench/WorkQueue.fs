@@ -11,12 +11,12 @@ open Parsl.Executors
 open Parsl.Executors.WorkQueue
 open Parsl.Providers
 
-let private load () =
+let private load (longLived: bool) =
     let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
     let work = Path.Combine(runDir, "worker")
     Directory.CreateDirectory work |> ignore
     let exe =
-        match Environment.GetEnvironmentVariable "PARSL_BENCH_WQ_WORKER" with
+        match Environment.GetEnvironmentVariable(if longLived then "PARSL_BENCH_WQ11_WORKER" else "PARSL_BENCH_WQ_WORKER") with
         | null | "" -> "work_queue_worker"
         | p -> p
     let wq =
@@ -24,6 +24,7 @@ let private load () =
             { WorkQueueOptions.defaults () with
                 Provider = Some(LocalProvider { LocalProvider.Defaults with StatusPollingInterval = TimeSpan.FromSeconds 1.0 } :> IExecutionProvider)
                 WorkerExecutable = exe
+                LongLivedRunner = longLived
                 WorkerOptions = [ "-s"; work; "--cores"; "2"; "-t"; "120" ] })
     let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ wq ]; InitializeLogging = false }
     let sw = Stopwatch.StartNew()
@@ -32,11 +33,8 @@ let private load () =
         Thread.Sleep 20
     wq, dfk
 
-/// Prints: no-op function apps/s, ms per hop of a 100-task chain, shell `true` tasks/s (each task is one runner
-/// start on the worker for function apps; the long-lived runner is not built yet).
-let run (print: string -> unit) =
-    let _, dfk = load ()
-    use _ = dfk
+/// The rows with a runner start per function app, and the shell rows.
+let private rows (dfk: DataFlowKernel) (print: string -> unit) =
     let noop = App.func dfk (fun (x: int) -> x)
     (noop (Arg.value 0)).Task.Wait()
     let n = 100
@@ -68,3 +66,34 @@ let run (print: string -> unit) =
     for t in ts do
         t.Task.Wait()
     print (sprintf "WQ shell true tasks/s over %d tasks: %.0f" m (float m / sw.Elapsed.TotalSeconds))
+
+/// Function apps through the long-lived runner (a coprocess of a protocol-11 worker named by
+/// PARSL_BENCH_WQ11_WORKER): no-op tasks/s and ms per hop of a 100-task chain.
+let private longLived (print: string -> unit) =
+    let _, dfk = load true
+    use _ = dfk
+    let noop = App.func dfk (fun (x: int) -> x)
+    (noop (Arg.value 0)).Task.Wait()
+    let n = 1000
+    let sw = Stopwatch.StartNew()
+    let fs = [ for i in 1..n -> noop (Arg.value i) ]
+    for f in fs do
+        f.Task.Wait()
+    print (sprintf "WQ no-op function apps/s over %d tasks (long-lived runner): %.0f" n (float n / sw.Elapsed.TotalSeconds))
+    let inc = App.func dfk (fun (x: int) -> x + 1)
+    let hops = 100
+    let sw = Stopwatch.StartNew()
+    let mutable f = inc (Arg.value 0)
+    for _ in 2..hops do
+        f <- inc (Arg.future f)
+    if f.Task.Result <> hops then failwith "the chain computed the wrong value"
+    print (sprintf "WQ ms/hop on a %d-hop function chain (long-lived runner): %.1f" hops (sw.Elapsed.TotalMilliseconds / float hops))
+
+/// Prints: no-op function apps/s, ms per hop of a 100-task chain, shell `true` tasks/s (a runner start per function
+/// app), then the function rows again through the long-lived runner when PARSL_BENCH_WQ11_WORKER is set.
+let run (print: string -> unit) =
+    let () =
+        let _, dfk = load false
+        use _ = dfk
+        rows dfk print
+    if not (String.IsNullOrEmpty(Environment.GetEnvironmentVariable "PARSL_BENCH_WQ11_WORKER")) then longLived print

@@ -37,6 +37,10 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
     /// <summary>The worker program blocks run. Default <c>work_queue_worker</c>.</summary>
     public string WorkerExecutable { get; set; } = "work_queue_worker";
 
+    /// <summary>Blocks start their workers with the long-lived .NET runner (<c>--coprocess</c>; protocol 10 and
+    /// later): function apps then skip a <c>dotnet</c> start per task. Default false.</summary>
+    public bool LongLivedRunner { get; set; }
+
     /// <summary>Extra arguments for each worker a block starts (Parsl's <c>worker_options</c>). Default empty.</summary>
     public IList<string> WorkerOptions { get; } = new List<string>();
 
@@ -83,7 +87,7 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
             Label, Address, Port,
             PasswordFile is null ? FSharpOption<string>.None : FSharpOption<string>.Some(PasswordFile),
             Provider is null ? FSharpOption<IExecutionProvider>.None : FSharpOption<IExecutionProvider>.Some(Provider.Build()),
-            WorkerExecutable, ListModule.OfSeq(WorkerOptions), InitCommand,
+            WorkerExecutable, LongLivedRunner, ListModule.OfSeq(WorkerOptions), InitCommand,
             MapModule.OfSeq(Env.Select(kv => Tuple.Create(kv.Key, kv.Value))),
             SharedFs, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,
             ResourceMonitor is null ? FSharpOption<string>.None : FSharpOption<string>.Some(ResourceMonitor),

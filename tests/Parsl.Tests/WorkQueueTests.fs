@@ -138,6 +138,29 @@ let tests =
             | :? BashExitFailure as f -> Expect.equal f.ExitCode 3 "exit code"
             | e -> failtestf "expected BashExitFailure, got %O" e)
 
+        testCase "the long-lived runner (a protocol-11 coprocess) runs function apps without a runner start each" (fun () ->
+            let exe = snd (harness ())
+            let wq, dfk = withWq (fun o -> { o with Env = Map [ "PARSL_WQ_TEST", "env-in-runner" ] })
+            use _ = dfk
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1"; "--coprocess"; wq.CoprocessScript ])
+            waitFor 60.0 "the worker with its runner" (fun () -> readyWorkers wq |> List.exists (fun w -> w.LongLivedRunner))
+            let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
+            let env = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "PARSL_WQ_TEST")
+            let boom = App.func dfk (fun (x: int) -> if x > 0 then invalidOp "boom in runner" else x)
+            let first = await (pid (Arg.value 1)).Task
+            let second = await (pid (Arg.value 2)).Task
+            Expect.notEqual first Environment.ProcessId "ran in another process"
+            Expect.equal second first "the same long-lived process ran both"
+            Expect.equal (await (env (Arg.value 0)).Task) "env-in-runner" "Env reached the runner"
+            Expect.isTrue (errorOf (boom (Arg.value 1)) :? InvalidOperationException) "the app's exception as itself"
+            let dir = tempRunDir ()
+            let input = Path.Combine(dir, "in.txt")
+            File.WriteAllText(input, "xyz")
+            let output = Path.Combine(dir, "out.txt")
+            let upper = App.func2 dfk (fun (i: File) (o: File) -> File.WriteAllText(o.Filepath, (File.ReadAllText i.Filepath).ToUpperInvariant()); 0)
+            Expect.equal (await (upper (Arg.file (File.Of input)) (Arg.output (File.Of output))).Task) 0 "ran"
+            Expect.equal (File.ReadAllText output) "XYZ" "files staged in and out through the runner's sandbox")
+
         flavoured "a File is staged in and out through the worker" (fun exe ->
             let wq, dfk = withWq id
             use _ = dfk
@@ -320,7 +343,7 @@ let tests =
             let cmd = cmd.Get.Replace("\000", "")
             let bytes =
                 WqProtocol.renderTask
-                    { TaskId = int64 id.Get; Command = cmd; Category = "c d"; Cores = 1.0; Memory = 10L; Disk = 10L; Gpus = 0L
+                    { TaskId = int64 id.Get; Command = cmd; Coprocess = None; Category = "c d"; Cores = 1.0; Memory = 10L; Disk = 10L; Gpus = 0L
                       WallTime = 0L; Env = []; Inputs = []; Outputs = [] }
             let text = Text.Encoding.UTF8.GetString bytes
             let header = sprintf "task %d\ncmd %d\n" id.Get (Text.Encoding.UTF8.GetByteCount cmd)

@@ -44,6 +44,8 @@ type WqTask =
       Request: ResourceRequest
       Inputs: InputSource list
       Outputs: OutputDest list
+      /// The same task for a worker running our long-lived runner (its description and inputs), when it has one.
+      Coprocess: (TaskSpec * InputSource list) option
       Complete: Result<WqOutcome, exn> -> unit }
 
 /// A connected worker, as `WorkersAsync` reports it.
@@ -53,6 +55,8 @@ type WqWorkerInfo =
       Protocol: int
       Version: string
       Cores: int64
+      /// Whether it runs our long-lived .NET runner (a coprocess), so function apps skip a `dotnet` start.
+      LongLivedRunner: bool
       Running: int }
 
 /// What the manager needs.
@@ -117,6 +121,7 @@ module WqManager =
           mutable Total: WorkerResources
           mutable Used: WorkerResources
           mutable Ready: bool
+          mutable Coprocess: bool
           Running: HashSet<int64>
           Cached: HashSet<string>
           Expect: Queue<Expect> }
@@ -307,17 +312,22 @@ module WqManager =
             if w.Running.Remove e.Id then
                 w.Used <- WqProtocol.add -1L w.Used e.Alloc
                 w.Link.SendLine(sprintf "kill %d" e.Id)
-                for i in e.Task.Inputs do
+                let inputs = match e.Task.Coprocess with Some(_, i) when w.Coprocess -> i | _ -> e.Task.Inputs
+                for i in inputs do
                     if not i.File.Cached then w.Link.SendLine("unlink " + WqProtocol.encodeName i.File.CacheName)
                 for o in e.Task.Outputs do
                     if not o.File.Cached then w.Link.SendLine("unlink " + WqProtocol.encodeName o.File.CacheName)
 
         let send (w: Worker) (e: Entry) =
-            for i in e.Task.Inputs do
+            let spec, inputs =
+                match e.Task.Coprocess with
+                | Some(spec, inputs) when w.Coprocess -> spec, inputs
+                | _ -> e.Task.Spec, e.Task.Inputs
+            for i in inputs do
                 if not i.File.Cached || w.Cached.Add i.File.CacheName then
                     let size = FileInfo(i.LocalPath).Length
                     w.Link.Send(FileBody(Text.Encoding.UTF8.GetBytes(WqProtocol.putHeader i.File.CacheName size i.Mode), i.LocalPath))
-            w.Link.Send(Bytes(WqProtocol.renderTask { e.Task.Spec with TaskId = e.Id }))
+            w.Link.Send(Bytes(WqProtocol.renderTask { spec with TaskId = e.Id }))
 
         let schedule () =
             if queue.Count > 0 && workers.Count > 0 then
@@ -398,6 +408,7 @@ module WqManager =
                 w.Lines <- w.Lines @ [ name, total ]
                 w.Total <- WqProtocol.resources w.Lines
             | Info("end_of_resource_update", _) -> w.Ready <- true
+            | Feature name when name = WqProtocol.coprocessFeature -> w.Coprocess <- true
             | AvailableResults ->
                 w.Expect.Enqueue ExpectResults
                 w.Link.SendLine "send_results -1"
@@ -484,6 +495,7 @@ module WqManager =
                                               Total = zero
                                               Used = zero
                                               Ready = false
+                                              Coprocess = false
                                               Running = HashSet()
                                               Cached = HashSet()
                                               Expect = Queue() }
@@ -536,7 +548,7 @@ module WqManager =
                                     | QueryWorkers reply ->
                                         reply.TrySetResult
                                             [ for w in workers.Values ->
-                                                { Id = w.Id; Host = w.Host; Protocol = w.Protocol; Version = w.Version; Cores = w.Total.Cores; Running = w.Running.Count } ]
+                                                { Id = w.Id; Host = w.Host; Protocol = w.Protocol; Version = w.Version; Cores = w.Total.Cores; LongLivedRunner = w.Coprocess; Running = w.Running.Count } ]
                                         |> ignore
                                     | StopManager reply ->
                                         go <- false

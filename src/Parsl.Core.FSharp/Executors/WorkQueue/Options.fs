@@ -22,6 +22,11 @@ type WorkQueueOptions =
       Provider: IExecutionProvider option
       /// The worker program blocks run. Default "work_queue_worker".
       WorkerExecutable: string
+      /// Blocks start their workers with our long-lived .NET runner (`--coprocess`; protocol 10 and later, so not
+      /// Debian's worker): function apps then skip a `dotnet` start per task. Needs the runner's folder on a file
+      /// system the block's nodes see. Workers started by hand get it with `--coprocess <executor.CoprocessScript>`.
+      /// Default false.
+      LongLivedRunner: bool
       /// Extra arguments for each worker a block starts (Parsl's `worker_options`, as words). Default [].
       WorkerOptions: string list
       /// A shell command run before every task's command (Parsl's `init_command`). Default "".
@@ -61,6 +66,7 @@ module WorkQueueOptions =
           PasswordFile = None
           Provider = None
           WorkerExecutable = "work_queue_worker"
+          LongLivedRunner = false
           WorkerOptions = []
           InitCommand = ""
           Env = Map.empty

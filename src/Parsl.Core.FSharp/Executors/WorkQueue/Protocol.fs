@@ -83,6 +83,8 @@ type TaskFile =
 type TaskSpec =
     { TaskId: int64
       Command: string
+      /// Run by the worker's coprocess of this name (protocol 10+): `Command` is then the function's name.
+      Coprocess: string option
       Category: string
       Cores: float
       /// MB.
@@ -119,6 +121,12 @@ module WqProtocol =
     /// The protocols this manager speaks: 9 (Debian's worker), 10 and 11 (CCTools 7.x).
     let supported = [ 9; 10; 11 ]
 
+    /// The name our .NET runner service announces to its worker (`wq-serve`); the worker advertises it as a feature.
+    let coprocessName = "parsl-dotnet"
+
+    /// The feature a worker with our runner service advertises.
+    let coprocessFeature = "wq_worker_coprocess:" + coprocessName
+
     /// The line that starts password authentication, both ways.
     let authIdent = "auth password sha1"
 
@@ -146,7 +154,7 @@ module WqProtocol =
             | "end" -> End
             | "cache-update" when n >= 2 -> CacheUpdate w[1]
             | "cache-invalid" when n >= 3 -> CacheInvalid(w[1], int w[2])
-            | "feature" when n >= 2 -> Feature w[1]
+            | "feature" when n >= 2 -> Feature(Uri.UnescapeDataString w[1])
             | _ -> Other line
         with :? OverflowException | :? FormatException ->
             raise (FormatException(sprintf "malformed worker line '%s'" (if line.Length > 80 then line.Substring(0, 80) + "…" else line)))
@@ -177,6 +185,11 @@ module WqProtocol =
         line (sprintf "cmd %d" cmd)
         // The command's bytes follow with no terminator: the next line starts right after them.
         sb.Append(t.Command) |> ignore
+        match t.Coprocess with
+        | Some name ->
+            line (sprintf "coprocess %d" (Encoding.UTF8.GetByteCount name))
+            sb.Append(name) |> ignore
+        | None -> ()
         line ("category " + encodeName t.Category)
         line ("cores " + f3 t.Cores)
         line (sprintf "gpus %d" t.Gpus)

@@ -33,6 +33,8 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let mutable ctx = Unchecked.defaultof<ExecutorContext>
     let mutable manager: WqManagerHandle option = None
     let mutable runner: InputSource list = []
+    let mutable coprocessInfile = Unchecked.defaultof<InputSource>
+    let mutable coprocessScript = ""
     let mutable dataDir = ""
     let mutable blocks: string list = []
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
@@ -191,6 +193,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
         let spec (cmd: string) appName =
             { TaskId = 0L
               Command = cmd
+              Coprocess = None
               Category = (if options.Autocategory then appName else "parsl-default")
               Cores = 0.0
               Memory = 0L
@@ -200,7 +203,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
               Env = [ for KeyValue(k, v) in options.Env -> k, v ]
               Inputs = []
               Outputs = [] }
-        let finish (s: TaskSpec) (inputs: InputSource list) (outputs: OutputDest list) (complete: WqOutcome -> Result<obj, exn>) =
+        let finish (s: TaskSpec) (inputs: InputSource list) (outputs: OutputDest list) (coprocess: (TaskSpec * InputSource list) option) (complete: WqOutcome -> Result<obj, exn>) =
             // With a resource monitor, a task that declares memory runs under it: the monitor kills the task at the
             // limit and says so in its summary, which comes back with the outputs.
             let summary = Path.Combine(dir, "rm.summary")
@@ -227,6 +230,9 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
               Request = req
               Inputs = inputs
               Outputs = outputs
+              Coprocess =
+                coprocess
+                |> Option.map (fun (c, ins) -> { c with Inputs = ins |> List.map (fun i -> i.File); Outputs = outputs |> List.map (fun o -> o.File) }, ins)
               Complete =
                 fun r ->
                     let outcome = match r with Ok o -> (try complete o with e -> Error e) | Error e -> Error e
@@ -268,10 +274,16 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             let callIn = { File = { CacheName = prefix + "-call"; SandboxName = "parsl.call"; Cached = false }; LocalPath = callPath; Mode = 0o600 }
             let resultOut = { File = { CacheName = prefix + "-result"; SandboxName = "parsl.result"; Cached = false }; Path = resultPath; Append = false }
             let cmd = sprintf "%s Parsl.Workers.dll wq-run parsl.call parsl.result" (quote options.DotnetCommand)
+            // On a worker that runs our long-lived runner (`wq-serve`, a Work Queue coprocess), the same call goes to
+            // it instead: no runner files, no `dotnet` start; the worker hands it `infile` and the task's id.
+            let viaRunner =
+                { spec "run" call.AppName with Coprocess = Some WqProtocol.coprocessName; WallTime = wallSeconds req None; Env = [] },
+                asms @ [ callIn; coprocessInfile ] @ List.ofSeq ins
             finish
                 { spec cmd call.AppName with WallTime = wallSeconds req None }
                 (runner @ asms @ [ callIn ] @ List.ofSeq ins)
                 (resultOut :: List.ofSeq outs)
+                (Some viaRunner)
                 (functionResult call.AppName resultPath)
         | Shell call ->
             let cmd = call.BuildCommand()
@@ -305,6 +317,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 { spec line call.AppName with WallTime = wallSeconds req call.Walltime }
                 []
                 (List.ofSeq outs)
+                None
                 (shellResult call outputs)
 
     /// Parsl's defaults.
@@ -331,12 +344,17 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             q.Task
         | None -> Task.FromResult []
 
+    /// A program that starts the long-lived .NET runner, for `work_queue_worker --coprocess` (protocol 10 and later):
+    /// such a worker runs function apps without a `dotnet` start each (after start; on a file system the workers see).
+    member _.CoprocessScript = coprocessScript
+
     /// The command a block runs to start one worker.
     member this.WorkerCommand(blockId: string) =
         let port = defaultArg this.Port options.Port
         [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
           yield quote options.WorkerExecutable
           match options.PasswordFile with Some p -> yield! [ "--password"; quote (Path.GetFullPath p) ] | None -> ()
+          if options.LongLivedRunner then yield! [ "--coprocess"; quote this.CoprocessScript ]
           yield! options.WorkerOptions |> List.map quote
           yield quote options.Address
           yield string port ]
@@ -359,6 +377,19 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 if not (OperatingSystem.IsWindows()) then
                     File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
                 runner <- runnerFiles ()
+                // What the worker's coprocess child reads and forwards to the runner (which reads the call file itself).
+                // It carries `Env` (a task's environment does not reach a process that is already running).
+                let infile = Path.Combine(root, "coprocess-infile")
+                File.WriteAllText(infile, JsonSerializer.Serialize(dict [ for KeyValue(k, v) in options.Env -> k, v ]))
+                let h = short (hashes.GetOrAdd(infile, Serialization.hashFile))
+                coprocessInfile <- { File = { CacheName = "parsl-coprocess-env-" + h; SandboxName = "infile"; Cached = true }; LocalPath = infile; Mode = 0o644 }
+                // `work_queue_worker --coprocess` takes a program, not a command line: this script starts the runner.
+                coprocessScript <- Path.Combine(root, "parsl-wq-coprocess")
+                File.WriteAllText(
+                    coprocessScript,
+                    sprintf "#!/bin/sh\nexec %s %s wq-serve\n" (quote options.DotnetCommand) (quote (Path.Combine(options.RunnerDirectory, "Parsl.Workers.dll"))))
+                if not (OperatingSystem.IsWindows()) then
+                    File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
                 let password = options.PasswordFile |> Option.map File.ReadAllText
                 let m =
                     WqManager.start
