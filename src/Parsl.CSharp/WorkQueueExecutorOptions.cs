@@ -34,6 +34,15 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
     /// blocks; workers connect by themselves.</summary>
     public ProviderOptions? Provider { get; set; }
 
+    /// <summary>How blocks are scaled. Default <see cref="ScalingStrategy.Simple"/>.</summary>
+    public ScalingStrategy Strategy { get; set; } = ScalingStrategy.Simple;
+
+    /// <summary>How often the strategy runs. Default 5 s.</summary>
+    public TimeSpan StrategyPeriod { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Blocks idle this long may be scaled in (Parsl's <c>max_idletime</c>). Default 120 s.</summary>
+    public TimeSpan MaxIdleTime { get; set; } = TimeSpan.FromSeconds(120);
+
     /// <summary>The worker program blocks run. Default <c>work_queue_worker</c>.</summary>
     public string WorkerExecutable { get; set; } = "work_queue_worker";
 
@@ -80,6 +89,13 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
     /// directory (reference the <c>Parsl.Workers</c> project or package).</summary>
     public string? RunnerDirectory { get; set; }
 
+    internal override IEnumerable<ConfigurationError> Check()
+    {
+        if (!Enum.IsDefined(Strategy))
+            yield return new ConfigurationError(nameof(WorkQueueExecutorOptions) + "." + nameof(Strategy),
+                $"{(int)Strategy} is not a ScalingStrategy; use None, Simple or HtexAutoScale");
+    }
+
     internal override IExecutor Build()
     {
         var d = WorkQueueOptionsModule.defaults();
@@ -87,6 +103,13 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
             Label, Address, Port,
             PasswordFile is null ? FSharpOption<string>.None : FSharpOption<string>.Some(PasswordFile),
             Provider is null ? FSharpOption<IExecutionProvider>.None : FSharpOption<IExecutionProvider>.Some(Provider.Build()),
+            Strategy switch
+            {
+                ScalingStrategy.None => Parsl.Jobs.StrategyKind.NoScaling,
+                ScalingStrategy.HtexAutoScale => Parsl.Jobs.StrategyKind.HtexAutoScale,
+                _ => Parsl.Jobs.StrategyKind.Simple,
+            },
+            StrategyPeriod, MaxIdleTime,
             WorkerExecutable, LongLivedRunner, ListModule.OfSeq(WorkerOptions), InitCommand,
             MapModule.OfSeq(Env.Select(kv => Tuple.Create(kv.Key, kv.Value))),
             SharedFs, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,

@@ -297,6 +297,28 @@ let tests =
             Expect.isTrue (lines |> Array.exists (fun l -> l.StartsWith a.WorkDir)) "the first worker ran some"
             Expect.isTrue (lines |> Array.exists (fun l -> l.StartsWith b.WorkDir)) "the second worker ran some")
 
+        flavoured "the strategy starts a worker block when tasks arrive, and scales it in when they are done" (fun exe ->
+            let work = Path.Combine(Path.GetTempPath(), "parsl-wq-scale-" + Guid.NewGuid().ToString("N"))
+            Directory.CreateDirectory work |> ignore
+            let provider =
+                LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MinBlocks = 0; MaxBlocks = 1; StatusPollingInterval = TimeSpan.FromMilliseconds 200.0 }
+            let wq, dfk =
+                withWq (fun o ->
+                    { o with
+                        Provider = Some(provider :> IExecutionProvider)
+                        StrategyPeriod = TimeSpan.FromMilliseconds 200.0
+                        MaxIdleTime = TimeSpan.Zero
+                        WorkerExecutable = exe
+                        WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
+            use _ = dfk
+            Expect.isEmpty (await (wq.BlocksAsync())) "no block before any task"
+            let job = App.shell dfk (fun (x: int) -> sprintf "exit %d" x)
+            Expect.equal (await (job (Arg.value 0)).Task) 0 "ran on the block the strategy started"
+            Expect.equal (await (wq.BlocksAsync())).Length 1 "one block"
+            waitFor 60.0 "the idle block to be scaled in" (fun () ->
+                await (wq.BlocksAsync()) |> List.forall (fun (_, _, st) -> JobState.isTerminal st))
+            try Directory.Delete(work, true) with _ -> ())
+
         flavoured "shutdown sends exit to every worker and cancels the blocks it started" (fun exe ->
             let work = Path.Combine(Path.GetTempPath(), "parsl-wq-block-" + Guid.NewGuid().ToString("N"))
             Directory.CreateDirectory work |> ignore

@@ -20,6 +20,13 @@ type WorkQueueOptions =
       /// Where blocks of workers come from; each block runs `work_queue_worker <address> <port>`. Default None:
       /// no blocks, workers are started by hand (or by a factory) and connect.
       Provider: IExecutionProvider option
+      /// How blocks are scaled (Parsl's `Config.strategy`): `InitBlocks` at start, then more under load up to
+      /// `MaxBlocks`, and back to `MinBlocks` once no task is outstanding. Default `Simple`.
+      Strategy: Parsl.Jobs.StrategyKind
+      /// How often the strategy runs. Default 5 s.
+      StrategyPeriod: TimeSpan
+      /// Parsl's `max_idletime`. Default 120 s.
+      MaxIdleTime: TimeSpan
       /// The worker program blocks run. Default "work_queue_worker".
       WorkerExecutable: string
       /// Blocks start their workers with our long-lived .NET runner (`--coprocess`; protocol 10 and later, so not
@@ -65,6 +72,9 @@ module WorkQueueOptions =
           Port = 0
           PasswordFile = None
           Provider = None
+          Strategy = Parsl.Jobs.Simple
+          StrategyPeriod = TimeSpan.FromSeconds 5.0
+          MaxIdleTime = TimeSpan.FromSeconds 120.0
           WorkerExecutable = "work_queue_worker"
           LongLivedRunner = false
           WorkerOptions = []
@@ -97,6 +107,8 @@ module WorkQueueOptions =
           | Some p when isNull (box p) -> ConfigurationError(f "Provider", "is Some null; give a provider or None")
           | Some p -> yield! p.Validate()
           | None -> ()
+          if o.StrategyPeriod <= TimeSpan.Zero then ConfigurationError(f "StrategyPeriod", "must be positive; the default is 5 s")
+          if o.MaxIdleTime < TimeSpan.Zero then ConfigurationError(f "MaxIdleTime", "must be 0 or more; the default is 120 s")
           if String.IsNullOrWhiteSpace o.WorkerExecutable then
               ConfigurationError(f "WorkerExecutable", "is empty; the default is \"work_queue_worker\"")
           if isNull (box o.WorkerOptions) || o.WorkerOptions |> List.exists isNull then

@@ -36,7 +36,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let mutable coprocessInfile = Unchecked.defaultof<InputSource>
     let mutable coprocessScript = ""
     let mutable dataDir = ""
-    let mutable blocks: string list = []
+    let mutable scaler: WqScalerHandle option = None
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
     let idle = obj ()
     let mutable idleWaiters: TaskCompletionSource<unit> list = []
@@ -344,6 +344,15 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             q.Task
         | None -> Task.FromResult []
 
+    /// The blocks started so far: block id, job id, state.
+    member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
+        match scaler with
+        | Some sc ->
+            let q = TaskCompletionSource<_>(TaskCreationOptions.RunContinuationsAsynchronously)
+            sc.Post(ScalerBlocks q)
+            q.Task
+        | None -> Task.FromResult []
+
     /// A program that starts the long-lived .NET runner, for `work_queue_worker --coprocess` (protocol 10 and later):
     /// such a worker runs function apps without a `dotnet` start each (after start; on a file system the workers see).
     member _.CoprocessScript = coprocessScript
@@ -406,11 +415,17 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 match options.Provider with
                 | Some p ->
                     p.Initialize { ScriptDir = Path.Combine(context.RunDir, "submit_scripts"); Log = context.Log }
-                    let jobs = List<string>()
-                    for i in 0 .. p.InitBlocks - 1 do
-                        let! job = p.SubmitAsync(this.WorkerCommand(string i), 1, sprintf "parsl.%s.block-%d" label i, CancellationToken.None)
-                        jobs.Add job
-                    blocks <- List.ofSeq jobs
+                    scaler <-
+                        Some(
+                            WqBlockScaler.start
+                                { Label = label
+                                  Provider = p
+                                  Kind = options.Strategy
+                                  Period = options.StrategyPeriod
+                                  MaxIdleTime = options.MaxIdleTime
+                                  LaunchCommand = this.WorkerCommand
+                                  Outstanding = fun () -> inflight.Count
+                                  Log = context.Log })
                 | None -> ()
             }
             :> Task
@@ -446,12 +461,12 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     do! stopped.Task
                     do! m.Completion
                 | None -> ()
-                match options.Provider with
-                | Some p when not blocks.IsEmpty ->
-                    try
-                        let! _ = p.CancelAsync(blocks, CancellationToken.None)
-                        ()
-                    with e -> ctx.Log.Error(e, "{Label}: cancelling blocks failed", label)
+                match scaler, options.Provider with
+                | Some sc, Some p ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    sc.Post(StopScaler stopped)
+                    do! stopped.Task
+                    do! sc.Completion
                     match box p with
                     | :? IDisposable as d ->
                         try d.Dispose() with _ -> ()
