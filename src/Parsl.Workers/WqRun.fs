@@ -75,9 +75,12 @@ let serve () : int =
     loop.Start()
     // Function ids are the client's; two runs would reuse them. Ids here are per definition content.
     let ids = Collections.Generic.Dictionary<string, int>()
-    let runOne (taskId: string) (env: string) =
+    let runOne (taskId: string) =
         let sandbox = Path.Combine(home, "t." + taskId)
         try
+            // The environment is read from the sandbox's `infile` (written by the worker from the authenticated
+            // manager), not from the connection: whoever connects to this loopback port is not trusted.
+            let env = File.ReadAllText(Path.Combine(sandbox, "infile"))
             if env.Trim().StartsWith "{" then
                 for kv in Text.Json.JsonDocument.Parse(env).RootElement.EnumerateObject() do
                     Environment.SetEnvironmentVariable(kv.Name, kv.Value.GetString())
@@ -122,9 +125,9 @@ let serve () : int =
         let mutable line = readLine ()
         while not (isNull line) do
             match line.Split(' ') with
-            | [| _; taskId; len |] ->
-                let input = Text.Encoding.UTF8.GetString(reader.ReadBytes(int len))
-                let reply = Text.Encoding.UTF8.GetBytes(runOne taskId input)
+            | [| _; taskId; len |] when taskId <> "" && taskId |> Seq.forall Char.IsAsciiDigit && fst (Int32.TryParse len) && int len >= 0 && int len <= 65536 ->
+                reader.ReadBytes(int len) |> ignore
+                let reply = Text.Encoding.UTF8.GetBytes(runOne taskId)
                 let head = Text.Encoding.UTF8.GetBytes(sprintf "%d\n" reply.Length)
                 s.Write(head, 0, head.Length)
                 s.Write(reply, 0, reply.Length)

@@ -159,7 +159,15 @@ let tests =
             let output = Path.Combine(dir, "out.txt")
             let upper = App.func2 dfk (fun (i: File) (o: File) -> File.WriteAllText(o.Filepath, (File.ReadAllText i.Filepath).ToUpperInvariant()); 0)
             Expect.equal (await (upper (Arg.file (File.Of input)) (Arg.output (File.Of output))).Task) 0 "ran"
-            Expect.equal (File.ReadAllText output) "XYZ" "files staged in and out through the runner's sandbox")
+            Expect.equal (File.ReadAllText output) "XYZ" "files staged in and out through the runner's sandbox"
+            // SIGKILL of the worker: the runner notices its worker's pipe close and ends too.
+            Expect.equal (HtexTests.kill (_w.Process.Id, 9)) 0 "SIGKILL the worker"
+            let alive () =
+                try
+                    let stat = File.ReadAllText(sprintf "/proc/%d/stat" first)
+                    stat.Substring(stat.LastIndexOf ')' + 2, 1) <> "Z"
+                with _ -> false
+            waitFor 30.0 "the runner to end with its worker" (fun () -> not (alive ())))
 
         flavoured "a File is staged in and out through the worker" (fun exe ->
             let wq, dfk = withWq id
