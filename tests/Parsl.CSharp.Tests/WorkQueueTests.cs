@@ -77,6 +77,27 @@ public class WorkQueueTests
     }
 
     [Fact]
+    public async Task Blocks_with_the_long_lived_runner_run_function_apps_in_one_process()
+    {
+        var work = TempRunDir();
+        var wq = new WorkQueueExecutorOptions
+        {
+            Label = "wq-runner",
+            LongLivedRunner = true,
+            WorkerExecutable = Workers.Value.Wq11,
+            Provider = new LocalProviderOptions { StatusPollingInterval = TimeSpan.FromMilliseconds(200) },
+            StrategyPeriod = TimeSpan.FromMilliseconds(200),
+        };
+        foreach (var a in new[] { "-s", work, "--cores", "1", "-t", "60" }) wq.WorkerOptions.Add(a);
+        await using var dfk = await LoadAsync(o => o.Executors.Add(wq));
+        var pid = dfk.App((int _) => Environment.ProcessId);
+        var first = await pid.Invoke(1).Within();
+        var second = await pid.Invoke(2).Within();
+        Assert.NotEqual(Environment.ProcessId, first);
+        Assert.Equal(first, second);
+    }
+
+    [Fact]
     public async Task Bad_options_are_refused_at_load_naming_the_field()
     {
         var wq = new WorkQueueExecutorOptions { Port = 70000, KeepalivePeriod = TimeSpan.FromSeconds(10), KeepaliveTimeout = TimeSpan.FromSeconds(5) };
