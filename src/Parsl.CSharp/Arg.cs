@@ -53,4 +53,49 @@ public static class Arg
     /// <returns>The argument.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="futures"/> or one of them is null.</exception>
     public static Arg<T[]> All<T>(params AppFuture<T>[] futures) => All((IEnumerable<AppFuture<T>>)futures);
+
+    /// <summary>A file the app reads: staged in first when it is remote (<c>http</c>, <c>ftp</c>, <c>zip:</c>); the app
+    /// gets it with <c>LocalPath</c> set, and opens <c>Filepath</c>.</summary>
+    /// <param name="file">The file (<c>Parsl.Data.File.Of("https://host/x.csv")</c>).</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="file"/> is null.</exception>
+    public static Arg<Parsl.Data.File> File(Parsl.Data.File file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return ArgModule.file(file);
+    }
+
+    /// <summary>A file the call writes (Parsl's <c>outputs=[...]</c>): the call's future gets a <see cref="DataFuture"/>
+    /// for it in <c>Outputs</c>, completed once the file is written and staged out. The app writes to <c>Filepath</c>.</summary>
+    /// <param name="file">The file to produce.</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="file"/> is null.</exception>
+    public static Arg<Parsl.Data.File> Output(Parsl.Data.File file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return ArgModule.output(file);
+    }
+
+    /// <summary>A file another call produces: the call depends on it, and gets the file, staged in when needed.</summary>
+    /// <param name="data">The producing call's <see cref="DataFuture"/> (from its future's <c>Outputs</c>, <c>Stdout</c> or <c>Stderr</c>).</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="data"/> is null.</exception>
+    public static Arg<Parsl.Data.File> Data(DataFuture data)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        return ArgModule.data(data);
+    }
+
+    /// <summary>Several files other calls produce, in order, as one array argument (Parsl's <c>inputs=[...]</c> of DataFutures).</summary>
+    /// <param name="data">The data futures.</param>
+    /// <returns>The argument.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="data"/> or one of them is null.</exception>
+    public static Arg<Parsl.Data.File[]> Files(IEnumerable<DataFuture> data)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        var list = data.ToArray();
+        if (Array.IndexOf(list, null) >= 0)
+            throw new ArgumentNullException(nameof(data), "One of the data futures is null.");
+        return ArgModule.files(list);
+    }
 }

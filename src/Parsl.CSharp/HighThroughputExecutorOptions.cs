@@ -66,9 +66,12 @@ public sealed class LocalProviderOptions : ProviderOptions
     /// <summary>How often the executor asks for the blocks' status. Default 5 s; must be positive.</summary>
     public TimeSpan StatusPollingInterval { get; set; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>How the worker pool is started in each block. Default null: <see cref="SingleNodeLauncherOptions"/>.</summary>
+    public LauncherOptions? Launcher { get; set; }
+
     internal override IExecutionProvider Build() =>
         new LocalProvider(new Parsl.Providers.LocalProviderOptions(
-            NodesPerBlock, BasicLaunchers.singleNode, InitBlocks, MinBlocks, MaxBlocks, WorkerInit ?? "", Parallelism,
+            NodesPerBlock, Launcher?.Build() ?? BasicLaunchers.singleNode, InitBlocks, MinBlocks, MaxBlocks, WorkerInit ?? "", Parallelism,
             StatusPollingInterval));
 }
 
@@ -210,6 +213,8 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
     }
 
     internal static string CSharpWords(string reason) =>
-        reason.Replace("None", "null", StringComparison.Ordinal)
+        reason.Replace("Some(TimeSpan.FromMinutes 30.0)", "TimeSpan.FromMinutes(30)", StringComparison.Ordinal)
+            .Replace("use a launcher such as SrunLauncher()", "use a launcher such as new SrunLauncherOptions()", StringComparison.Ordinal)
+            .Replace("None", "null", StringComparison.Ordinal)
             .Replace("LocalProvider()", "new LocalProviderOptions()", StringComparison.Ordinal);
 }

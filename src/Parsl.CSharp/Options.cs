@@ -25,7 +25,7 @@ public enum DependencyResolution
 
 /// <summary>The kernel's options (Parsl's <c>Config</c>), read once by <see cref="Dfk.LoadAsync(DfkOptions, CancellationToken)"/>, which validates
 /// them and raises <see cref="ConfigurationError"/> naming the property at fault. Changing them afterwards has no effect.</summary>
-public sealed class DfkOptions
+public sealed partial class DfkOptions
 {
     /// <summary>The executors. Default: empty, which means one <see cref="ThreadPoolExecutorOptions"/> labelled
     /// <c>threads</c> with 2 threads. Labels must be unique.</summary>
@@ -50,9 +50,57 @@ public sealed class DfkOptions
     /// <summary>Write <c>parsl.log</c> in the run directory. Default true.</summary>
     public bool InitializeLogging { get; set; } = true;
 
-    /// <summary>The log file's minimum level. Default <see cref="Serilog.Events.LogEventLevel.Information"/>
-    /// (<c>Debug</c> logs every task transition).</summary>
-    public Serilog.Events.LogEventLevel LogLevel { get; set; } = Serilog.Events.LogEventLevel.Information;
+    /// <summary>The minimum level of what is logged, to <c>parsl.log</c> and to <see cref="LoggerFactory"/>. Default
+    /// <see cref="Microsoft.Extensions.Logging.LogLevel.Information"/> (<c>Debug</c> logs every task transition;
+    /// <c>None</c> logs nothing).</summary>
+    public Microsoft.Extensions.Logging.LogLevel LogLevel { get; set; } = Microsoft.Extensions.Logging.LogLevel.Information;
+
+    /// <summary>Where the kernel's log events also go, as <c>Microsoft.Extensions.Logging</c> loggers of category
+    /// <c>Parsl</c>, with their structured properties. Default null: only <c>parsl.log</c> in the run directory
+    /// (<see cref="InitializeLogging"/>). The factory stays the caller's: disposal of the kernel does not dispose it.</summary>
+    public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; set; }
+
+    /// <summary>Memoize the calls of apps made with <see cref="FunctionAppOptions.Cache"/> (Parsl's <c>app_cache</c>).
+    /// Default true.</summary>
+    public bool AppCache { get; set; } = true;
+
+    /// <summary>When results of cached apps are written to <c>runinfo/NNN/checkpoint/tasks.ckpt</c> (Parsl's
+    /// <c>checkpoint_mode</c>). Default <see cref="CheckpointPolicy.None"/>: no checkpoints.</summary>
+    public CheckpointPolicy CheckpointMode { get; set; } = CheckpointPolicy.None;
+
+    /// <summary>How often <see cref="CheckpointPolicy.Periodic"/> checkpoints are written (Parsl's
+    /// <c>checkpoint_period</c>); required by it. Default null.</summary>
+    public TimeSpan? CheckpointPeriod { get; set; }
+
+    /// <summary>Checkpoints to load (checkpoint directories <c>runinfo/NNN/checkpoint</c> or files): their results are
+    /// reused and those calls do not run. Default null: with a <see cref="CheckpointMode"/>, every checkpoint under
+    /// <see cref="RunDir"/> (as current Parsl); otherwise none. <see cref="Checkpoints.Last(string)"/> gives the newest run's.</summary>
+    public IList<string>? CheckpointFiles { get; set; }
+
+    /// <summary>Memo encodings for argument types of your own (Parsl's <c>id_for_memo.register</c>): the bytes a value
+    /// contributes to its call's memo key. Without one, an argument of a type the encoder does not know fails its task
+    /// with <c>MemoizationError</c>. Default empty. See <see cref="AddMemoHasher{T}(Func{T, byte[]})"/>.</summary>
+    public IDictionary<Type, Func<object, byte[]>> MemoHashers { get; } = new Dictionary<Type, Func<object, byte[]>>();
+
+    /// <summary>Registers a memo encoding for <typeparamref name="T"/>: equal values must give equal bytes.</summary>
+    /// <typeparam name="T">The argument type.</typeparam>
+    /// <param name="hasher">The value's bytes for the memo key.</param>
+    /// <returns>These options.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="hasher"/> is null.</exception>
+    public DfkOptions AddMemoHasher<T>(Func<T, byte[]> hasher)
+    {
+        ArgumentNullException.ThrowIfNull(hasher);
+        MemoHashers[typeof(T)] = v => hasher((T)v);
+        return this;
+    }
+
+    /// <summary>Staging providers, tried in order for each file (Parsl's <c>storage_access</c>). Default empty: Parsl's
+    /// list (local files as they are; FTP, HTTP and zip as separate tasks).</summary>
+    public IList<StagingProviderOptions> Staging { get; } = new List<StagingProviderOptions>();
+
+    /// <summary>Where staged-in files are written (Parsl's executor <c>working_dir</c>). Default null: <c>data/</c> in the
+    /// run directory.</summary>
+    public string? StagingDir { get; set; }
 
     /// <summary>Threads that run join app bodies. Default 10. Async join bodies and workflows hold none while they wait.</summary>
     public int InternalTasksMaxThreads { get; set; } = 10;
@@ -83,12 +131,30 @@ public sealed class DfkOptions
         }
         if (!Enum.IsDefined(ExitMode))
             errors.Add(new ConfigurationError(FieldPrefix + "ExitMode", $"{(int)ExitMode} is not a KernelExitMode; use Cleanup, Wait or Skip"));
+        if (!Enum.IsDefined(CheckpointMode))
+            errors.Add(new ConfigurationError(FieldPrefix + "CheckpointMode", $"{(int)CheckpointMode} is not a CheckpointPolicy; use None, TaskExit, Periodic, DfkExit or Manual"));
+        if (!Enum.IsDefined(LogLevel))
+            errors.Add(new ConfigurationError(FieldPrefix + "LogLevel", $"{(int)LogLevel} is not a LogLevel; use Trace, Debug, Information, Warning, Error, Critical or None"));
+        var staging = new List<Parsl.Data.StagingProvider>();
+        foreach (var st in Staging)
+        {
+            if (st is null) errors.Add(new ConfigurationError(FieldPrefix + "Staging", "contains a null provider; remove it"));
+            else if (st.Check() is { } problem) errors.Add(problem);
+            else staging.Add(st.Build());
+        }
+        foreach (var kv in MemoHashers)
+            if (kv.Value is null)
+                errors.Add(new ConfigurationError(FieldPrefix + "MemoHashers", $"the hasher for {kv.Key} is null; give a function from the value to its bytes"));
         if (!Enum.IsDefined(DependencyResolver))
             errors.Add(new ConfigurationError(FieldPrefix + "DependencyResolver", $"{(int)DependencyResolver} is not a DependencyResolution; use Shallow or Deep"));
         var config = ConfigParts.Create(
             executors.ToArray(), Retries, RetryHandler is null ? null : new Func<Exception, TaskInfo, double>(RetryHandler),
-            RunDir, (int)ExitMode, DependencyResolver == DependencyResolution.Deep, InitializeLogging, LogLevel,
+            RunDir, (int)ExitMode, DependencyResolver == DependencyResolution.Deep,
+            InitializeLogging && LogLevel != Microsoft.Extensions.Logging.LogLevel.None, Logging.ToSerilog(LogLevel),
             InternalTasksMaxThreads, MaxTasksInFlight);
+        config = ConfigParts.Extend(config, AppCache, (int)CheckpointMode, CheckpointPeriod, CheckpointFiles?.ToArray(),
+            MemoHashers.ToArray(), staging.ToArray(), StagingDir,
+            LoggerFactory is null || LogLevel == Microsoft.Extensions.Logging.LogLevel.None ? [] : [new Logging.LoggerFactorySink(LoggerFactory)]);
         foreach (var e in ConfigModule.validate(config))
             errors.Add(Rename(e));
         if (errors.Count == 1) throw errors[0];
@@ -113,7 +179,7 @@ public sealed class DfkOptions
         var reason = Reason(e);
         if (type == "HighThroughputExecutor")
             (property, reason) = HighThroughputExecutorOptions.ToCSharp(property, reason);
-        else if (type == "LocalProvider")
+        else if (type.EndsWith("Provider", StringComparison.Ordinal) || type == "Config")
             reason = HighThroughputExecutorOptions.CSharpWords(reason);
         string renamed = type == "Config" ? FieldPrefix + property : type + "Options." + property;
         return renamed == field && reason == Reason(e) ? e : new ConfigurationError(renamed, reason);
@@ -228,6 +294,18 @@ public sealed class StreamTarget
     /// <summary>A file named after the task in the run directory (Parsl's <c>AUTO_LOGNAME</c>):
     /// <c>task_logs/NNNN/task_NNNN_&lt;app&gt;.stdout</c> or <c>.stderr</c>.</summary>
     public static StreamTarget Auto { get; } = new(StdSpec.Auto, "automatic file name");
+
+    /// <summary>A <c>Parsl.Data.File</c>, truncated first and staged out like an output (a <c>zip:</c> member, ...):
+    /// the call's future gets its <see cref="DataFuture"/> in <c>Stdout</c> or <c>Stderr</c>, to pass on with
+    /// <see cref="Arg.Data(DataFuture)"/>. For a local file, the app writes straight to it.</summary>
+    /// <param name="file">The file.</param>
+    /// <returns>The target.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="file"/> is null.</exception>
+    public static StreamTarget File(Parsl.Data.File file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return new(StdSpec.NewStaged(file), $"staged file {file.Url}");
+    }
 
     /// <summary>Appends to the file at <paramref name="path"/>.</summary>
     /// <param name="path">The file.</param>

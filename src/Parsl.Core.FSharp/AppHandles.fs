@@ -195,3 +195,32 @@ type internal ConfigParts private () =
         | 1 -> Wait
         | 2 -> Skip
         | _ -> Cleanup
+
+    /// The rest of a configuration from parts a caller without F# types can supply: `checkpointMode` 0 for none, then
+    /// 1 task exit, 2 periodic, 3 DFK exit, 4 manual;
+    /// `checkpointFiles` null for the default, `staging` null or empty for Parsl's default providers, `stagingDir`
+    /// null for `data/` in the run directory.
+    static member Extend
+        (c: Config, appCache: bool, checkpointMode: int, checkpointPeriod: Nullable<TimeSpan>,
+         checkpointFiles: string[], memoHashers: KeyValuePair<Type, Func<obj, byte[]>>[], staging: StagingProvider[],
+         stagingDir: string, logSinks: Serilog.Core.ILogEventSink[])
+        : Config =
+        { c with
+            AppCache = appCache
+            CheckpointMode =
+              match checkpointMode with
+              | 1 -> Some TaskExit
+              | 2 -> Some Periodic
+              | 3 -> Some DfkExit
+              | 4 -> Some Manual
+              | _ -> None
+            CheckpointPeriod = Option.ofNullable checkpointPeriod
+            CheckpointFiles = if isNull checkpointFiles then None else Some(List.ofArray checkpointFiles)
+            MemoHashers =
+              if isNull memoHashers then []
+              else
+                  [ for kv in memoHashers ->
+                        kv.Key, (if isNull kv.Value then Unchecked.defaultof<MemoHasher> else (fun v -> kv.Value.Invoke v)) ]
+            Staging = if isNull staging || staging.Length = 0 then StagingProvider.defaults else List.ofArray staging
+            StagingDir = Option.ofObj stagingDir
+            LogSinks = if isNull logSinks then [] else List.ofArray logSinks }

@@ -71,7 +71,11 @@ type Config =
       Staging: StagingProvider list
       /// Where staged-in files (and zip members before they are added to the archive) are written
       /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
-      StagingDir: string option }
+      StagingDir: string option
+      /// More places the run's log events go, beside `parsl.log` (the C# façade forwards them to an
+      /// `ILoggerFactory`). They get events at `LogLevel` and above, even when `InitializeLogging` is false.
+      /// Default none.
+      LogSinks: Serilog.Core.ILogEventSink list }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -98,7 +102,8 @@ module Config =
           CheckpointFiles = None
           MemoHashers = []
           Staging = StagingProvider.defaults
-          StagingDir = None }
+          StagingDir = None
+          LogSinks = [] }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =

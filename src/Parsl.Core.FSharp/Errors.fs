@@ -53,7 +53,7 @@ type AppTimeout(message: string) =
     inherit ParslException(message)
 
 /// A shell app finished but did not create all its declared outputs (Parsl's `MissingOutputs`).
-type MissingOutputs(reason: string, outputs: string list) =
+type MissingOutputs internal (reason: string, outputs: string list) =
     inherit ParslException(sprintf "Missing outputs: %s (%s)" (String.Join(", ", outputs)) reason)
     /// The outputs that were missing.
     member _.Outputs: System.Collections.Generic.IReadOnlyList<string> = List.toArray outputs
@@ -64,7 +64,7 @@ type BadStdStreamFile(message: string, inner: exn) =
 
 /// A dependency of this task failed, so it never ran (Parsl's `DependencyError`). `InnerException` is a
 /// representative root cause, followed through the first failed dependency.
-type DependencyError(dependencies: TaskId list, taskId: TaskId, rootCause: exn) =
+type DependencyError internal (dependencies: TaskId list, taskId: TaskId, rootCause: exn) =
     inherit ParslException(
         (let ids = dependencies |> List.map (fun t -> sprintf "task %d" t.Value) |> String.concat ", "
          let rec chain (e: exn) acc =
@@ -89,7 +89,7 @@ type DependencyError(dependencies: TaskId list, taskId: TaskId, rootCause: exn) 
     member _.TaskId = taskId
 
 /// One or more futures a join app returned failed (Parsl's `JoinError`).
-type JoinError(failed: TaskId list, taskId: TaskId, firstCause: exn) =
+type JoinError internal (failed: TaskId list, taskId: TaskId, firstCause: exn) =
     inherit ParslException(
         sprintf "Join failure for task %d with failed join dependencies from %s" taskId.Value
             (if failed.IsEmpty then "an awaited Task (workflow or join body); see InnerException"
@@ -101,7 +101,7 @@ type JoinError(failed: TaskId list, taskId: TaskId, firstCause: exn) =
     member _.TaskId = taskId
 
 /// A resource specification holds keys the executor does not know (Parsl's `InvalidResourceSpecification`).
-type InvalidResourceSpecification(invalidKeys: string list, message: string) =
+type InvalidResourceSpecification internal (invalidKeys: string list, message: string) =
     inherit ParslException(message)
     /// The keys that were refused.
     member _.InvalidKeys: System.Collections.Generic.IReadOnlyList<string> = List.toArray invalidKeys

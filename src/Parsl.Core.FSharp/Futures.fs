@@ -37,15 +37,17 @@ type AppFuture
      complete: TaskState -> Completion -> (unit -> obj) -> unit) =
     [<VolatileField>]
     let mutable state = Pending
-    let mutable outputs: DataFuture list = []
-    let mutable stdoutFuture: DataFuture option = None
-    let mutable stderrFuture: DataFuture option = None
+    let mutable outputs: System.Collections.Generic.IReadOnlyList<DataFuture> = Array.empty<DataFuture>
+    let mutable stdoutFuture: DataFuture = null
+    let mutable stderrFuture: DataFuture = null
 
     /// The task's id.
     member _.TaskId = id
     /// The app's name.
     member _.AppName = appName
-    /// The task's current state (Parsl's `task_status()`).
+    /// The task's current state (Parsl's `task_status()`). F# only: C# reads the `Status` extension, a C# enum
+    /// (the public-surface test lists this member as hidden from C# for that reason).
+    [<System.ComponentModel.EditorBrowsable(System.ComponentModel.EditorBrowsableState.Never)>]
     member _.State = state
     member internal _.Owner = owner
     member internal _.SetState s = state <- s
@@ -80,15 +82,16 @@ type AppFuture
             (task :> IAsyncResult).AsyncWaitHandle.WaitOne() |> ignore
 
     /// The futures of the files the call declared as outputs (`Arg.output`), in order (Parsl's `outputs`).
-    member _.Outputs: DataFuture list = outputs
-    /// A shell app's stdout when it was given as a `File` (staged out like an output).
-    member _.Stdout: DataFuture option = stdoutFuture
-    /// A shell app's stderr when it was given as a `File` (staged out like an output).
-    member _.Stderr: DataFuture option = stderrFuture
-    member internal _.SetFiles(o, out, err) =
-        outputs <- o
-        stdoutFuture <- out
-        stderrFuture <- err
+    /// A read-only list rather than an F# list, so that C# sees a BCL type.
+    member _.Outputs: System.Collections.Generic.IReadOnlyList<DataFuture> = outputs
+    /// A shell app's stdout when it was given as a `File` (staged out like an output); null otherwise.
+    member _.Stdout: DataFuture = stdoutFuture
+    /// A shell app's stderr when it was given as a `File` (staged out like an output); null otherwise.
+    member _.Stderr: DataFuture = stderrFuture
+    member internal _.SetFiles(o: DataFuture list, out: DataFuture option, err: DataFuture option) =
+        outputs <- Array.ofList o
+        stdoutFuture <- Option.toObj out
+        stderrFuture <- Option.toObj err
 
     override this.ToString() =
         sprintf "<AppFuture task %d (%s) %s>" id.Value appName (TaskState.name this.State)

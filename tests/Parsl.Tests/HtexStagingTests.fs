@@ -39,7 +39,7 @@ let private modeTests (mode: string) (staging: StagingProvider list option) =
               App.func2 dfk (fun (text: string) (out: Parsl.Data.File) -> System.IO.File.WriteAllText(out.Filepath, text); text.Length)
           let consume = App.func dfk (fun (f: Parsl.Data.File) -> (System.IO.File.ReadAllText f.Filepath).ToUpperInvariant())
           let p = produce (Arg.value "zipped on a worker") (Arg.output (File.Of(sprintf "zip:%s/r/m.txt" archive)))
-          let c = consume (Arg.data p.Outputs.Head)
+          let c = consume (Arg.data p.Outputs[0])
           Expect.equal (await c.Task) "ZIPPED ON A WORKER" "the consumer read the member"
           use z = ZipFile.OpenRead archive
           Expect.equal [ for e in z.Entries -> e.FullName ] [ "r/m.txt" ] "the member is in the archive"

@@ -80,7 +80,7 @@ let tests =
                 with e -> Some(ProvidersSshTests.unwrap e)
             match e with
             | Some(:? SubmitException as s) ->
-                Expect.equal s.ExitCode (Some 403) "HTTP status"
+                Expect.equal s.ExitCode (System.Nullable 403) "HTTP status"
                 Expect.stringContains s.Stderr "exceeded quota" "the server's message"
             | other -> failtestf "expected SubmitException, got %A" other
             (api :> IDisposable).Dispose()

@@ -87,10 +87,10 @@ let private zipTests (mode: string) (providers: Config -> Config) =
               App.func2 dfk (fun (text: string) (out: Parsl.Data.File) -> File.WriteAllText(out.Filepath, text); text.Length)
           let consume = App.func dfk (fun (f: Parsl.Data.File) -> (readText f).ToUpperInvariant())
           let p = produce (Arg.value "zipped text") (Arg.output (File.Of(sprintf "zip:%s/dir/m.txt" archive)))
-          Expect.equal p.Outputs.Length 1 "one output"
-          let c = consume (Arg.data p.Outputs.Head)
+          Expect.equal p.Outputs.Count 1 "one output"
+          let c = consume (Arg.data p.Outputs[0])
           Expect.equal (await c.Task) "ZIPPED TEXT" "the consumer read the member out of the archive"
-          Expect.equal (await p.Outputs.Head.Task).Url (sprintf "zip:%s/dir/m.txt" archive) "the data future gives the file"
+          Expect.equal (await p.Outputs[0].Task).Url (sprintf "zip:%s/dir/m.txt" archive) "the data future gives the file"
           Expect.equal (members archive) [ "dir/m.txt" ] "the member is in the archive"
           Expect.equal (memberText archive "dir/m.txt") "zipped text" "its content"
       }
@@ -101,7 +101,7 @@ let private zipTests (mode: string) (providers: Config -> Config) =
           let produce = App.func2 dfk (fun (i: int) (out: Parsl.Data.File) -> File.WriteAllText(out.Filepath, sprintf "member %d" i); i)
           let rs = [ for i in 1..24 -> produce (Arg.value i) (Arg.output (File.Of(sprintf "zip:%s/m%02d.txt" archive i))) ]
           for r in rs do
-              await r.Outputs.Head.Task |> ignore
+              await r.Outputs[0].Task |> ignore
           Expect.equal (members archive) [ for i in 1..24 -> sprintf "m%02d.txt" i ] "all members"
           Expect.equal (memberText archive "m17.txt") "member 17" "content"
       }
@@ -111,11 +111,11 @@ let private zipTests (mode: string) (providers: Config -> Config) =
           use dfk = load providers
           let produce = App.func2 dfk (fun (ok: bool) (out: Parsl.Data.File) -> (if not ok then failwith "producer failed"); File.WriteAllText(out.Filepath, "kept"); 1)
           let good = produce (Arg.value true) (Arg.output (File.Of(sprintf "zip:%s/a.txt" archive)))
-          await good.Outputs.Head.Task |> ignore
+          await good.Outputs[0].Task |> ignore
           let bad = produce (Arg.value false) (Arg.output (File.Of(sprintf "zip:%s/b.txt" archive)))
           let e = errorOf bad
           Expect.stringContains e.Message "producer failed" "the producer's error"
-          let t = bad.Outputs.Head.Task
+          let t = bad.Outputs[0].Task
           let _ = (try t.Wait(TimeSpan.FromSeconds 60.0) with :? AggregateException -> true)
           Expect.isTrue t.IsFaulted "its data future fails"
           Expect.equal (members archive) [ "a.txt" ] "the earlier member is still there"
@@ -152,10 +152,10 @@ let tests =
             let out = File.Of(Path.Combine(dir, "local.txt"))
             let produce = App.func2 dfk (fun (s: string) (o: Parsl.Data.File) -> File.WriteAllText(o.Filepath, s); 0)
             let p = produce (Arg.value "local") (Arg.output out)
-            let c = (App.func dfk readText) (Arg.data p.Outputs.Head)
+            let c = (App.func dfk readText) (Arg.data p.Outputs[0])
             Expect.equal (await c.Task) "local" "read after the producer"
-            Expect.equal p.Outputs.Head.TaskId p.TaskId "the producer's task"
-            let many = (App.func dfk (fun (fs: Parsl.Data.File[]) -> fs.Length)) (Arg.files [ p.Outputs.Head; p.Outputs.Head ])
+            Expect.equal p.Outputs[0].TaskId p.TaskId "the producer's task"
+            let many = (App.func dfk (fun (fs: Parsl.Data.File[]) -> fs.Length)) (Arg.files [ p.Outputs[0]; p.Outputs[0] ])
             Expect.equal (await many.Task) 2 "several data futures"
         }
         test "a shell app's File stdout is staged out like an output, and its data future completes" {
@@ -168,8 +168,8 @@ let tests =
             let echo = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Staged out) } (fun (x: int) -> sprintf "printf 'line %d' > '%s'" x local)
             let r = echo (Arg.value 1)
             Expect.equal (await r.Task) 0 "exit 0"
-            Expect.isSome r.Stdout "stdout has a data future"
-            let f = await r.Stdout.Value.Task
+            Expect.isNotNull r.Stdout "stdout has a data future"
+            let f = await r.Stdout.Task
             Expect.equal f.Url out.Url "the stdout file"
             Expect.equal (memberText archive "task/out.txt") "line 1" "staged into the archive"
         }

@@ -9,14 +9,14 @@ type ExecutionProviderException(message: string, inner: exn) =
     new(message: string) = ExecutionProviderException(message, null)
 
 /// A block could not be submitted (Parsl's `SubmitException`): the submit command failed or printed no job id.
-type SubmitException(jobName: string, message: string, exitCode: int option, stdout: string, stderr: string) =
+type SubmitException internal (jobName: string, message: string, exitCode: int option, stdout: string, stderr: string) =
     inherit ExecutionProviderException(
         sprintf "Cannot launch job %s: %s; exit code %s, stdout: %s, stderr: %s" jobName message
             (match exitCode with Some c -> string c | None -> "none") (stdout.Trim()) (stderr.Trim()))
     /// The block's job name.
     member _.JobName = jobName
-    /// The submit command's exit code, when it ran.
-    member _.ExitCode = exitCode
+    /// The submit command's exit code, when it ran (nullable rather than an F# option, for C#).
+    member _.ExitCode: System.Nullable<int> = Option.toNullable exitCode
     /// What the submit command printed.
     member _.Stdout = stdout
     /// What the submit command printed on stderr.

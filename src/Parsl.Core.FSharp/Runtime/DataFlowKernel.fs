@@ -330,7 +330,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | e :: rest ->
             raise (ConfigurationError(e.Field, e.Message.Substring(e.Field.Length + 2) + " (and: " + String.Join("; ", rest |> List.map (fun r -> r.Message)) + ")"))
         let runDir = RunDir.create config.RunDir
-        let log = RunDir.logger runDir config.InitializeLogging config.LogLevel
+        let log = RunDir.logger runDir config.InitializeLogging config.LogLevel config.LogSinks
         let executors = Dictionary<string, IExecutor>()
         let userExecutors = if config.Executors.IsEmpty then [ ThreadPoolExecutor() :> IExecutor ] else config.Executors
         for e in userExecutors do

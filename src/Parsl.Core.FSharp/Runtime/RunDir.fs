@@ -43,17 +43,20 @@ module RunDir =
         | [||] -> None
         | xs -> Some(Path.GetFullPath(Path.Combine(baseDir, sprintf "%03d" (Array.last xs))))
 
-    /// The run's logger: `parsl.log` in the run directory, or nothing when logging is off.
-    let logger (runDir: string) (enabled: bool) (level: Events.LogEventLevel) : ILogger =
-        if enabled then
-            LoggerConfiguration()
-                .MinimumLevel.Is(level)
-                .WriteTo.File(
-                    Path.Combine(runDir, "parsl.log"),
-                    outputTemplate = "{Timestamp:yyyy-MM-dd HH:mm:ss.fff} {Level:u3} {Message:lj}{NewLine}{Exception}",
-                    buffered = true,
-                    flushToDiskInterval = TimeSpan.FromSeconds 1.0)
-                .CreateLogger()
-            :> ILogger
+    /// The run's logger: `parsl.log` in the run directory (when `enabled`) and the extra sinks; nothing when there
+    /// is neither.
+    let logger (runDir: string) (enabled: bool) (level: Events.LogEventLevel) (sinks: Core.ILogEventSink list) : ILogger =
+        if enabled || not sinks.IsEmpty then
+            let mutable c = LoggerConfiguration().MinimumLevel.Is(level)
+            if enabled then
+                c <-
+                    c.WriteTo.File(
+                        Path.Combine(runDir, "parsl.log"),
+                        outputTemplate = "{Timestamp:yyyy-MM-dd HH:mm:ss.fff} {Level:u3} {Message:lj}{NewLine}{Exception}",
+                        buffered = true,
+                        flushToDiskInterval = TimeSpan.FromSeconds 1.0)
+            for sink in sinks do
+                c <- c.WriteTo.Sink(sink)
+            c.CreateLogger() :> ILogger
         else
             Serilog.Core.Logger.None
