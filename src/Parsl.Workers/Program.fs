@@ -35,6 +35,7 @@ let private self () =
 
 [<EntryPoint>]
 let main argv =
+    if argv.Length > 0 && argv[0].StartsWith "wq-" then WqRun.main argv else
     match parse argv with
     | Error e ->
         eprintfn "%s\n%s" e usage

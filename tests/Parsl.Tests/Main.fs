@@ -28,6 +28,7 @@ let all =
         ProvidersGridEngineTests.tests
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
+        WorkQueueTests.tests
     ]
 
 [<EntryPoint>]

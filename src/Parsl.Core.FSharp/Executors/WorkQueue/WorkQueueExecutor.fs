@@ -1,0 +1,478 @@
+namespace Parsl.Executors
+
+open System
+open System.Collections.Concurrent
+open System.Collections.Generic
+open System.IO
+open System.Text.Json
+open System.Threading
+open System.Threading.Tasks
+open Parsl
+open Parsl.Data
+open Parsl.Executors.HighThroughput
+open Parsl.Executors.WorkQueue
+
+/// Runs tries on CCTools Work Queue workers (`work_queue_worker`, protocol 9 or 11) through a manager of our own
+/// in this process (Parsl's `WorkQueueExecutor`).
+///
+///   kernel ──Submit──▶ executor: task description, files ──▶ manager (TCP, this process) ──▶ workers
+///   kernel ◀──TryDone/TryFailed── executor ◀── result, fetched outputs ◀── manager ◀── available_results
+///
+/// Function apps run as `dotnet Parsl.Workers.dll wq-run call result` in the task's sandbox: the runner and the
+/// user's assemblies are cached files (sent once per worker), the serialized call goes in and the result (or the
+/// app's exception) comes back as files. Shell apps are the worker's own command lines. Resource keys: `cores`,
+/// `memory` (MB), `disk` (MB), `gpus`, `priority`, `running_time_min`.
+[<Sealed>]
+type WorkQueueExecutor(options: WorkQueueOptions) =
+    let label = options.Label
+    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    let functions = ConcurrentDictionary<Delegate, struct (int * byte[] * InputSource list)>(HashIdentity.Reference)
+    let hashes = ConcurrentDictionary<string, string>()
+    let shipped = ConcurrentDictionary<string, bool>()
+    let mutable nextFunction = 0
+    let mutable ctx = Unchecked.defaultof<ExecutorContext>
+    let mutable manager: WqManagerHandle option = None
+    let mutable runner: InputSource list = []
+    let mutable coprocessInfile = Unchecked.defaultof<InputSource>
+    let mutable coprocessScript = ""
+    let mutable dataDir = ""
+    let mutable scaler: WqScalerHandle option = None
+    let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
+    let idle = obj ()
+    let mutable idleWaiters: TaskCompletionSource<unit> list = []
+
+    let finished () =
+        if inflight.IsEmpty then
+            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
+            for w in ws do
+                w.TrySetResult() |> ignore
+
+    let quote (s: string) =
+        if s <> "" && s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) then s
+        else "'" + s.Replace("'", "'\\''") + "'"
+
+    let report (key: int64) (outcome: Result<obj, exn>) =
+        match inflight.TryRemove key with
+        | true, struct (id, tryId) ->
+            match outcome with
+            | Ok v -> ctx.Report(TryDone(id, tryId, v))
+            | Error e -> ctx.Report(TryFailed(id, tryId, e))
+            finished ()
+        | _ -> ()
+
+    let short (h: string) = h.Substring(0, 16).ToLowerInvariant()
+
+    /// The runner's files: Parsl.Workers.dll, its runtime config and every assembly its deps.json names.
+    let runnerFiles () : InputSource list =
+        let dir = options.RunnerDirectory
+        let deps = Path.Combine(dir, "Parsl.Workers.deps.json")
+        let names =
+            [ "Parsl.Workers.dll"; "Parsl.Workers.runtimeconfig.json"; "Parsl.Workers.deps.json"
+              if File.Exists deps then
+                  use doc = JsonDocument.Parse(File.ReadAllText deps)
+                  for target in doc.RootElement.GetProperty("targets").EnumerateObject() do
+                      for lib in target.Value.EnumerateObject() do
+                          match lib.Value.TryGetProperty "runtime" with
+                          | true, rt ->
+                              for asset in rt.EnumerateObject() do
+                                  Path.GetFileName asset.Name
+                          | _ -> () ]
+            |> List.distinct
+            |> List.filter (fun n -> File.Exists(Path.Combine(dir, n)))
+        [ for n in names ->
+            let p = Path.Combine(dir, n)
+            let h = hashes.GetOrAdd(p, Serialization.hashFile)
+            { File = { CacheName = sprintf "parsl-runner-%s-%s" (short h) n; SandboxName = n; Cached = true }
+              LocalPath = p
+              Mode = 0o644 } ]
+
+    /// The function's definition (assembly paths pointed at the sandbox's copies unless `SharedFs`) and the
+    /// assemblies to send with it.
+    let define (appName: string) (f: Delegate) =
+        match functions.TryGetValue f with
+        | true, d -> d
+        | _ ->
+            if HighThroughputExecutor.CompiledInMemory 3 (box f) then
+                raise (
+                    SerializationError(
+                        sprintf "app %s cannot run on WorkQueueExecutor '%s': its function was compiled in memory (a dotnet fsi script or Reflection.Emit), so workers cannot load it; define it in a compiled project, or run the app on a ThreadPoolExecutor" appName label,
+                        null))
+            let asms =
+                AppDomain.CurrentDomain.GetAssemblies()
+                |> Seq.filter (fun a -> not (Serialization.isProvided a))
+                |> Seq.map (fun a ->
+                    let h = hashes.GetOrAdd(a.Location, Serialization.hashFile)
+                    shipped[a.GetName().Name] <- true
+                    a, h)
+                |> List.ofSeq
+            let refs =
+                [ for a, h in asms ->
+                    { FullName = a.FullName
+                      Path = (if options.SharedFs then a.Location else sprintf "parsl-asm-%s.dll" (short h))
+                      Hash = h } ]
+            let inputs =
+                if options.SharedFs then []
+                else
+                    // One file per content: an assembly loaded twice (two load contexts) is sent once.
+                    [ for a, h in List.distinctBy snd asms ->
+                        let n = sprintf "parsl-asm-%s.dll" (short h)
+                        { File = { CacheName = n; SandboxName = n; Cached = true }; LocalPath = a.Location; Mode = 0o644 } ]
+            let def = Serialization.encodeDefinition opts.Value refs f
+            let d = struct (Interlocked.Increment &nextFunction, def, inputs)
+            functions.GetOrAdd(f, d)
+
+    /// The app's exception as itself when its type loads here (Parsl #1703: not a wrapper), else `RemoteException`.
+    let rebuild (typeName: string) (message: string) (stack: string) (data: string list) : exn =
+        match typeName, data with
+        | "Parsl.BashExitFailure", [ app; code ] -> BashExitFailure(app, int code)
+        | "Parsl.AppTimeout", _ -> AppTimeout(message)
+        | "Parsl.MissingOutputs", outputs -> MissingOutputs("the files were not created", outputs)
+        | _ ->
+            let t =
+                AppDomain.CurrentDomain.GetAssemblies()
+                |> Seq.tryPick (fun a -> match a.GetType(typeName, false) with null -> None | t -> Some t)
+            let made =
+                match t with
+                | Some t when typeof<exn>.IsAssignableFrom t ->
+                    match t.GetConstructor [| typeof<string> |] with
+                    | null -> None
+                    | c -> (try Some(c.Invoke [| box message |] :?> exn) with _ -> None)
+                | _ -> None
+            match made with
+            | Some e ->
+                e.Data["RemoteStackTrace"] <- stack
+                e
+            | None -> RemoteException(typeName, message, stack) :> exn
+
+    let text (b: byte[]) =
+        let s = Text.Encoding.UTF8.GetString b
+        if s.Length > 2000 then "…" + s.Substring(s.Length - 2000) else s
+
+    let functionResult (appName: string) (resultPath: string) (o: WqOutcome) : Result<obj, exn> =
+        if o.Code <> 0 then Error(WqProtocol.failure o.Code o.ExitCode (text o.Output))
+        elif not (File.Exists resultPath) then
+            Error(
+                WorkQueueTaskFailure(
+                    o.Code,
+                    sprintf "the .NET task runner of app %s on %s wrote no result (exit code %d; is `%s` on the worker's PATH?): %s"
+                        appName o.Host o.ExitCode options.DotnetCommand (text o.Output)))
+        else
+            let frame =
+                use f = File.OpenRead resultPath
+                Frames.read f
+            match frame |> Option.map Protocol.decodeFromWorker with
+            | Some(Done [ r ]) ->
+                match r.Outcome with
+                | Value bytes ->
+                    try Ok(Serialization.deserialize opts.Value bytes)
+                    with ex -> Error(SerializationError(sprintf "the result of app %s could not be deserialized on the client: %s" appName ex.Message, ex))
+                | Raised(t, m, st, data) -> Error(rebuild t m st data)
+                | Unserializable m -> Error(SerializationError(m, null))
+                | WorkerDied(w, h) -> Error(WorkerLost(w, h))
+            | _ -> Error(SerializationError(sprintf "the result file of app %s is not a runner's result" appName, null))
+
+    let shellResult (call: ShellCall) (outputs: string list) (o: WqOutcome) : Result<obj, exn> =
+        if o.Code <> 0 then Error(WqProtocol.failure o.Code o.ExitCode (text o.Output))
+        elif o.ExitCode <> 0 then Error(BashExitFailure(call.AppName, o.ExitCode))
+        else
+            let missing = outputs |> List.filter (fun p -> not (File.Exists p) && not (Directory.Exists p))
+            if missing.IsEmpty then Ok(box 0) else Error(MissingOutputs("the files were not created", missing))
+
+    let wallSeconds (r: ResourceRequest) (shell: TimeSpan option) =
+        [ match r.RunningTimeMin with Some m -> int64 (Math.Ceiling(m * 60.0)) | None -> ()
+          match shell with Some w -> max 1L (int64 (Math.Ceiling w.TotalSeconds)) | None -> () ]
+        |> function [] -> 0L | xs -> List.min xs
+
+    let command (c: string) =
+        if String.IsNullOrWhiteSpace options.InitCommand then c else options.InitCommand + "; " + c
+
+    let build (t: ExecTask) (key: int64) (req: ResourceRequest) : WqTask =
+        let dir = Path.Combine(dataDir, string key)
+        Directory.CreateDirectory dir |> ignore
+        let prefix = sprintf "t%d-%d" t.Id.Value t.Try.Value
+        let spec (cmd: string) appName =
+            { TaskId = 0L
+              Command = cmd
+              Coprocess = None
+              Category = (if options.Autocategory then appName else "parsl-default")
+              Cores = 0.0
+              Memory = 0L
+              Disk = 0L
+              Gpus = 0L
+              WallTime = 0L
+              Env = [ for KeyValue(k, v) in options.Env -> k, v ]
+              Inputs = []
+              Outputs = [] }
+        let finish (s: TaskSpec) (inputs: InputSource list) (outputs: OutputDest list) (coprocess: (TaskSpec * InputSource list) option) (complete: WqOutcome -> Result<obj, exn>) =
+            // With a resource monitor, a task that declares memory runs under it: the monitor kills the task at the
+            // limit and says so in its summary, which comes back with the outputs.
+            let summary = Path.Combine(dir, "rm.summary")
+            let monitored, outputs =
+                match options.ResourceMonitor, req.MemoryMB with
+                | Some rm, Some mb ->
+                    let wrapped = sprintf "%s --no-pprint -L %s -O parsl.rm -- /bin/sh -c %s" (quote rm) (quote (sprintf "memory: %d" mb)) (quote s.Command)
+                    wrapped, outputs @ [ { File = { CacheName = prefix + "-rm"; SandboxName = "parsl.rm.summary"; Cached = false }; Path = summary; Append = false } ]
+                | _ -> s.Command, outputs
+            let complete (o: WqOutcome) =
+                let over =
+                    if File.Exists summary then
+                        let text = File.ReadAllText summary
+                        if text.Contains "\"exit_type\":\"limits\"" then
+                            let i = text.IndexOf "\"limits_exceeded\""
+                            Some(if i >= 0 then text.Substring(i, min 80 (text.Length - i)) else "limits exceeded")
+                        else None
+                    else None
+                match over with
+                | Some what -> Error(WorkQueueResourceExhaustion(sprintf "task used more resources than requested (resource monitor: %s)" what) :> exn)
+                | None -> complete o
+            { Key = key
+              Spec = { s with Command = command monitored; Inputs = inputs |> List.map (fun i -> i.File); Outputs = outputs |> List.map (fun o -> o.File) }
+              Request = req
+              Inputs = inputs
+              Outputs = outputs
+              Coprocess =
+                coprocess
+                |> Option.map (fun (c, ins) -> { c with Inputs = ins |> List.map (fun i -> i.File); Outputs = outputs |> List.map (fun o -> o.File) }, ins)
+              Complete =
+                fun r ->
+                    let outcome = match r with Ok o -> (try complete o with e -> Error e) | Error e -> Error e
+                    report key outcome
+                    try Directory.Delete(dir, true) with _ -> () }
+        match t.Body with
+        | Function call ->
+            let struct (fid, def, asms) = define call.AppName call.Function
+            let args =
+                if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
+                    Array.sub call.Args 0 (call.Args.Length - 1)
+                else Array.copy call.Args
+            // Parsl `File`s among the arguments: inputs that exist are sent in, the others come back as outputs;
+            // the app sees the sandbox's copy (its `Filepath`). With SharedFs they are used where they are.
+            let ins = List<InputSource>()
+            let outs = List<OutputDest>()
+            let mutable n = 0
+            let stage (f: File) =
+                if options.SharedFs || f.Scheme <> "file" then f
+                else
+                    n <- n + 1
+                    let local = f.Filepath
+                    let name = sprintf "f%d-%s" n f.FileName
+                    let tf = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Cached = false }
+                    if File.Exists local then ins.Add { File = tf; LocalPath = local; Mode = 0o644 }
+                    else outs.Add { File = tf; Path = Path.GetFullPath local; Append = false }
+                    f.WithLocalPath name
+            for i in 0 .. args.Length - 1 do
+                match args[i] with
+                | :? File as f -> args[i] <- box (stage f)
+                | :? (File[]) as fs -> args[i] <- box (Array.map stage fs)
+                | _ -> ()
+            let callPath = Path.Combine(dir, "call")
+            let resultPath = Path.Combine(dir, "result")
+            let wire = { Key = key; AppName = call.AppName; Body = Call(fid, def, Serialization.serializeArgs opts.Value args) }
+            do
+                use f = File.Create callPath
+                Frames.write f (Protocol.encodeToWorker (Run [ wire ]))
+            let callIn = { File = { CacheName = prefix + "-call"; SandboxName = "parsl.call"; Cached = false }; LocalPath = callPath; Mode = 0o600 }
+            let resultOut = { File = { CacheName = prefix + "-result"; SandboxName = "parsl.result"; Cached = false }; Path = resultPath; Append = false }
+            let cmd = sprintf "%s Parsl.Workers.dll wq-run parsl.call parsl.result" (quote options.DotnetCommand)
+            // On a worker that runs our long-lived runner (`wq-serve`, a Work Queue coprocess), the same call goes to
+            // it instead: no runner files, no `dotnet` start; the worker hands it `infile` and the task's id.
+            let viaRunner =
+                { spec "run" call.AppName with Coprocess = Some WqProtocol.coprocessName; WallTime = wallSeconds req None; Env = [] },
+                asms @ [ callIn; coprocessInfile ] @ List.ofSeq ins
+            finish
+                { spec cmd call.AppName with WallTime = wallSeconds req None }
+                (runner @ asms @ [ callIn ] @ List.ofSeq ins)
+                (resultOut :: List.ofSeq outs)
+                (Some viaRunner)
+                (functionResult call.AppName resultPath)
+        | Shell call ->
+            let cmd = call.BuildCommand()
+            if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
+            let outs = List<OutputDest>()
+            let redirect (op: string) (s: StdStream option) (name: string) =
+                match s with
+                | None -> ""
+                | Some s when options.SharedFs -> sprintf " %s%s %s" op (match s with Append _ -> ">" | Truncate _ -> "") (quote s.Path)
+                | Some s ->
+                    outs.Add
+                        { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Cached = false }
+                          Path = Path.GetFullPath s.Path
+                          Append = (match s with Append _ -> true | Truncate _ -> false) }
+                    sprintf " %s %s" op name
+            let line =
+                "/bin/bash -c " + quote cmd
+                + redirect ">" call.Stdout "parsl.stdout"
+                + redirect "2>" call.Stderr "parsl.stderr"
+            // Outputs named by relative paths are written in the sandbox and brought back to the same relative path
+            // here; absolute paths mean a shared file system (Parsl's rule).
+            let outputs =
+                [ for p in call.Outputs ->
+                    if not options.SharedFs && not (Path.IsPathRooted p) then
+                        outs.Add
+                            { File = { CacheName = sprintf "%s-out-%s" prefix (p.Replace('/', '_')); SandboxName = p; Cached = false }
+                              Path = Path.GetFullPath p
+                              Append = false }
+                    Path.GetFullPath p ]
+            finish
+                { spec line call.AppName with WallTime = wallSeconds req call.Walltime }
+                []
+                (List.ofSeq outs)
+                None
+                (shellResult call outputs)
+
+    /// Parsl's defaults.
+    new() = WorkQueueExecutor(WorkQueueOptions.defaults ())
+
+    /// The options.
+    member _.Options = options
+
+    /// The port workers connect to (after start).
+    member _.Port = manager |> Option.map (fun m -> m.Port)
+
+    /// Tries queued or running (Parsl's `outstanding()`).
+    member _.Outstanding = inflight.Count
+
+    /// Connections refused so far (wrong or missing password, unknown protocol).
+    member _.RejectedConnections = manager |> Option.map (fun m -> m.RejectedCount) |> Option.defaultValue 0
+
+    /// The workers connected now.
+    member _.WorkersAsync() : Task<WqWorkerInfo list> =
+        match manager with
+        | Some m ->
+            let q = TaskCompletionSource<WqWorkerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
+            m.Post(QueryWorkers q)
+            q.Task
+        | None -> Task.FromResult []
+
+    /// The blocks started so far: block id, job id, state.
+    member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
+        match scaler with
+        | Some sc ->
+            let q = TaskCompletionSource<_>(TaskCreationOptions.RunContinuationsAsynchronously)
+            sc.Post(ScalerBlocks q)
+            q.Task
+        | None -> Task.FromResult []
+
+    /// A program that starts the long-lived .NET runner, for `work_queue_worker --coprocess` (protocol 10 and later):
+    /// such a worker runs function apps without a `dotnet` start each (after start; on a file system the workers see).
+    member _.CoprocessScript = coprocessScript
+
+    /// The command a block runs to start one worker.
+    member this.WorkerCommand(blockId: string) =
+        let port = defaultArg this.Port options.Port
+        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
+          yield quote options.WorkerExecutable
+          match options.PasswordFile with Some p -> yield! [ "--password"; quote (Path.GetFullPath p) ] | None -> ()
+          if options.LongLivedRunner then yield! [ "--coprocess"; quote this.CoprocessScript ]
+          yield! options.WorkerOptions |> List.map quote
+          yield quote options.Address
+          yield string port ]
+        |> String.concat " "
+
+    interface IExecutor with
+        member _.Label = label
+        member _.Validate() = WorkQueueOptions.validate options
+        member _.CheckResources spec =
+            match WqProtocol.request label spec with
+            | Ok _ -> None
+            | Error e -> Some e
+
+        member this.StartAsync(context, _) =
+            task {
+                ctx <- context
+                let root = Path.Combine(context.RunDir, label)
+                dataDir <- Path.Combine(root, "function_data")
+                Directory.CreateDirectory dataDir |> ignore
+                if not (OperatingSystem.IsWindows()) then
+                    File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+                runner <- runnerFiles ()
+                // What the worker's coprocess child reads and forwards to the runner (which reads the call file itself).
+                // It carries `Env` (a task's environment does not reach a process that is already running).
+                let infile = Path.Combine(root, "coprocess-infile")
+                File.WriteAllText(infile, JsonSerializer.Serialize(dict [ for KeyValue(k, v) in options.Env -> k, v ]))
+                let h = short (hashes.GetOrAdd(infile, Serialization.hashFile))
+                coprocessInfile <- { File = { CacheName = "parsl-coprocess-env-" + h; SandboxName = "infile"; Cached = true }; LocalPath = infile; Mode = 0o644 }
+                // `work_queue_worker --coprocess` takes a program, not a command line: this script starts the runner.
+                coprocessScript <- Path.Combine(root, "parsl-wq-coprocess")
+                File.WriteAllText(
+                    coprocessScript,
+                    sprintf "#!/bin/sh\nexec %s %s wq-serve\n" (quote options.DotnetCommand) (quote (Path.Combine(options.RunnerDirectory, "Parsl.Workers.dll"))))
+                if not (OperatingSystem.IsWindows()) then
+                    File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+                let password = options.PasswordFile |> Option.map File.ReadAllText
+                let m =
+                    WqManager.start
+                        { Label = label
+                          Address = options.Address
+                          Port = options.Port
+                          Password = password
+                          KeepalivePeriod = options.KeepalivePeriod
+                          KeepaliveTimeout = options.KeepaliveTimeout
+                          MaxRetries = options.MaxRetries
+                          TransferDir = Path.Combine(root, "transfers")
+                          Log = context.Log }
+                manager <- Some m
+                match options.Provider with
+                | Some p ->
+                    p.Initialize { ScriptDir = Path.Combine(context.RunDir, "submit_scripts"); Log = context.Log }
+                    scaler <-
+                        Some(
+                            WqBlockScaler.start
+                                { Label = label
+                                  Provider = p
+                                  Kind = options.Strategy
+                                  Period = options.StrategyPeriod
+                                  MaxIdleTime = options.MaxIdleTime
+                                  LaunchCommand = this.WorkerCommand
+                                  Outstanding = fun () -> inflight.Count
+                                  Log = context.Log })
+                | None -> ()
+            }
+            :> Task
+
+        member _.Submit t =
+            match manager with
+            | None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
+            | Some m ->
+                let key = Protocol.key t.Id.Value t.Try.Value
+                match WqProtocol.request label t.Resources with
+                | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
+                | Ok req ->
+                    inflight[key] <- struct (t.Id, t.Try)
+                    match (try Ok(build t key req) with e -> Error e) with
+                    | Error e -> report key (Error e)
+                    | Ok task -> m.Post(SubmitTask task)
+
+        member _.Cancel(id, tryId) =
+            manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))
+
+        member _.ShutdownAsync(wait) =
+            task {
+                if wait then
+                    // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
+                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
+                    finished ()
+                    do! w.Task
+                match manager with
+                | Some m ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    m.Post(StopManager stopped)
+                    do! stopped.Task
+                    do! m.Completion
+                | None -> ()
+                match scaler, options.Provider with
+                | Some sc, Some p ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    sc.Post(StopScaler stopped)
+                    do! stopped.Task
+                    do! sc.Completion
+                    match box p with
+                    | :? IDisposable as d ->
+                        try d.Dispose() with _ -> ()
+                    | _ -> ()
+                | _ -> ()
+                for KeyValue(k, _) in inflight.ToArray() do
+                    report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
+            }
+            :> Task

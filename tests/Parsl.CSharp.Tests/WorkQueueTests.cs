@@ -1,0 +1,108 @@
+using System.Diagnostics;
+using static Parsl.CSharp.Tests.TestKernel;
+
+namespace Parsl.CSharp.Tests;
+
+/// <summary>The WorkQueueExecutor from C#: a real <c>work_queue_worker</c> (Debian's, protocol 9, and the one built from
+/// the CCTools source, protocol 11) connects to the manager on loopback. tests/harness/workqueue.sh installs and
+/// builds them (as root); elsewhere the test fails saying what is missing.</summary>
+public class WorkQueueTests
+{
+    private static readonly Lazy<(string Wq9, string Wq11)> Workers = new(() =>
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "tests", "harness", "workqueue.sh"))) dir = dir.Parent;
+        if (dir is null) throw new InvalidOperationException("tests/harness/workqueue.sh not found above the test binary");
+        var psi = new ProcessStartInfo("/bin/bash") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(dir.FullName, "tests", "harness", "workqueue.sh"));
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var line = p.StandardOutput.ReadToEnd().Trim();
+        p.WaitForExit();
+        if (p.ExitCode != 0)
+            throw new InvalidOperationException($"the Work Queue harness cannot run here (exit {p.ExitCode}): {err.Result}");
+        string Field(string key) => line.Split(' ').First(w => w.StartsWith(key + "=", StringComparison.Ordinal))[(key.Length + 1)..];
+        return (Field("wq9"), Field("wq11"));
+    });
+
+    private static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        var port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    private static Process StartWorker(string exe, int port, string workDir)
+    {
+        Directory.CreateDirectory(workDir);
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "-s", workDir, "-t", "60", "--cores", "1", "127.0.0.1", port.ToString() }) psi.ArgumentList.Add(a);
+        return Process.Start(psi)!;
+    }
+
+    private static int Square(int x) => x * x;
+
+    private static int Refuse(int x) => throw new ArgumentOutOfRangeException(nameof(x), x, "refused");
+
+    [Theory]
+    [InlineData(9)]
+    [InlineData(11)]
+    public async Task Function_and_shell_apps_run_on_a_real_worker(int protocol)
+    {
+        var exe = protocol == 9 ? Workers.Value.Wq9 : Workers.Value.Wq11;
+        var port = FreePort();
+        var wq = new WorkQueueExecutorOptions { Label = "wq", Port = port, KeepalivePeriod = TimeSpan.FromSeconds(2) };
+        wq.Env["GREETING"] = "hi";
+        await using var dfk = await LoadAsync(o => o.Executors.Add(wq));
+        using var worker = StartWorker(exe, port, TempRunDir());
+        try
+        {
+            var square = dfk.App<int, int>(Square);
+            var plus = dfk.App((int x) => x + 1);
+            Assert.Equal(82, await plus.Invoke(square.Invoke(9)).Within());
+            var refuse = dfk.App<int, int>(Refuse);
+            var e = await FailureOf(refuse.Invoke(5));
+            Assert.IsType<ArgumentOutOfRangeException>(e);
+            var dir = TempRunDir();
+            var greet = dfk.ShellApp((string name) => $"echo $GREETING {name} > {dir}/greeting");
+            Assert.Equal(0, await greet.Invoke("ada").Within());
+            Assert.Equal("hi ada\n", File.ReadAllText(Path.Combine(dir, "greeting")));
+        }
+        finally
+        {
+            if (!worker.HasExited) worker.Kill(true);
+        }
+    }
+
+    [Fact]
+    public async Task Blocks_with_the_long_lived_runner_run_function_apps_in_one_process()
+    {
+        var work = TempRunDir();
+        var wq = new WorkQueueExecutorOptions
+        {
+            Label = "wq-runner",
+            LongLivedRunner = true,
+            WorkerExecutable = Workers.Value.Wq11,
+            Provider = new LocalProviderOptions { StatusPollingInterval = TimeSpan.FromMilliseconds(200) },
+            StrategyPeriod = TimeSpan.FromMilliseconds(200),
+        };
+        foreach (var a in new[] { "-s", work, "--cores", "1", "-t", "60" }) wq.WorkerOptions.Add(a);
+        await using var dfk = await LoadAsync(o => o.Executors.Add(wq));
+        var pid = dfk.App((int _) => Environment.ProcessId);
+        var first = await pid.Invoke(1).Within();
+        var second = await pid.Invoke(2).Within();
+        Assert.NotEqual(Environment.ProcessId, first);
+        Assert.Equal(first, second);
+    }
+
+    [Fact]
+    public async Task Bad_options_are_refused_at_load_naming_the_field()
+    {
+        var wq = new WorkQueueExecutorOptions { Port = 70000, KeepalivePeriod = TimeSpan.FromSeconds(10), KeepaliveTimeout = TimeSpan.FromSeconds(5) };
+        var e = await Assert.ThrowsAsync<ConfigurationError>(() => LoadAsync(o => o.Executors.Add(wq)));
+        Assert.Equal("WorkQueueExecutorOptions.Port", e.Field);
+        Assert.Contains("KeepaliveTimeout", e.Message);
+    }
+}
