@@ -266,7 +266,7 @@ module BlockPoller =
                                     ()
                                 | None -> ()
                             with e -> s.Log.Error(e, "{Label}: cancelling block {Block} failed", s.Label, id)
-                            handleErrors ()
+                            do! handleErrors ()
                         | None -> s.Log.Warning("{Label}: a manager of block {Block}, which this executor does not run, was refused: {Error}", s.Label, id, error.Message)
                     | StopPoller reply ->
                         go <- false
