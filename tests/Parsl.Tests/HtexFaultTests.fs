@@ -345,7 +345,7 @@ let signals =
             HtexTests.kill (child.Id, sigterm) |> ignore
             Expect.isTrue (child.WaitForExit 60000) "the client ended"
             Expect.notEqual child.ExitCode 0 "as a signal ends a process, not as a success"
-            waitUntil 20.0 "the manager, its workers and the shell app to be gone" (fun () ->
+            waitUntil 60.0 "the manager, its workers and the shell app to be gone" (fun () ->
                 not (alive manager) && workers |> List.forall (alive >> not) && (processesRunning line).IsEmpty)
         }
     ]
