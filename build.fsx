@@ -54,6 +54,11 @@ let testProjects () =
     |> Array.sort
     |> Array.collect (fun d -> Array.append (Directory.GetFiles(d, "*.fsproj")) (Directory.GetFiles(d, "*.csproj")))
 
+let shippedProjects () =
+    Directory.GetDirectories(Path.Combine(root, "src"))
+    |> Array.sort
+    |> Array.collect (fun d -> Array.append (Directory.GetFiles(d, "*.fsproj")) (Directory.GetFiles(d, "*.csproj")))
+
 let isXunit (proj: string) = File.ReadAllText(proj).Contains "Microsoft.NET.Test.Sdk"
 
 let stripAnsi (s: string) = Regex.Replace(s, @"\x1B\[[0-9;?]*[A-Za-z]", "")
@@ -114,7 +119,9 @@ Target.create "Bench" (fun p ->
 Target.create "Pack" (fun p ->
     let packages = Path.Combine(artifacts, "packages")
     Shell.cleanDir packages
-    run ([ "pack"; "Parsl.slnx"; "-c"; configuration; "-o"; packages; "-p:ContinuousIntegrationBuild=true" ] @ p.Context.Arguments)
+    // The shipped projects only (the solution would build the tests too).
+    for proj in shippedProjects () do
+        run ([ "pack"; proj; "-c"; configuration; "-o"; packages; "-p:ContinuousIntegrationBuild=true" ] @ p.Context.Arguments)
     for f in Directory.GetFiles(packages) |> Array.sort do
         Trace.log (sprintf "%s  %d KiB" (Path.GetFileName f) ((FileInfo f).Length / 1024L)))
 

@@ -80,7 +80,11 @@ let private fsharpScript (sandbox: Lazy<Sandbox>) =
         let s = sandbox.Value
         let dir = folder s "script"
         let script =
-            sprintf """#r "nuget: Parsl.Core.FSharp, %s"
+            // `#i` adds the feed as a source (beside nuget.config's). It also makes the script's package lines unique to
+            // this sandbox: `dotnet fsi` caches what a set of package lines resolved to, across runs, and would
+            // otherwise hand a later run the packages of an earlier one.
+            sprintf """#i "nuget: %s"
+#r "nuget: Parsl.Core.FSharp, %s"
 #r "nuget: Parsl.Workers, %s"
 open Parsl
 open Parsl.Executors
@@ -96,13 +100,16 @@ let dfk = DataFlowKernel.Load { Config.defaults with Executors = [ htex ] }
 let write = App.shell dfk (fun (n: int) -> sprintf "echo $PARSL_WORKER_RANK %%d > from-worker.txt" n)
 printfn "htex exit %%d" (write (Arg.value 81)).Result
 printfn "htex wrote %%s" (System.IO.File.ReadAllText "from-worker.txt")
+printfn "resolved from %%s" (typeof<Config>.Assembly.Location)
 (dfk :> System.IDisposable).Dispose()
 """
-                s.Version s.Version
+                s.Feed s.Version s.Version
         File.WriteAllText(Path.Combine(dir, "workflow.fsx"), script)
         let ran = dotnet s dir (minutes 5.0) [ "fsi"; "workflow.fsx" ] |> check "dotnet fsi workflow.fsx"
         // PARSL_WORKER_RANK is set only in a worker started by an HTEx manager.
         expectLines ran.Output [ "threads 81"; "htex exit 0"; "htex wrote 0 81" ]
+        // The worker ran from a folder of links to this sandbox's packages, not from anything restored before.
+        Expect.stringContains ran.Output s.Packages "the script resolved the sandbox's packages"
 
 /// A C# file-based app (`dotnet run app.cs`, .NET 10): the same packages through `#:package`.
 let private fileBasedApp (sandbox: Lazy<Sandbox>) =

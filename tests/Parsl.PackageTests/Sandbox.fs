@@ -99,8 +99,16 @@ let create () =
         |> ignore
     { Root = root; Feed = feed; Packages = packages; Version = version repo }
 
-/// Removes the sandbox (its processes have all ended by then).
+/// Removes the sandbox (its processes have all ended by then), and the worker folders made for its scripts (links
+/// into its packages folder, under the user's data folder).
 let delete (s: Sandbox) =
+    let workers =
+        Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.LocalApplicationData, "parsl-net", "workers")
+    if Directory.Exists workers then
+        for d in Directory.GetDirectories workers do
+            let core = FileInfo(Path.Combine(d, "Parsl.Core.FSharp.dll"))
+            if not (isNull core.LinkTarget) && core.LinkTarget.StartsWith s.Root then
+                try Directory.Delete(d, true) with _ -> ()
     try Directory.Delete(s.Root, true) with _ -> ()
 
 /// A new folder in the sandbox.

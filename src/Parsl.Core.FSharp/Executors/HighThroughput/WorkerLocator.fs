@@ -19,8 +19,8 @@ type internal WorkerDllMarker = class end
 ///
 /// A script run by `dotnet fsi` with `#r "nuget: Parsl.Workers"` has no folder of its own: each assembly stays in
 /// its package's folder in the NuGet packages folder, where a worker started alone cannot find its dependencies
-/// (it failed with "Could not load file or assembly FSharp.Core"). There the worker gets a folder of its own under
-/// the temp directory, private to the user: links to `Parsl.Workers.dll`, its runtimeconfig and every assembly it
+/// (it failed with "Could not load file or assembly FSharp.Core"). There the worker gets a folder of its own in
+/// the user's data folder (`~/.local/share/parsl-net/workers/<hash>`), private to the user: links to `Parsl.Workers.dll`, its runtimeconfig and every assembly it
 /// references, each where the client process itself loads it from.
 [<RequireQualifiedAccess>]
 module WorkerLocator =
@@ -122,7 +122,13 @@ module WorkerLocator =
             |> List.map (fun (n, p) -> let i = FileInfo p in sprintf "%s|%s|%d|%d" n p i.Length i.LastWriteTimeUtc.Ticks)
             |> String.concat "\n"
         let hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes key)).Substring(0, 24).ToLowerInvariant()
-        let baseDir = Path.Combine(Path.GetTempPath(), "parsl-net", "workers")
+        // Under the user's own data folder, not the shared temp folder: a folder another user made first must never
+        // be what our managers run. (On a cluster it is usually in the home directory, which the nodes see.)
+        let userData =
+            match Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create) with
+            | "" -> Path.Combine(Path.GetTempPath(), "parsl-net-" + Environment.UserName)
+            | d -> d
+        let baseDir = Path.Combine(userData, "parsl-net", "workers")
         let dir = Path.Combine(baseDir, hash)
         let target = Path.Combine(dir, WorkerDll)
         if not (File.Exists target) then
@@ -130,6 +136,12 @@ module WorkerLocator =
                 if OperatingSystem.IsWindows() then Directory.CreateDirectory d |> ignore
                 else Directory.CreateDirectory(d, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute) |> ignore
             privateDir baseDir
+            // Folders whose packages are gone (a cleared NuGet cache) are removed on the way; best effort.
+            for other in Directory.GetDirectories baseDir do
+                try
+                    let core = FileInfo(Path.Combine(other, "Parsl.Core.FSharp.dll"))
+                    if not (isNull core.LinkTarget) && not (File.Exists(core.LinkTarget)) then Directory.Delete(other, true)
+                with _ -> ()
             let staging = dir + ".tmp-" + string Environment.ProcessId
             if Directory.Exists staging then Directory.Delete(staging, true)
             privateDir staging
