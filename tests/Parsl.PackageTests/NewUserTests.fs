@@ -135,6 +135,33 @@ Console.WriteLine($"htex in another process {await pid.Invoke(0) != Environment.
         let ran = dotnet s dir (minutes 5.0) [ "run"; "app.cs" ] |> check "dotnet run app.cs"
         expectLines ran.Output [ "htex 81"; "htex in another process True" ]
 
+/// Without the Parsl.Workers package, the HTEx fails at load, naming the option and the package, not after a block
+/// has failed to start.
+let private withoutWorkers (sandbox: Lazy<Sandbox>) =
+    testCase "without the Parsl.Workers package, loading an HTEx is a ConfigurationError naming WorkerCommand and the package" <| fun () ->
+        let s = sandbox.Value
+        let dir = folder s "noworkers"
+        let program =
+            sprintf """#:package Parsl.CSharp@%s
+using Parsl;
+
+try
+{
+    await using var dfk = await Dfk.LoadAsync(new DfkOptions { Executors = { new HighThroughputExecutorOptions() } });
+    Console.WriteLine("loaded");
+}
+catch (ConfigurationError e)
+{
+    Console.WriteLine($"field {e.Field}");
+    Console.WriteLine(e.Message);
+}
+"""
+                s.Version
+        File.WriteAllText(Path.Combine(dir, "app.cs"), program)
+        let ran = dotnet s dir (minutes 5.0) [ "run"; "app.cs" ] |> check "dotnet run app.cs"
+        Expect.isFalse (ran.Output.Contains "loaded") "the kernel does not load"
+        expectLines ran.Output [ "WorkerCommand"; "dotnet add package Parsl.Workers" ]
+
 /// What a package carries: licence, readme, XML docs, symbols beside it, SourceLink-ready metadata.
 let private contents (sandbox: Lazy<Sandbox>) =
     testCase "every package carries the licence, the readme, XML docs, a symbols package and one version" <| fun () ->
@@ -162,4 +189,4 @@ let private contents (sandbox: Lazy<Sandbox>) =
 
 /// The tests, sharing one sandbox (packed once).
 let tests (sandbox: Lazy<Sandbox>) =
-    testSequenced <| testList "New user" [ contents sandbox; consoleApp sandbox; fsharpScript sandbox; fileBasedApp sandbox ]
+    testSequenced <| testList "New user" [ contents sandbox; consoleApp sandbox; fsharpScript sandbox; fileBasedApp sandbox; withoutWorkers sandbox ]
