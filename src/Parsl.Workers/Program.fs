@@ -1,81 +1,49 @@
 /// The executable started on compute nodes: `--manager` runs a manager (one per node), `--worker` one
-/// worker process (started by the manager). Argument parsing (Argu) and wiring only; the logic lives in
-/// Parsl.Core.FSharp (`Manager.run`, `Worker.run`).
+/// worker process (started by the manager). Argument parsing (System.CommandLine) and wiring only; the logic
+/// lives in Parsl.Core.FSharp (`Manager.run`, `Worker.run`).
 module Parsl.Workers.Program
 
 open System
+open System.CommandLine
+open System.CommandLine.Parsing
+open System.Globalization
 open System.IO
-open Argu
 open Parsl.Executors.HighThroughput
 
-/// Every flag of every mode. Argu spells `Max_Workers_Per_Node` as `--max-workers-per-node`. A flag may be given
-/// twice: the first occurrence wins, so flags in a user's `WorkerCommand` override the executor's.
-type Arguments =
-    | [<CliPrefix(CliPrefix.DoubleDash)>] Manager
-    | Worker of rank: int
-    | Generation of generation: int
-    | Connect of address: string
-    | Address of address: string
-    | Block_Id of id: string
-    | Max_Workers_Per_Node of count: int
-    | Cores_Per_Worker of cores: float
-    | Mem_Per_Worker of gb: float
-    | Prefetch_Capacity of count: int
-    | Hb_Period of ms: float
-    | Hb_Threshold of ms: float
-    | Drain_Period of ms: float
-    | Cpu_Affinity of policy: string
-    | Available_Accelerators of names: string
-    | Cert_Dir of dir: string
-    | Local_Socket of name: string
-    | Cache_Dir of dir: string
-    | No_Shared_Fs
-    | Manager_Id of id: string
-    | Parsl_Version of version: string
+// System.CommandLine, not Argu: the manager parses its line on the way to a block's first result, and Argu's
+// parse took 0.3-0.4 s of reflection on this 2-core machine (System.CommandLine: 30-60 ms, measured in fsi).
 
-    interface IArgParserTemplate with
-        member a.Usage =
-            match a with
-            | Manager -> "run a manager (one per node), which connects to the interchange and starts the workers"
-            | Worker _ -> "run one worker process (the manager starts these)"
-            | Generation _ -> "worker: how many times this rank was restarted"
-            | Connect _ -> "worker: the manager's local socket"
-            | Address _ -> "manager: the interchange, as tcp://HOST:PORT"
-            | Block_Id _ -> "manager: the block this manager belongs to"
-            | Max_Workers_Per_Node _ -> "manager: at most this many workers (default: as many as cores and memory allow)"
-            | Cores_Per_Worker _ -> "manager: cores per worker (default 1)"
-            | Mem_Per_Worker _ -> "manager: memory per worker in GB (default: no limit)"
-            | Prefetch_Capacity _ -> "manager: tasks to hold beyond the free workers (default 0)"
-            | Hb_Period _ -> "manager: heartbeat period in ms (default 30000)"
-            | Hb_Threshold _ -> "manager: the interchange is lost after this many ms of silence (default 120000)"
-            | Drain_Period _ -> "manager: stop taking tasks after this many ms (default: never)"
-            | Cpu_Affinity _ -> "manager: none, block, block-reverse, alternating or list:0-1,4:2-3 (default none)"
-            | Available_Accelerators _ -> "manager: accelerator names, comma-separated, one per worker"
-            | Cert_Dir _ -> "manager: the directory of the CurveZMQ keys (default: plain TCP)"
-            | Local_Socket _ -> "manager: the interchange's local socket, tried before --address"
-            | Cache_Dir _ -> "manager: where assemblies fetched from the client are cached"
-            | No_Shared_Fs -> "manager: always fetch the application's assemblies from the client"
-            | Manager_Id _ -> "manager: this manager's id (default: a random one)"
-            | Parsl_Version _ -> "manager: the Parsl.NET version to report (tests of the version check)"
+/// An option that takes a value. Given twice, the first occurrence wins, so flags in a user's `WorkerCommand`
+/// override the executor's (which come after them). A value that does not parse is one error naming both.
+let private valued<'T> (name: string) (what: string) (parse: string -> 'T option) (description: string) =
+    let o = Option<'T>(name, Description = description, Arity = ArgumentArity.OneOrMore)
+    o.CustomParser <-
+        fun (r: ArgumentResult) ->
+            let token = r.Tokens[0].Value
+            match parse token with
+            | Some v -> v
+            | None ->
+                r.AddError(sprintf "'%s' is not %s, for %s" token what name)
+                Unchecked.defaultof<'T>
+    o
 
-/// The parsed command line, or the exit code and the text to print (a one-line error on stderr, or the help).
-let parse (argv: string[]) : Result<ParseResults<Arguments>, int * string> =
-    let parser = ArgumentParser.Create<Arguments>(programName = "Parsl.Workers", checkStructure = false)
-    try Ok(parser.ParseCommandLine(argv, raiseOnUsage = true))
-    with :? ArguParseException as e ->
-        if e.ErrorCode = ErrorCode.HelpText then Error(0, e.Message)
-        else
-            // Argu's message is the error, then the whole usage: one line is what a block's error file needs.
-            let line = e.Message.Split('\n').[0].Trim()
-            let line = if line.StartsWith "ERROR: " then line.Substring 7 else line
-            Error(64, sprintf "Parsl.Workers: %s (see Parsl.Workers --help)" line)
+let private text name description = valued<string> name "a value" Some description
 
-/// The first occurrence of each flag. (Argu's own lookups give the last one, and go through quotations, which
-/// cost start-up time on the way to a task's first result.)
-type private Flags(args: ParseResults<Arguments>) =
-    let all = args.GetAllResults()
-    member _.First(pick: Arguments -> 'T option) = all |> List.tryPick pick
-    member _.Has(flag: Arguments) = all |> List.contains flag
+let private whole name description =
+    let parse (s: string) =
+        match Int32.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture) with
+        | true, v -> Some v
+        | _ -> None
+    valued<int> name "a whole number" parse description
+
+let private number name description =
+    let parse (s: string) =
+        match Double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture) with
+        | true, v when Double.IsFinite v -> Some v
+        | _ -> None
+    valued<float> name "a number" parse description
+
+let private switch (name: string) (description: string) = Option<bool>(name, Description = description)
 
 /// How this executable starts another copy of itself (as `dotnet Parsl.Workers.dll` or the app host).
 let private self () =
@@ -83,11 +51,88 @@ let private self () =
     if Path.GetFileNameWithoutExtension(exe) = "dotnet" then [ exe; Reflection.Assembly.GetEntryAssembly().Location ]
     else [ exe ]
 
-let private fail (message: string) =
-    eprintfn "Parsl.Workers: %s (see Parsl.Workers --help)" message
-    64
+/// What the command line asks for.
+type Mode =
+    /// Run a manager with these settings.
+    | RunManager of ManagerSettings
+    /// Run one worker process: rank, generation, the manager's socket.
+    | RunWorker of rank: int * generation: int * address: string
+    /// Print the help and exit with 0.
+    | Help of print: (unit -> int)
 
-let private runWorkerAt (rank: int) (generation: int) (address: string) =
+/// The mode, or a one-line error (for the block's error file) naming the flag and the fix.
+let parse (argv: string[]) : Result<Mode, string> =
+    let manager = switch "--manager" "run a manager (one per node): it connects to the interchange and starts the workers"
+    let worker = whole "--worker" "run one worker process of this rank (the manager starts these)"
+    let generation = whole "--generation" "worker: how many times this rank was started before"
+    let connect = text "--connect" "worker: the manager's local socket"
+    let address = text "--address" "manager: the interchange, as tcp://HOST:PORT"
+    let blockId = text "--block-id" "manager: the block this manager belongs to"
+    let maxWorkers = whole "--max-workers-per-node" "manager: at most this many workers (default: as many as cores and memory allow)"
+    let coresPerWorker = number "--cores-per-worker" "manager: cores per worker (default 1)"
+    let memPerWorker = number "--mem-per-worker" "manager: memory per worker in GB (default: no limit)"
+    let prefetch = whole "--prefetch-capacity" "manager: tasks to hold beyond the free workers (default 0)"
+    let hbPeriod = number "--hb-period" "manager: heartbeat period in ms (default 30000)"
+    let hbThreshold = number "--hb-threshold" "manager: the interchange is lost after this many ms of silence (default 120000)"
+    let drainPeriod = number "--drain-period" "manager: stop taking tasks after this many ms (default: never)"
+    let cpuAffinity = text "--cpu-affinity" "manager: none, block, block-reverse, alternating or list:0-1,4:2-3 (default none)"
+    let accelerators = text "--available-accelerators" "manager: accelerator names, comma-separated, one per worker"
+    let certDir = text "--cert-dir" "manager: the directory of the CurveZMQ keys (default: plain TCP)"
+    let localSocket = text "--local-socket" "manager: the interchange's local socket, tried before --address"
+    let cacheDir = text "--cache-dir" "manager: where assemblies fetched from the client are cached"
+    let noSharedFs = switch "--no-shared-fs" "manager: always fetch the application's assemblies from the client"
+    let managerId = text "--manager-id" "manager: this manager's id (default: a random one)"
+    let parslVersion = text "--parsl-version" "manager: the Parsl.NET version to report (tests of the version check)"
+    let root = RootCommand("Parsl.NET's worker pool. Started by the HighThroughputExecutor's providers, not by hand.")
+    for o in
+        [ manager :> Option; worker; generation; connect; address; blockId; maxWorkers; coresPerWorker; memPerWorker
+          prefetch; hbPeriod; hbThreshold; drainPeriod; cpuAffinity; accelerators; certDir; localSocket; cacheDir
+          noSharedFs; managerId; parslVersion ] do
+        root.Options.Add o
+    let result = root.Parse argv
+    let given (o: Option) = not (isNull (result.GetResult o))
+    let value (o: Option<'T>) = if given o then Some(result.GetValue o) else None
+    if argv |> Array.exists (fun a -> a = "--help" || a = "-h" || a = "-?") then Ok(Help(fun () -> result.Invoke()))
+    elif result.Errors.Count > 0 then Error result.Errors[0].Message
+    else
+        match value worker with
+        | Some rank ->
+            match value generation, value connect with
+            | Some g, Some c -> Ok(RunWorker(rank, g, c))
+            | _ -> Error "--worker needs --generation and --connect (a manager starts workers)"
+        | None when result.GetValue manager ->
+            let ms (o: Option<float>) d = value o |> Option.map TimeSpan.FromMilliseconds |> Option.defaultValue d
+            match value address, value blockId with
+            | Some address, Some block ->
+                Ok(
+                    RunManager
+                        { Address = address
+                          ManagerId = value managerId |> Option.defaultWith (fun () -> Guid.NewGuid().ToString("N").Substring(20))
+                          BlockId = block
+                          MaxWorkers = value maxWorkers
+                          CoresPerWorker = value coresPerWorker |> Option.defaultValue 1.0
+                          MemPerWorker = value memPerWorker
+                          Prefetch = value prefetch |> Option.defaultValue 0
+                          HeartbeatPeriod = ms hbPeriod (TimeSpan.FromSeconds 30.0)
+                          HeartbeatThreshold = ms hbThreshold (TimeSpan.FromSeconds 120.0)
+                          DrainPeriod = value drainPeriod |> Option.map TimeSpan.FromMilliseconds
+                          CpuAffinity = value cpuAffinity |> Option.defaultValue "none"
+                          Accelerators =
+                            value accelerators
+                            |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> List.ofArray)
+                            |> Option.defaultValue []
+                          CertDir = value certDir
+                          LocalSocket = value localSocket
+                          WorkerCommand = self ()
+                          CacheDir = value cacheDir |> Option.defaultValue (Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies"))
+                          SharedFileSystem = not (result.GetValue noSharedFs)
+                          ParslVersion = value parslVersion
+                          Log = Console.Error }
+                )
+            | _ -> Error "--manager needs --address and --block-id"
+        | None -> Error "give --manager (on a node) or --worker (started by a manager)"
+
+let private runWorker (rank: int) (generation: int) (address: string) =
     Worker.prime ()
     match (try Ok(Worker.connect address rank generation) with e -> Error e) with
     | Ok channel ->
@@ -98,56 +143,21 @@ let private runWorkerAt (rank: int) (generation: int) (address: string) =
         eprintfn "worker %d: cannot reach its manager at %s: %s" rank address e.Message
         2
 
-let private runWorker (args: ParseResults<Arguments>) (rank: int) =
-    let flags = Flags args
-    match flags.First(function Connect v -> Some v | _ -> None), flags.First(function Generation v -> Some v | _ -> None) with
-    | Some address, Some generation -> runWorkerAt rank generation address
-    | _ -> fail "--worker needs --generation and --connect (a manager starts workers)"
-
-let private runManager (args: ParseResults<Arguments>) =
+let private runManager (settings: ManagerSettings) =
     // Socket completions run on the socket engine's own thread instead of being handed to the thread pool:
     // NetMQ's completion only queues to its I/O thread, so the extra thread hop (and the pool's spinning)
     // cost a wake-up per message for nothing. Read once when the first socket is made, so set it first.
     // The manager runs no user code, so no user continuation can block that thread.
     Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1")
-    let flags = Flags args
-    let ms (value: float option) d = value |> Option.map TimeSpan.FromMilliseconds |> Option.defaultValue d
-    match flags.First(function Address v -> Some v | _ -> None), flags.First(function Block_Id v -> Some v | _ -> None) with
-    | Some address, Some block ->
-        let settings =
-            { Address = address
-              ManagerId = flags.First(function Manager_Id v -> Some v | _ -> None) |> Option.defaultWith (fun () -> Guid.NewGuid().ToString("N").Substring(20))
-              BlockId = block
-              MaxWorkers = flags.First(function Max_Workers_Per_Node v -> Some v | _ -> None)
-              CoresPerWorker = flags.First(function Cores_Per_Worker v -> Some v | _ -> None) |> Option.defaultValue 1.0
-              MemPerWorker = flags.First(function Mem_Per_Worker v -> Some v | _ -> None)
-              Prefetch = flags.First(function Prefetch_Capacity v -> Some v | _ -> None) |> Option.defaultValue 0
-              HeartbeatPeriod = ms (flags.First(function Hb_Period v -> Some v | _ -> None)) (TimeSpan.FromSeconds 30.0)
-              HeartbeatThreshold = ms (flags.First(function Hb_Threshold v -> Some v | _ -> None)) (TimeSpan.FromSeconds 120.0)
-              DrainPeriod = flags.First(function Drain_Period v -> Some v | _ -> None) |> Option.map TimeSpan.FromMilliseconds
-              CpuAffinity = flags.First(function Cpu_Affinity v -> Some v | _ -> None) |> Option.defaultValue "none"
-              Accelerators =
-                flags.First(function Available_Accelerators v -> Some v | _ -> None)
-                |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> List.ofArray)
-                |> Option.defaultValue []
-              CertDir = flags.First(function Cert_Dir v -> Some v | _ -> None)
-              LocalSocket = flags.First(function Local_Socket v -> Some v | _ -> None)
-              WorkerCommand = self ()
-              CacheDir = flags.First(function Cache_Dir v -> Some v | _ -> None) |> Option.defaultValue (Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies"))
-              SharedFileSystem = not (flags.Has No_Shared_Fs)
-              ParslVersion = flags.First(function Parsl_Version v -> Some v | _ -> None)
-              Log = Console.Error }
-        try
-            Manager.run settings
-        with e ->
-            // A manager that cannot start says why in the block's error file, in one line.
-            eprintfn "manager %s: cannot run: %s" settings.ManagerId e.Message
-            1
-    | _ -> fail "--manager needs --address and --block-id"
+    try
+        Manager.run settings
+    with e ->
+        // A manager that cannot start says why in the block's error file, in one line.
+        eprintfn "manager %s: cannot run: %s" settings.ManagerId e.Message
+        1
 
-/// The exact line a manager starts each worker with. It skips the parser: Argu's start-up (reflection over the
-/// flags) measured 0.1-0.3 s per process on a loaded 2-core node, paid by every worker on the way to its first
-/// task. Anything else, and every line a person types, goes through the parser and its errors.
+/// The exact line a manager starts each worker with. It skips the parser, whose start-up every worker would
+/// otherwise pay on the way to its first task. Anything else, and every line a person types, is parsed.
 let private (|WorkerLine|_|) (argv: string[]) =
     match argv with
     | [| "--worker"; rank; "--generation"; generation; "--connect"; address |] ->
@@ -159,19 +169,13 @@ let private (|WorkerLine|_|) (argv: string[]) =
 [<EntryPoint>]
 let main argv =
     match argv with
-    | WorkerLine(rank, generation, address) -> runWorkerAt rank generation address
+    | WorkerLine(rank, generation, address) -> runWorker rank generation address
     | _ ->
-    match parse argv with
-    | Error(0, help) ->
-        printfn "%s" help
-        0
-    | Error(code, line) ->
-        eprintfn "%s" line
-        code
-    | Ok args ->
         // One line per mode.
-        let flags = Flags args
-        match flags.First(function Worker v -> Some v | _ -> None) with
-        | Some rank -> runWorker args rank
-        | None when flags.Has Manager -> runManager args
-        | None -> fail "give --manager (on a node) or --worker (started by a manager)"
+        match parse argv with
+        | Ok(RunWorker(rank, generation, address)) -> runWorker rank generation address
+        | Ok(RunManager settings) -> runManager settings
+        | Ok(Help print) -> print ()
+        | Error line ->
+            eprintfn "Parsl.Workers: %s (see Parsl.Workers --help)" line
+            64

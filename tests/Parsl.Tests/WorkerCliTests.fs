@@ -1,4 +1,4 @@
-/// The worker executable's command line (Parsl.Workers, parsed with Argu): a person or a provider that gets a flag
+/// The worker executable's command line (Parsl.Workers, parsed with System.CommandLine): a person or a provider that gets a flag
 /// wrong sees one line naming the flag and the value, never a .NET stack trace.
 module Parsl.Tests.WorkerCliTests
 

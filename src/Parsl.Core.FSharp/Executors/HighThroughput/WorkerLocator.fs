@@ -94,7 +94,7 @@ module WorkerLocator =
             match found.TryFind n.Name with
             | None -> true
             | Some(v, _) -> not (isNull n.Version) && n.Version > v
-        // A name asked for again with a higher version (FSharp.Core: Argu asks for an old one, Parsl for the newest)
+        // A name asked for again with a higher version (FSharp.Core: a library built long ago asks for an old one, Parsl for the newest)
         // is located again, so the copy that ends up in the folder satisfies every reference.
         let rec walk (pending: string list) (found: Map<string, Version * string>) =
             match pending with
