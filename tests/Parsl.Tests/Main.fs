@@ -17,6 +17,7 @@ let all =
         StagingTests.tests
         HtexPolicyTests.tests
         HtexTests.tests
+        WorkerCliTests.tests
         HtexStagingTests.tests
         HtexSecurityTests.tests
         HtexFaultTests.tests

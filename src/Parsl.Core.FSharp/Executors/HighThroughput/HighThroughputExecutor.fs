@@ -310,7 +310,11 @@ type HighThroughputExecutor(options: HtexOptions) =
             let worker =
                 match options.WorkerCommand with
                 | Some words -> words
-                | None -> [ "dotnet"; HtexOptions.defaultWorkerDll () ]
+                | None ->
+                    // Validated at load, so an error here means the files went away since.
+                    match WorkerLocator.defaultCommand () with
+                    | Ok command -> command
+                    | Error fix -> raise (ConfigurationError("HighThroughputExecutor.WorkerCommand", fix))
             let cacheDir = Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies")
             let ms (t: TimeSpan) = string (int64 t.TotalMilliseconds)
             // The manager starts its workers with the same command (was: its own program, which drops the

@@ -59,8 +59,8 @@ type HtexOptions =
       /// Blocks idle this long may be scaled in. Default 120 s.
       MaxIdleTime: TimeSpan
       /// The command that starts a manager, as a list of words (program first). Default: `dotnet
-      /// <dir>/Parsl.Workers.dll` where dir is the application's directory (reference the Parsl.Workers project
-      /// or package so that it is copied there).
+      /// <dir>/Parsl.Workers.dll` where dir is the application's directory (reference the Parsl.Workers package
+      /// or project so that it is copied there); in a script (`#r "nuget: Parsl.Workers"`), the package's worker.
       WorkerCommand: string list option
       /// DANGEROUS: lets any peer that reaches the interchange's port register as a manager, receive tasks (their
       /// code and arguments) and send results, without proving it holds the run's secret. Only for networks where
@@ -165,10 +165,10 @@ module HtexOptions =
               ConfigurationError(f "MaxMessageSize", sprintf "must be at least 65536 bytes (got %d); the default is 134217728 (128 MiB)" o.MaxMessageSize)
           match o.WorkerCommand with
           | Some [] -> ConfigurationError(f "WorkerCommand", "is empty; give the program and its arguments, or None for the default")
-          | None when not (IO.File.Exists(defaultWorkerDll ())) ->
-              ConfigurationError(
-                  f "WorkerCommand",
-                  sprintf "Parsl.Workers.dll was not found next to the application (%s); add a reference to the Parsl.Workers project or package, or set WorkerCommand to the command that starts it" (defaultWorkerDll ()))
+          | None ->
+              match WorkerLocator.defaultCommand () with
+              | Error fix -> ConfigurationError(f "WorkerCommand", fix)
+              | Ok _ -> ()
           | _ -> () ]
 
     /// Workers per node as the client estimates it (Parsl's `workers_per_node`), for the strategy.
