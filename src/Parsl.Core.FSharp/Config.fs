@@ -71,7 +71,10 @@ type Config =
       Staging: StagingProvider list
       /// Where staged-in files (and zip members before they are added to the archive) are written
       /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
-      StagingDir: string option }
+      StagingDir: string option
+      /// Monitoring: the database with Parsl's tables, events, counts, the dashboard and progress display.
+      /// Default None: off. `Some MonitoringOptions.defaults` turns it on.
+      Monitoring: MonitoringOptions option }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -98,7 +101,8 @@ module Config =
           CheckpointFiles = None
           MemoHashers = []
           Staging = StagingProvider.defaults
-          StagingDir = None }
+          StagingDir = None
+          Monitoring = None }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =
@@ -146,6 +150,9 @@ module Config =
           | Some d when isNull d || d.Trim() = "" ->
               ConfigurationError("Config.StagingDir", "is empty; give a directory, or None for data/ in the run directory")
           | _ -> ()
+          match c.Monitoring with
+          | Some m -> yield! MonitoringOptions.validate m
+          | None -> ()
           for t, h in c.MemoHashers do
               if isNull t || isNull (box h) then
                   ConfigurationError("Config.MemoHashers", "has a null type or hasher; each entry is (type, value -> bytes)") ]

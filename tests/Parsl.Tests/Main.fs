@@ -26,6 +26,7 @@ let all =
         ProvidersGridEngineTests.tests
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
+        MonitoringTests.tests
     ]
 
 [<EntryPoint>]
@@ -35,4 +36,6 @@ let main argv =
     | [| "--memo-key" |] ->
         printfn "%s" (MemoTests.sampleKey false)
         0
+    // A child process for the monitoring crash test: killed while a task runs.
+    | [| "--monitoring-child"; baseDir |] -> MonitoringTests.crashChild baseDir
     | _ -> runTestsWithCLIArgs [] argv all

@@ -71,6 +71,8 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let debug = log.IsEnabled Serilog.Events.LogEventLevel.Debug
     let inFlight = if config.MaxTasksInFlight > 0 then new SemaphoreSlim(config.MaxTasksInFlight) else null
     let memoizer = Memoizer(config, runDir, log)
+    let monitor =
+        Parsl.Monitoring.Monitor(config.Monitoring, config.RunDir, runDir, log, executors, fun p -> (p :?> Invocation).Memo.IsSome)
 
     let post m =
         if not (mailbox.Post m) then
@@ -143,12 +145,14 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
 
     let rec apply (event: Event) =
         let s, commands = Kernel.step state event
+        if monitor.Enabled then monitor.Step(state, event, commands, s)
         state <- s
         for c in commands do
             interpret c
         while followUps.Count > 0 do
             let e = followUps.Dequeue()
             let s, commands = Kernel.step state e
+            if monitor.Enabled then monitor.Step(state, e, commands, s)
             state <- s
             for c in commands do
                 interpret c
@@ -187,11 +191,13 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                         | Ok(Some body) ->
                             if debug then
                                 log.Debug("Task {Task} try {Try} launched on executor {Executor}", id.Value, tryId.Value, label)
-                            ex.Submit
-                                { Id = id
-                                  Try = tryId
-                                  Body = body
-                                  Resources = inv.Resources }
+                            ex.Submit(
+                                monitor.Launching(
+                                    label,
+                                    { Id = id
+                                      Try = tryId
+                                      Body = body
+                                      Resources = inv.Resources }))
                         | Result.Error e -> failTry id tryId e
         | StateChanged(id, s) ->
             if debug then log.Debug("Task {Task} -> {State}", id.Value, TaskState.name s)
@@ -317,6 +323,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         let finished = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
         loopTask <- finished.Task
         Thread(run finished, IsBackground = true, Name = "parsl-kernel").Start()
+        monitor.Start()
         log.Information("Parsl.NET {Version} loaded; run directory {RunDir}; executors {Executors}",
                         typeof<DataFlowKernel>.Assembly.GetName().Version, runDir, String.Join(", ", userLabels))
 
@@ -324,7 +331,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     /// the numbered run directory, and starts the executors.
     static member Load(config: Config) : DataFlowKernel =
         if obj.ReferenceEquals(config, null) then nullArg "config"
-        match Config.validate config with
+        match Config.validate config @ Parsl.Monitoring.Monitor.Validate config.Monitoring with
         | [] -> ()
         | [ e ] -> raise e
         | e :: rest ->
@@ -368,6 +375,9 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     member _.FinalCounts: IReadOnlyDictionary<TaskState, int> =
         // Read on another thread: a copy made on this one is good enough for reporting.
         Dictionary<TaskState, int>(finalCounts) :> _
+    /// Monitoring's events (`IObservable`), live counts by state and rows written; None when
+    /// `Config.Monitoring` is off.
+    member _.Monitoring: Parsl.Monitoring.MonitoringHandle option = monitor.Handle
     /// Whether `CleanupAsync` has run.
     member _.IsClosed = Volatile.Read(&closed) = 1
 
@@ -456,6 +466,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             raise (NoDataFlowKernelError "CleanupAsync was already called on this DataFlowKernel")
         task {
             if mode = Wait then do! this.WaitForCurrentTasksAsync()
+            do! monitor.BeforeShutdownAsync()
             post Closing
             // User executors first (their tries may still submit joins), then the internal one.
             for KeyValue(label, ex) in executors do
@@ -473,6 +484,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             // After the loop: every result that will ever be recorded has been (Parsl closes its memoizer
             // before the executors, losing results of tries that finish during shutdown).
             do! memoizer.CloseAsync()
+            do! monitor.CloseAsync()
             log.Information("DataFlowKernel cleaned up; final task states: {Counts}",
                             String.Join(", ", finalCounts |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))
             cleanedUp <- true

@@ -250,6 +250,14 @@ type HighThroughputExecutor(options: HtexOptions) =
             q.Task
         | None -> Task.FromResult []
 
+    interface Parsl.Monitoring.IMonitoredExecutor with
+        member this.MonitoringSnapshotAsync() =
+            task {
+                let! managers = this.ConnectedManagersAsync()
+                let! blocks = this.BlocksAsync()
+                return Parsl.Monitoring.HtexSnapshot.ofHtex managers blocks
+            }
+
     interface IBatchingExecutor with
         member _.Flush() =
             flushed <- true
