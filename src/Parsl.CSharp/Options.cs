@@ -61,6 +61,10 @@ public sealed class DfkOptions
     /// tasks holds memory for at most this many. Calls made from inside a running task never block. Default 0: unbounded.</summary>
     public int MaxTasksInFlight { get; set; }
 
+    /// <summary>Monitoring: the database with Parsl's tables, events, counts, the dashboard and progress.
+    /// Default null: off.</summary>
+    public MonitoringOptions? Monitoring { get; set; }
+
     internal const string FieldPrefix = "DfkOptions.";
 
     /// <summary>The core's configuration, or every problem found, each naming its C# property.</summary>
@@ -89,6 +93,7 @@ public sealed class DfkOptions
             executors.ToArray(), Retries, RetryHandler is null ? null : new Func<Exception, TaskInfo, double>(RetryHandler),
             RunDir, (int)ExitMode, DependencyResolver == DependencyResolution.Deep, InitializeLogging, LogLevel,
             InternalTasksMaxThreads, MaxTasksInFlight);
+        if (Monitoring is not null) config = Monitoring.Apply(config);
         foreach (var e in ConfigModule.validate(config))
             errors.Add(Rename(e));
         if (errors.Count == 1) throw errors[0];
@@ -111,6 +116,8 @@ public sealed class DfkOptions
         var type = field[..dot];
         var property = field[(dot + 1)..];
         var reason = Reason(e);
+        if (type == "MonitoringConfig")
+            return new ConfigurationError("MonitoringOptions." + property, reason);
         if (type == "HighThroughputExecutor")
             (property, reason) = HighThroughputExecutorOptions.ToCSharp(property, reason);
         else if (type == "LocalProvider")

@@ -73,8 +73,8 @@ type Config =
       /// (Parsl's executor `working_dir`). Default None: `data/` in the run directory.
       StagingDir: string option
       /// Monitoring: the database with Parsl's tables, events, counts, the dashboard and progress display.
-      /// Default None: off. `Some MonitoringOptions.defaults` turns it on.
-      Monitoring: MonitoringOptions option }
+      /// Default None: off. `Some MonitoringConfig.defaults` turns it on.
+      Monitoring: MonitoringConfig option }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -151,7 +151,7 @@ module Config =
               ConfigurationError("Config.StagingDir", "is empty; give a directory, or None for data/ in the run directory")
           | _ -> ()
           match c.Monitoring with
-          | Some m -> yield! MonitoringOptions.validate m
+          | Some m -> yield! MonitoringConfig.validate m
           | None -> ()
           for t, h in c.MemoHashers do
               if isNull t || isNull (box h) then

@@ -14,8 +14,8 @@ open Parsl.Monitoring
 open Parsl.Tests.TestUtil
 
 /// A kernel with monitoring on (changed by `m`) and its own run directory.
-let loadMonitored (m: MonitoringOptions -> MonitoringOptions) (f: Config -> Config) =
-    load (fun c -> f { c with Monitoring = Some(m MonitoringOptions.defaults) })
+let loadMonitored (m: MonitoringConfig -> MonitoringConfig) (f: Config -> Config) =
+    load (fun c -> f { c with Monitoring = Some(m MonitoringConfig.defaults) })
 
 let dbOf (dfk: DataFlowKernel) = (Option.get dfk.Monitoring).DatabasePath |> Option.get
 
@@ -117,7 +117,7 @@ let basic =
         test "two runs share the database, each with its own run id" {
             let baseDir = tempRunDir ()
             for _ in 1..2 do
-                use dfk = DataFlowKernel.Load { Config.defaults with RunDir = baseDir; Monitoring = Some MonitoringOptions.defaults }
+                use dfk = DataFlowKernel.Load { Config.defaults with RunDir = baseDir; Monitoring = Some MonitoringConfig.defaults }
                 let f = App.func dfk (fun (x: int) -> x + 1)
                 await (f (Arg.value 1)).Task |> ignore
             let db = Path.Combine(baseDir, "monitoring.db")
@@ -295,16 +295,16 @@ let robustness =
         }
 
         test "options are validated at load, naming the field" {
-            let check (m: MonitoringOptions) field =
+            let check (m: MonitoringConfig) field =
                 try
                     loadMonitored (fun _ -> m) id |> ignore
                     failtest "expected a ConfigurationError"
                 with :? ConfigurationError as e -> Expect.equal e.Field field "field"
-            check { MonitoringOptions.defaults with DashboardAddress = "0.0.0.0" } "MonitoringOptions.DashboardToken"
-            check { MonitoringOptions.defaults with ResourceMonitoringInterval = TimeSpan.FromSeconds -1.0 } "MonitoringOptions.ResourceMonitoringInterval"
-            check { MonitoringOptions.defaults with DashboardPort = 70000 } "MonitoringOptions.DashboardPort"
+            check { MonitoringConfig.defaults with DashboardAddress = "0.0.0.0" } "MonitoringConfig.DashboardToken"
+            check { MonitoringConfig.defaults with ResourceMonitoringInterval = TimeSpan.FromSeconds -1.0 } "MonitoringConfig.ResourceMonitoringInterval"
+            check { MonitoringConfig.defaults with DashboardPort = 70000 } "MonitoringConfig.DashboardPort"
             // This test project does not reference Parsl.Dashboard.
-            check { MonitoringOptions.defaults with Dashboard = true } "MonitoringOptions.Dashboard"
+            check { MonitoringConfig.defaults with Dashboard = true } "MonitoringConfig.Dashboard"
         }
     ]
 
@@ -325,7 +325,7 @@ let formats =
 
 /// The child of the crash test: one task finishes and is written, another hangs until the process is killed.
 let crashChild (baseDir: string) =
-    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = baseDir; Monitoring = Some MonitoringOptions.defaults }
+    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = baseDir; Monitoring = Some MonitoringConfig.defaults }
     let quick = App.func dfk (fun (x: int) -> x)
     let hang = App.func dfk (fun (x: int) -> Thread.Sleep Timeout.Infinite; x)
     (quick (Arg.value 1)).Task.Wait()

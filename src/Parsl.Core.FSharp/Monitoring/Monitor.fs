@@ -15,7 +15,7 @@ type IDashboard =
 
 /// Finds the dashboard without the core referencing it: Parsl.Dashboard has a type
 /// `Parsl.Dashboard.DashboardFactory` with a static `Start(database, address, port, token, runId)` returning an
-/// `IDashboard`. Loaded by name when `MonitoringOptions.Dashboard` is on.
+/// `IDashboard`. Loaded by name when `MonitoringConfig.Dashboard` is on.
 [<RequireQualifiedAccess>]
 module DashboardPlugin =
     /// The assembly-qualified name of the factory.
@@ -32,7 +32,7 @@ module DashboardPlugin =
 /// tries so that they report `running`, polls the HTEx for managers and blocks, and starts the dashboard and the
 /// progress display. Called on the kernel's loop only; it never waits on the disk.
 [<Sealed>]
-type internal Monitor(options: MonitoringOptions option, baseRunDir: string, runDir: string, log: Serilog.ILogger,
+type internal Monitor(options: MonitoringConfig option, baseRunDir: string, runDir: string, log: Serilog.ILogger,
                       executors: IReadOnlyDictionary<string, IExecutor>, memoized: obj -> bool) =
     let handle =
         match options with
@@ -87,15 +87,15 @@ type internal Monitor(options: MonitoringOptions option, baseRunDir: string, run
     member _.Enabled = handle.IsSome
 
     /// Checks what can only be checked with the assemblies loaded: the dashboard package.
-    static member Validate(options: MonitoringOptions option) =
+    static member Validate(options: MonitoringConfig option) =
         match options with
         | None -> []
         | Some o ->
             [ if o.Dashboard && not o.WriteDatabase then
-                  ConfigurationError("MonitoringOptions.Dashboard", "reads the database: set WriteDatabase = true, or Dashboard = false")
+                  ConfigurationError("MonitoringConfig.Dashboard", "reads the database: set WriteDatabase = true, or Dashboard = false")
               if o.Dashboard && (DashboardPlugin.find ()).IsNone then
                   ConfigurationError(
-                      "MonitoringOptions.Dashboard",
+                      "MonitoringConfig.Dashboard",
                       "needs the Parsl.Dashboard package: add a reference to it, or set Dashboard = false") ]
 
     /// Starts the executor poller, the dashboard and the progress display.

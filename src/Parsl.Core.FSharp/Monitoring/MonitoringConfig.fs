@@ -3,8 +3,8 @@ namespace Parsl
 open System
 
 /// Monitoring (Parsl's `MonitoringHub`): the SQLite database with Parsl's tables, task-state events and live
-/// counts, the dashboard and the terminal progress display. Build it from `MonitoringOptions.defaults`.
-type MonitoringOptions =
+/// counts, the dashboard and the terminal progress display. Build it from `MonitoringConfig.defaults`.
+type MonitoringConfig =
     { /// The database file. Default None: `monitoring.db` in `Config.RunDir` (Parsl's `runinfo/monitoring.db`),
       /// shared by every run under that directory.
       Database: string option
@@ -39,7 +39,7 @@ type MonitoringOptions =
 
 /// Functions over monitoring options.
 [<RequireQualifiedAccess>]
-module MonitoringOptions =
+module MonitoringConfig =
     /// Parsl's defaults, with the database in the run directory.
     let defaults =
         { Database = None
@@ -66,33 +66,33 @@ module MonitoringOptions =
             | _ -> false
 
     /// Every problem with the options, each naming its field and the fix.
-    let validate (m: MonitoringOptions) : ConfigurationError list =
+    let validate (m: MonitoringConfig) : ConfigurationError list =
         [ match m.Database with
           | Some p when isNull p || p.Trim() = "" ->
-              ConfigurationError("MonitoringOptions.Database", "is empty; give a file path, or None for monitoring.db in the run directory")
+              ConfigurationError("MonitoringConfig.Database", "is empty; give a file path, or None for monitoring.db in the run directory")
           | _ -> ()
           if m.ResourceMonitoringInterval < TimeSpan.Zero then
               ConfigurationError(
-                  "MonitoringOptions.ResourceMonitoringInterval",
+                  "MonitoringConfig.ResourceMonitoringInterval",
                   sprintf "must be zero (first and last samples only) or positive (got %O)" m.ResourceMonitoringInterval)
           if m.ExecutorPollInterval <= TimeSpan.Zero then
               ConfigurationError(
-                  "MonitoringOptions.ExecutorPollInterval",
+                  "MonitoringConfig.ExecutorPollInterval",
                   sprintf "must be positive (got %O); the default is 1 second" m.ExecutorPollInterval)
           if m.DashboardPort < 0 || m.DashboardPort > 65535 then
               ConfigurationError(
-                  "MonitoringOptions.DashboardPort",
+                  "MonitoringConfig.DashboardPort",
                   sprintf "must be 0 (a free port) or a port number up to 65535 (got %d)" m.DashboardPort)
           if isNull m.DashboardAddress || m.DashboardAddress.Trim() = "" then
-              ConfigurationError("MonitoringOptions.DashboardAddress", "is empty; the default is 127.0.0.1")
+              ConfigurationError("MonitoringConfig.DashboardAddress", "is empty; the default is 127.0.0.1")
           elif not (isLoopback m.DashboardAddress) then
               match m.DashboardToken with
               | Some t when not (isNull t) && t.Length >= 16 -> ()
               | _ ->
                   ConfigurationError(
-                      "MonitoringOptions.DashboardToken",
+                      "MonitoringConfig.DashboardToken",
                       sprintf "is required (16 characters or more) when DashboardAddress is %s, which is not a loopback address; set a token or use 127.0.0.1"
                           m.DashboardAddress)
           match m.MaxPageCount with
-          | Some n when n <= 0 -> ConfigurationError("MonitoringOptions.MaxPageCount", "must be positive")
+          | Some n when n <= 0 -> ConfigurationError("MonitoringConfig.MaxPageCount", "must be positive")
           | _ -> () ]
