@@ -114,6 +114,7 @@ type internal Monitor(options: MonitoringConfig option, baseRunDir: string, runD
                     try
                         let d = m.Invoke(null, [| box db; box o.DashboardAddress; box o.DashboardPort; box (Option.toObj o.DashboardToken); box h.RunId |]) :?> IDashboard
                         dashboard <- Some d
+                        h.SetDashboardAddress d.Address
                         // As Dask prints its dashboard's link at start.
                         Console.Error.WriteLine("Parsl dashboard: {0}", d.Address)
                         log.Information("Parsl dashboard at {Address}", d.Address)

@@ -57,6 +57,7 @@ type RowCounts =
 type MonitoringHandle internal (channel: Channel<MonitoringMessage>, counts: int[], rows: int64[], completion: Task, runId: string,
                                 dbPath: string option) =
     let mutable subscribers: IObserver<TaskStateEvent>[] = [||]
+    let mutable dashboard: string = null
 
     /// Sends a record. Never blocks.
     member _.Post(r: MonitoringRecord) = channel.Writer.TryWrite(Record r) |> ignore
@@ -68,6 +69,9 @@ type MonitoringHandle internal (channel: Channel<MonitoringMessage>, counts: int
     member _.RunId = runId
     /// The database file, when one is written.
     member _.DatabasePath = dbPath
+    /// The dashboard's address when `MonitoringConfig.Dashboard` started one (else null).
+    member _.DashboardAddress = Volatile.Read(&dashboard)
+    member internal _.SetDashboardAddress(a: string) = Volatile.Write(&dashboard, a)
     /// Whether anyone listens for events (records are only worth sending then, or when a database is written).
     member _.HasSubscribers = subscribers.Length > 0
     member internal _.Subscribers = Volatile.Read(&subscribers)
