@@ -80,11 +80,15 @@ module Charts =
             sb.AppendFormat("<text x=\"0\" y=\"12\" class=\"axis\">{0}</text><text x=\"{1}\" y=\"{2}\" class=\"axis\" text-anchor=\"end\">{3} s</text>", vmax, f (left + w), f (h + 20.0), f tmax) |> ignore
             states
             |> List.iteri (fun i s ->
+                // Steps: a count holds until the next change.
+                let x t = f (left + t / tmax * w)
+                let y v = f (h - float v / float vmax * h)
+                let values = series |> List.map (fun (t, m) -> t, Map.tryFind s m |> Option.defaultValue 0)
                 let pts =
-                    series
-                    |> List.map (fun (t, m) ->
-                        let v = Map.tryFind s m |> Option.defaultValue 0
-                        sprintf "%s,%s" (f (left + t / tmax * w)) (f (h - float v / float vmax * h)))
+                    values
+                    |> List.pairwise
+                    |> List.collect (fun ((_, v0), (t1, v1)) -> [ sprintf "%s,%s" (x t1) (y v0); sprintf "%s,%s" (x t1) (y v1) ])
+                    |> List.append [ (let t, v = values.Head in sprintf "%s,%s" (x t) (y v)) ]
                 sb.AppendFormat("<polyline class=\"series series-{0}\" fill=\"none\" stroke=\"{1}\" stroke-width=\"2\" points=\"{2}\"/>", s, colour s, String.Join(" ", pts)) |> ignore
                 sb.AppendFormat("<text x=\"{0}\" y=\"{1}\" fill=\"{2}\" class=\"legend\">{3}</text>", f (left + w + 10.0), 14 + 16 * i, colour s, s) |> ignore)
             sb.Append("</svg>").ToString()
