@@ -100,6 +100,15 @@ let basic =
             let blocks = query db "SELECT block_id, status, executor_label FROM block" |> List.map (fun r -> string r[1])
             Expect.contains blocks "RUNNING" "the block ran"
             Expect.equal (string (scalar db "SELECT task_executor FROM try")) (htex :> Parsl.Executors.IExecutor).Label "the try's executor"
+            Expect.isGreaterThanOrEqual n["resource"] 1L "resource rows from the worker"
+            let res = (query db "SELECT psutil_process_pid, psutil_process_memory_resident, psutil_process_status, resource_monitoring_interval FROM resource").Head
+            Expect.notEqual (Convert.ToInt32 res[0]) Environment.ProcessId "the worker's process, not the client's"
+            Expect.isGreaterThan (Convert.ToDouble res[1]) 0.0 "its resident memory"
+            let tr = (query db "SELECT hostname, block_id, task_try_time_running FROM try").Head
+            Expect.equal (string tr[0]) Environment.MachineName "the worker's host"
+            Expect.equal (string tr[1]) "0" "its block"
+            Expect.isNotNull tr[2] "when the body started, as the worker saw it"
+            Expect.contains (statusNames db 0) "running" "a running status from the worker"
         }
 
         test "the database is private to the user, in the base run directory, in WAL mode" {
@@ -314,6 +323,16 @@ let formats =
             let t = DateTime(abs ticks % (DateTime(2200, 1, 1).Ticks - DateTime(1971, 1, 1).Ticks) + DateTime(1971, 1, 1).Ticks, DateTimeKind.Utc)
             let micro = DateTime(t.Ticks - t.Ticks % 10L, DateTimeKind.Utc)
             ParslFormat.parseTime (ParslFormat.time micro) = micro)
+        testProperty "radio lines round-trip" (fun (task: NonNegativeInt) (tryId: NonNegativeInt) (rss: NormalFloat) ->
+            let key = (int64 task.Get <<< 32) ||| int64 tryId.Get
+            let t = DateTime(2025, 1, 2, 3, 4, 5, DateTimeKind.Utc)
+            let s =
+                { Task = 0; Try = 0; TimestampUtc = t; Pid = 42; MemoryPercent = 1.5; ChildrenCount = 2; TimeUser = 0.25; TimeSystem = 0.125
+                  MemoryVirtual = 1e9; MemoryResident = abs rss.Get; DiskRead = 3.0; DiskWrite = 4.0; Status = "sleeping"; CpuNum = 1.0
+                  CtxSwitchesVoluntary = 5.0; CtxSwitchesInvoluntary = 6.0 }
+            RadioLine.parse (RadioLine.sample key s) = Some(Resources [ { s with Task = task.Get; Try = tryId.Get } ])
+            && RadioLine.parse (RadioLine.running key "h" "0" t) = Some(TryRunning(task.Get, tryId.Get, "h", "0", t))
+            && RadioLine.parse "S\tgarbage" = None)
         test "Parsl's text has six fractional digits" {
             Expect.equal ((ParslFormat.time (DateTime(2024, 3, 4, 5, 6, 7, DateTimeKind.Utc))).Length) 26 "YYYY-MM-DD HH:MM:SS.ffffff"
         }

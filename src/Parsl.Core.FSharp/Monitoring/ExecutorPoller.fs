@@ -27,10 +27,20 @@ type ExecutorPollerHandle internal (channel: Channel<ExecutorPollerRequest>, com
 [<RequireQualifiedAccess>]
 module ExecutorPoller =
     /// Starts the poller over the executors (label, executor), every `interval`.
-    let start (executors: (string * IMonitoredExecutor) list) (interval: TimeSpan) (sink: MonitoringRecord -> unit) (log: Serilog.ILogger) =
+    let start (executors: (string * IMonitoredExecutor) list) (radioDir: string option) (interval: TimeSpan) (sink: MonitoringRecord -> unit) (log: Serilog.ILogger) =
         let channel = Channel.CreateUnbounded<ExecutorPollerRequest>(UnboundedChannelOptions(SingleReader = true))
+        let drain () =
+            match radioDir with
+            | Some d ->
+                try
+                    for r in RadioReader.drain d do
+                        sink r
+                with e ->
+                    log.Warning(e, "Monitoring: reading the workers' radio files failed")
+            | None -> ()
         let poll () =
             task {
+                drain ()
                 for label, ex in executors do
                     try
                         let! nodes, blocks = ex.MonitoringSnapshotAsync()
@@ -44,13 +54,15 @@ module ExecutorPoller =
                 let mutable go = true
                 let mutable tick: Task = Task.Delay(interval, cts.Token)
                 do! poll ()
+                // One wait at a time: a single-reader channel allows no second waiter, so a wait outlives ticks.
+                let mutable wait = channel.Reader.WaitToReadAsync().AsTask()
                 while go do
-                    let wait = channel.Reader.WaitToReadAsync().AsTask()
                     let! first = Task.WhenAny(wait, tick)
                     if obj.ReferenceEquals(first, tick) then
                         do! poll ()
                         tick <- Task.Delay(interval, cts.Token)
                     else
+                        wait <- channel.Reader.WaitToReadAsync().AsTask()
                         let mutable r = Unchecked.defaultof<ExecutorPollerRequest>
                         while channel.Reader.TryRead(&r) do
                             match r with
@@ -60,6 +72,8 @@ module ExecutorPoller =
                             | StopPolling t ->
                                 go <- false
                                 t.TrySetResult() |> ignore
+                // The workers' last files, written as they exited.
+                drain ()
                 cts.Cancel()
                 try
                     do! tick

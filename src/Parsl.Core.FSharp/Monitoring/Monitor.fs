@@ -65,6 +65,23 @@ type internal Monitor(options: MonitoringConfig option, baseRunDir: string, runD
         |> Seq.filter (fun (KeyValue(_, e)) -> e :? ThreadPoolExecutor)
         |> Seq.map (fun (KeyValue(l, _)) -> l)
         |> HashSet
+    let radioDir =
+        match options with
+        | Some o when o.ResourceMonitoringEnabled ->
+            let monitored = executors.Values |> Seq.choose (function :? IMonitoredExecutor as m -> Some m | _ -> None) |> List.ofSeq
+            if monitored.IsEmpty then None
+            else
+                let dir = IO.Path.Combine(runDir, "monitor-fs-radio")
+                try
+                    RadioReader.create dir
+                    // Before the executors start: their launch commands turn the workers' radio on.
+                    for m in monitored do
+                        m.EnableResourceMonitoring(dir, o.ResourceMonitoringInterval)
+                    Some dir
+                with e ->
+                    log.Error(e, "Monitoring: cannot create {Dir}; no resource samples", dir)
+                    None
+        | _ -> None
     let mutable poller: ExecutorPollerHandle option = None
     let mutable dashboard: IDashboard option = None
     let mutable progress: IProgressDisplay option = None
@@ -107,7 +124,7 @@ type internal Monitor(options: MonitoringConfig option, baseRunDir: string, runD
                       match e with
                       | :? IMonitoredExecutor as m -> yield l, m
                       | _ -> () ]
-            if not monitored.IsEmpty then poller <- Some(ExecutorPoller.start monitored o.ExecutorPollInterval sink log)
+            if not monitored.IsEmpty then poller <- Some(ExecutorPoller.start monitored radioDir o.ExecutorPollInterval sink log)
             if o.Dashboard then
                 match DashboardPlugin.find (), h.DatabasePath with
                 | Some m, Some db ->

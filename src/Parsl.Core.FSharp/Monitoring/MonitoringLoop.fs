@@ -168,6 +168,8 @@ module MonitoringLoop =
         let resources = List<ResourceSample>()
         let nodeRows = List<struct (NodeSnapshot * DateTime)>()
         let blockRows = List<struct (string * BlockSnapshot * DateTime)>()
+        // Workers' reports about tries whose rows were written and released (they travel by file, so may come late).
+        let lateTries = List<struct (int * int * string * string * Nullable<DateTime> * Nullable<DateTime>)>()
         let lastNode = Dictionary<string, NodeSnapshot>()
         let lastBlock = Dictionary<string, string>()
         let mutable failedWrites = 0
@@ -301,30 +303,39 @@ module MonitoringLoop =
                         t.Stderr <- stderr
                         this.MarkTask t
                 this.MarkTry tr
+            | TryRunning(id, tryId, hostname, blockId, time) when not (tries.ContainsKey(struct (id, tryId))) ->
+                if not (isNull conn) then
+                    lateTries.Add(struct (id, tryId, hostname, blockId, Nullable time, Nullable()))
+                    statuses.Add(struct (id, tryId, TaskState.name Running, time))
+            | TryRunningEnded(id, tryId, time) when not (tries.ContainsKey(struct (id, tryId))) ->
+                if not (isNull conn) then
+                    lateTries.Add(struct (id, tryId, null, null, Nullable(), Nullable time))
+                    statuses.Add(struct (id, tryId, TaskState.name RunningEnded, time))
             | TryRunning(id, tryId, hostname, blockId, time) ->
                 let tr = this.TryRow(id, tryId)
-                if not tr.Ended then
+                if not tr.Running.HasValue then
                     tr.Running <- Nullable time
                     tr.Hostname <- hostname
                     tr.BlockId <- blockId
                     this.MarkTry tr
                     match this.Task id with
-                    | null -> ()
-                    | t when t.State = Launched ->
+                    | t when not (isNull t) && t.State = Launched && not tr.Ended ->
                         this.Move(t, Running)
                         this.Status(id, tryId, Running, time, subscribers)
-                    | _ -> ()
+                    | _ ->
+                        // A worker's report that arrives after the try's end (it travels by file): the row and the
+                        // status are still written, with the worker's time; counts and events have moved on.
+                        if not (isNull conn) then statuses.Add(struct (id, tryId, TaskState.name Running, time))
             | TryRunningEnded(id, tryId, time) ->
                 let tr = this.TryRow(id, tryId)
                 if tr.Running.HasValue && not tr.RunningEnded.HasValue then
                     tr.RunningEnded <- Nullable time
                     this.MarkTry tr
                     match this.Task id with
-                    | null -> ()
-                    | t when t.State = Running ->
+                    | t when not (isNull t) && t.State = Running ->
                         this.Move(t, RunningEnded)
                         this.Status(id, tryId, RunningEnded, time, subscribers)
-                    | _ -> ()
+                    | _ -> if not (isNull conn) then statuses.Add(struct (id, tryId, TaskState.name RunningEnded, time))
             | TryEnded(id, tryId, failure, time) ->
                 let tr = this.TryRow(id, tryId)
                 // A body that ran (and so was `running`) ended: if its worker did not say so, the end says it.
@@ -393,7 +404,7 @@ module MonitoringLoop =
         /// Writes every buffered row in one transaction. A failure (a full disk) is logged and the rows dropped.
         member _.Write() =
             let pending =
-                dirtyTasks.Count + dirtyTries.Count + statuses.Count + resources.Count + nodeRows.Count + blockRows.Count
+                dirtyTasks.Count + dirtyTries.Count + statuses.Count + resources.Count + nodeRows.Count + blockRows.Count + lateTries.Count
             if not (isNull conn) && pending > 0 then
                 let run = settings.RunId
                 try
@@ -443,6 +454,21 @@ module MonitoringLoop =
                             ps[12].Value <- value t.Stdout
                             ps[13].Value <- value t.Stderr
                             ps[14].Value <- time t.RunningEnded
+                            cmd.ExecuteNonQuery() |> ignore
+                    if lateTries.Count > 0 then
+                        use cmd = conn.CreateCommand()
+                        cmd.Transaction <- tx
+                        cmd.CommandText <-
+                            "UPDATE try SET hostname = COALESCE($h, hostname), block_id = COALESCE($b, block_id), task_try_time_running = COALESCE($r, task_try_time_running), task_try_time_running_ended = COALESCE($e, task_try_time_running_ended) WHERE try_id = $y AND task_id = $t AND run_id = $run"
+                        let ps = (param cmd [ "$h"; "$b"; "$r"; "$e"; "$y"; "$t"; "$run" ]).Parameters
+                        for struct (task, tryId, h, b, r, e) in lateTries do
+                            ps[0].Value <- value h
+                            ps[1].Value <- value b
+                            ps[2].Value <- time r
+                            ps[3].Value <- time e
+                            ps[4].Value <- tryId
+                            ps[5].Value <- task
+                            ps[6].Value <- run
                             cmd.ExecuteNonQuery() |> ignore
                     if statuses.Count > 0 then
                         use cmd = conn.CreateCommand()
@@ -528,6 +554,7 @@ module MonitoringLoop =
             dirtyTasks.Clear()
             dirtyTries.Clear()
             statuses.Clear()
+            lateTries.Clear()
             resources.Clear()
             nodeRows.Clear()
             blockRows.Clear()

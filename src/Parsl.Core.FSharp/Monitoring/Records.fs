@@ -47,6 +47,8 @@ type ResourceSample =
 type IMonitoredExecutor =
     /// The managers connected now and every block started, with its status.
     abstract MonitoringSnapshotAsync: unit -> System.Threading.Tasks.Task<NodeSnapshot list * BlockSnapshot list>
+    /// Called before the executor starts: its workers sample their tries into this radio directory.
+    abstract EnableResourceMonitoring: radioDir: string * interval: System.TimeSpan -> unit
 
 /// What the kernel's shell tells the monitoring actor. Times are UTC; the writer converts them.
 type MonitoringRecord =

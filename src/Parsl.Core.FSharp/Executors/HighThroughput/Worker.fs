@@ -139,6 +139,8 @@ module Worker =
                 | Ok v -> Value(Serialization.serialize opts "a shell app's exit code" v)
                 | Error e -> describe e
 
+        // Monitoring's radio, when the launch command turned it on: `running`, `running_ended` and samples per try.
+        use radio = match Parsl.Monitoring.ResourceRadio.FromEnvironment() with Some r -> r | None -> null
         let results = List<WireResult>()
         let flush () =
             if results.Count > 0 then
@@ -154,7 +156,10 @@ module Worker =
                 let (Run tasks) = Protocol.decodeToWorker frame
                 let mutable lastFlush = clock.Elapsed
                 for t in tasks do
-                    results.Add { Key = t.Key; Outcome = runOne t }
+                    if not (isNull radio) then radio.Begin t.Key
+                    let outcome = runOne t
+                    if not (isNull radio) then radio.End t.Key
+                    results.Add { Key = t.Key; Outcome = outcome }
                     // Long batches still report as they go, so results are not held back behind slow tasks.
                     if (clock.Elapsed - lastFlush).TotalMilliseconds > 2.0 then
                         flush ()
