@@ -303,6 +303,20 @@ let robustness =
             Expect.equal (Convert.ToInt32(scalar db "SELECT COUNT(*) FROM task")) 2 "both tasks recorded"
         }
 
+        test "a run ended by SIGTERM is marked died by its own exit handling" {
+            let baseDir = tempRunDir ()
+            let db = Path.Combine(baseDir, "monitoring.db")
+            let exe = Reflection.Assembly.GetEntryAssembly().Location
+            let psi = ProcessStartInfo("dotnet", [ exe; "--monitoring-child"; baseDir ], RedirectStandardOutput = true, UseShellExecute = false)
+            use child = Process.Start psi
+            Expect.equal (child.StandardOutput.ReadLine()) "READY" "the child ran a task and flushed"
+            Expect.equal (HtexTests.kill (child.Id, 15)) 0 "SIGTERM sent"
+            Expect.isTrue (child.WaitForExit 60000) "the child exited"
+            let w = (query db "SELECT status, time_completed FROM workflow").Head
+            Expect.equal (string w[0]) "died" "marked on the way out"
+            Expect.isNotNull w[1] "with its end time"
+        }
+
         test "options are validated at load, naming the field" {
             let check (m: MonitoringConfig) field =
                 try

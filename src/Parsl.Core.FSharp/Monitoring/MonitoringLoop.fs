@@ -160,6 +160,8 @@ module MonitoringLoop =
         let triesLaunched = meter.CreateCounter<int64>("parsl.tries.launched", description = "Tries handed to executors")
         let triesFailed = meter.CreateCounter<int64>("parsl.tries.failed", description = "Tries that failed")
         let mutable conn: SqliteConnection = null
+        let mutable exitHandler: EventHandler = null
+        let mutable signals: Runtime.InteropServices.PosixSignalRegistration list = []
         let tasks = Dictionary<int, TaskRow>()
         let tries = Dictionary<struct (int * int), TryRow>()
         let dirtyTasks = List<TaskRow>()
@@ -221,6 +223,27 @@ module MonitoringLoop =
                         cmd.ExecuteNonQuery() |> ignore
                         rows[0] <- 1L
                         conn <- c
+                        // A process ended by a signal (SIGTERM, Ctrl+C) without cleaning up its kernel: its run is
+                        // marked at once, on a connection of its own (the loop's may be mid-write). SIGKILL cannot
+                        // be caught: the next open of the database marks that run.
+                        let runId = settings.RunId
+                        exitHandler <-
+                            EventHandler(fun _ _ ->
+                                try
+                                    use x = Database.openFile path None
+                                    use cmd = x.CreateCommand()
+                                    cmd.CommandText <- "UPDATE workflow SET time_completed = $t, status = 'died' WHERE run_id = $r AND time_completed IS NULL"
+                                    cmd.Parameters.AddWithValue("$t", ParslFormat.time DateTime.UtcNow) |> ignore
+                                    cmd.Parameters.AddWithValue("$r", runId) |> ignore
+                                    cmd.ExecuteNonQuery() |> ignore
+                                with e ->
+                                    eprintfn "Parsl monitoring: could not mark the run as died at exit: %s" e.Message)
+                        AppDomain.CurrentDomain.ProcessExit.AddHandler exitHandler
+                        // The runtime's default for these signals ends the process without ProcessExit: mark first,
+                        // then let the default go on.
+                        signals <-
+                            [ for s in [ Runtime.InteropServices.PosixSignal.SIGTERM; Runtime.InteropServices.PosixSignal.SIGINT ] ->
+                                  Runtime.InteropServices.PosixSignalRegistration.Create(s, fun _ -> exitHandler.Invoke(null, EventArgs.Empty)) ]
                     with e ->
                         c.Dispose()
                         raise e
@@ -561,6 +584,9 @@ module MonitoringLoop =
 
         /// Writes the workflow's end and closes the database.
         member _.Close() =
+            if not (isNull exitHandler) then AppDomain.CurrentDomain.ProcessExit.RemoveHandler exitHandler
+            for r in signals do
+                r.Dispose()
             if not (isNull conn) then
                 try
                     use cmd = conn.CreateCommand()
