@@ -115,6 +115,9 @@ public sealed partial class DfkOptions
     /// Default true. False leaves the signals alone: the process then ends at once, and managers on other hosts run on
     /// until their heartbeat threshold.</summary>
     public bool HandleSignals { get; set; } = true;
+    /// <summary>Monitoring: the database with Parsl's tables, events, counts, the dashboard and progress.
+    /// Default null: off.</summary>
+    public MonitoringOptions? Monitoring { get; set; }
 
     internal const string FieldPrefix = "DfkOptions.";
 
@@ -163,6 +166,7 @@ public sealed partial class DfkOptions
             MemoHashers.ToArray(), staging.ToArray(), StagingDir,
             LoggerFactory is null || LogLevel == Microsoft.Extensions.Logging.LogLevel.None ? [] : [new Logging.LoggerFactorySink(LoggerFactory)]);
         config = ConfigParts.WithHandleSignals(config, HandleSignals);
+        if (Monitoring is not null) config = Monitoring.Apply(config);
         foreach (var e in ConfigModule.validate(config))
             errors.Add(Rename(e));
         if (errors.Count == 1) throw errors[0];
@@ -185,6 +189,8 @@ public sealed partial class DfkOptions
         var type = field[..dot];
         var property = field[(dot + 1)..];
         var reason = Reason(e);
+        if (type == "MonitoringConfig")
+            return new ConfigurationError("MonitoringOptions." + property, reason);
         if (type == "HighThroughputExecutor")
             (property, reason) = HighThroughputExecutorOptions.ToCSharp(property, reason);
         else if (type.EndsWith("Provider", StringComparison.Ordinal) || type == "Config")

@@ -81,7 +81,12 @@ type Config =
       /// (managers, workers and running shell apps are stopped, unfinished futures fail with `KernelShutdownError`),
       /// and then the process ends as the signal intends. Default true. False leaves the signals alone: the
       /// process then ends at once, and managers on other hosts run on until `HeartbeatThreshold`.
-      HandleSignals: bool }
+      HandleSignals: bool
+
+
+      /// Monitoring: the database with Parsl's tables, events, counts, the dashboard and progress display.
+      /// Default None: off. `Some MonitoringConfig.defaults` turns it on.
+      Monitoring: MonitoringConfig option }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -110,7 +115,9 @@ module Config =
           Staging = StagingProvider.defaults
           StagingDir = None
           LogSinks = []
-          HandleSignals = true }
+          HandleSignals = true
+
+          Monitoring = None }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =
@@ -158,6 +165,9 @@ module Config =
           | Some d when isNull d || d.Trim() = "" ->
               ConfigurationError("Config.StagingDir", "is empty; give a directory, or None for data/ in the run directory")
           | _ -> ()
+          match c.Monitoring with
+          | Some m -> yield! MonitoringConfig.validate m
+          | None -> ()
           for t, h in c.MemoHashers do
               if isNull t || isNull (box h) then
                   ConfigurationError("Config.MemoHashers", "has a null type or hasher; each entry is (type, value -> bytes)") ]

@@ -30,6 +30,7 @@ let all =
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
         WorkQueueTests.tests
+        MonitoringTests.tests
     ]
 
 [<EntryPoint>]
@@ -41,4 +42,6 @@ let main argv =
         0
     // A child process for the SIGTERM test: an HTEx running a shell app, waiting to be signalled.
     | [| "--signal-child"; runBase |] -> HtexFaultTests.signalChild runBase
+    // A child process for the monitoring crash test: killed while a task runs.
+    | [| "--monitoring-child"; baseDir |] -> MonitoringTests.crashChild baseDir
     | _ -> runTestsWithCLIArgs [] argv all

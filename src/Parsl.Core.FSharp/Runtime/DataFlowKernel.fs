@@ -80,6 +80,8 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         let regs = lock signalGate (fun () -> let r = signalRegistrations in signalRegistrations <- []; r)
         for r in regs do
             r.Dispose()
+    let monitor =
+        Parsl.Monitoring.Monitor(config.Monitoring, config.RunDir, runDir, log, executors, fun p -> (p :?> Invocation).Memo.IsSome)
 
     let post m =
         if not (mailbox.Post m) then
@@ -152,12 +154,14 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
 
     let rec apply (event: Event) =
         let s, commands = Kernel.step state event
+        if monitor.Enabled then monitor.Step(state, event, commands, s)
         state <- s
         for c in commands do
             interpret c
         while followUps.Count > 0 do
             let e = followUps.Dequeue()
             let s, commands = Kernel.step state e
+            if monitor.Enabled then monitor.Step(state, e, commands, s)
             state <- s
             for c in commands do
                 interpret c
@@ -196,11 +200,13 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
                         | Ok(Some body) ->
                             if debug then
                                 log.Debug("Task {Task} try {Try} launched on executor {Executor}", id.Value, tryId.Value, label)
-                            ex.Submit
-                                { Id = id
-                                  Try = tryId
-                                  Body = body
-                                  Resources = inv.Resources }
+                            ex.Submit(
+                                monitor.Launching(
+                                    label,
+                                    { Id = id
+                                      Try = tryId
+                                      Body = body
+                                      Resources = inv.Resources }))
                         | Result.Error e -> failTry id tryId e
         | StateChanged(id, s) ->
             if debug then log.Debug("Task {Task} -> {State}", id.Value, TaskState.name s)
@@ -357,6 +363,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         loopTask <- finished.Task
         Thread(run finished, IsBackground = true, Name = "parsl-kernel").Start()
         this.WatchSignals()
+        monitor.Start()
         log.Information("Parsl.NET {Version} loaded; run directory {RunDir}; executors {Executors}",
                         typeof<DataFlowKernel>.Assembly.GetName().Version, runDir, String.Join(", ", userLabels))
 
@@ -364,7 +371,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     /// the numbered run directory, and starts the executors.
     static member Load(config: Config) : DataFlowKernel =
         if obj.ReferenceEquals(config, null) then nullArg "config"
-        match Config.validate config with
+        match Config.validate config @ Parsl.Monitoring.Monitor.Validate config.Monitoring with
         | [] -> ()
         | [ e ] -> raise e
         | e :: rest ->
@@ -420,6 +427,9 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     member _.FinalCounts: IReadOnlyDictionary<TaskState, int> =
         // Read on another thread: a copy made on this one is good enough for reporting.
         Dictionary<TaskState, int>(finalCounts) :> _
+    /// Monitoring's events (`IObservable`), live counts by state and rows written; None when
+    /// `Config.Monitoring` is off.
+    member _.Monitoring: Parsl.Monitoring.MonitoringHandle option = monitor.Handle
     /// Whether `CleanupAsync` has run.
     member _.IsClosed = Volatile.Read(&closed) = 1
 
@@ -513,6 +523,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     member private this.Cleanup(mode: ExitMode) : Task =
         task {
             if mode = Wait then do! this.WaitForCurrentTasksAsync()
+            do! monitor.BeforeShutdownAsync()
             post Closing
             if mode = Skip then
                 // Skip fails every unfinished future with KernelShutdownError before the executors stop their tries, so
@@ -536,6 +547,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             // After the loop: every result that will ever be recorded has been (Parsl closes its memoizer
             // before the executors, losing results of tries that finish during shutdown).
             do! memoizer.CloseAsync()
+            do! monitor.CloseAsync()
             log.Information("DataFlowKernel cleaned up; final task states: {Counts}",
                             String.Join(", ", finalCounts |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))
             cleanedUp <- true

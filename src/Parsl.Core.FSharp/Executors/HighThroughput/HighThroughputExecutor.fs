@@ -37,6 +37,8 @@ type HighThroughputExecutor(options: HtexOptions) =
     let mutable poller: BlockPollerHandle option = None
     let mutable bad: exn option = None
     let mutable launch: string -> string = fun _ -> ""
+    // Monitoring's radio directory and sampling interval, when resource monitoring is on.
+    let mutable radio: (string * TimeSpan) option = None
     let mutable certDir: string option = None
     let mutable localSocketName: string option = None
     // Set by the kernel's first `Flush`: from then on `Submit` only queues (the kernel flushes after each batch).
@@ -255,6 +257,15 @@ type HighThroughputExecutor(options: HtexOptions) =
             q.Task
         | None -> Task.FromResult []
 
+    interface Parsl.Monitoring.IMonitoredExecutor with
+        member this.MonitoringSnapshotAsync() =
+            task {
+                let! managers = this.ConnectedManagersAsync()
+                let! blocks = this.BlocksAsync()
+                return Parsl.Monitoring.HtexSnapshot.ofHtex managers blocks
+            }
+        member _.EnableResourceMonitoring(dir, interval) = radio <- Some(dir, interval)
+
     interface IBatchingExecutor with
         member _.Flush() =
             flushed <- true
@@ -328,6 +339,10 @@ type HighThroughputExecutor(options: HtexOptions) =
             launch <-
                 fun blockId ->
                     [ yield! diagnostics
+                      yield!
+                          (match radio with
+                           | Some(dir, interval) -> "env" :: [ for k, v in Parsl.Monitoring.ResourceRadio.Variables(dir, interval, blockId) -> k + "=" + v ]
+                           | None -> [])
                       yield! worker
                       "--manager"
                       "--worker-command"; workerCommand

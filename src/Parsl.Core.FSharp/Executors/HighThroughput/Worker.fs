@@ -184,6 +184,8 @@ module Worker =
                 | Ok v -> Value(Serialization.serialize opts "a shell app's exit code" v)
                 | Error e -> describe e
 
+        // Monitoring's radio, when the launch command turned it on: `running`, `running_ended` and samples per try.
+        use radio = match Parsl.Monitoring.ResourceRadio.FromEnvironment() with Some r -> r | None -> null
         let clock = Stopwatch.StartNew()
         let mutable go = true
         while go do
@@ -194,7 +196,9 @@ module Worker =
                 let lastFlush = ref clock.Elapsed
                 for t in tasks do
                     lock outLock (fun () -> runningKey.Value <- t.Key)
+                    if not (isNull radio) then radio.Begin t.Key
                     let outcome = runOne t
+                    if not (isNull radio) then radio.End t.Key
                     lock outLock (fun () ->
                         runningKey.Value <- 0L
                         results.Add { Key = t.Key; Outcome = outcome }
