@@ -6,6 +6,7 @@ let all =
     testList "Parsl" [
         KernelTests.tests
         KernelProperties.tests
+        MailboxTests.tests
         ShellTests.tests
         DeepResolverTests.tests
         AppTests.tests
