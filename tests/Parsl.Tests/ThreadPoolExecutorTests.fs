@@ -19,14 +19,18 @@ type private Run =
     { Threads: int
       Tries: int
       ShutdownAfter: int
-      Wait: bool }
+      Wait: bool
+      /// The submitter holds back the tries after `ShutdownAfter` until `ShutdownAsync` has been called (so they
+      /// must be refused and reported); otherwise it races on.
+      Gate: bool }
 
 let private genRun = gen {
     let! threads = Gen.choose (1, 4)
     let! tries = Gen.choose (0, 400)
     let! after = Gen.choose (0, tries)
     let! wait = Gen.elements [ true; false ]
-    return { Threads = threads; Tries = tries; ShutdownAfter = after; Wait = wait } }
+    let! gate = Gen.elements [ true; false ]
+    return { Threads = threads; Tries = tries; ShutdownAfter = after; Wait = wait; Gate = gate } }
 
 let private call (i: int) =
     Function
@@ -46,6 +50,7 @@ let private runOnce (r: Run) =
     let submitter =
         Thread(fun () ->
             for i in 0 .. r.Tries - 1 do
+                if r.Gate && i = r.ShutdownAfter then shutdown.Task.Wait()
                 ex.Submit { Id = TaskId i; Try = TryId 0; Body = call i; Resources = Dictionary() }
                 Volatile.Write(&submitted[0], i + 1))
     let stopper =
