@@ -1,11 +1,12 @@
 // Writes App.Arities.g.cs and Dfk.Apps.g.cs: the app types and factory overloads for 0 to 6 arguments,
 // which differ only in arity. Run after changing the pattern: `dotnet fsi src/Parsl.CSharp/Arities.fsx`.
+// An optional argument names another output folder: the C# tests write there and compare (GeneratedFilesTests).
 open System
 open System.IO
 open System.Text
 
 let maxArity = 6
-let dir = __SOURCE_DIRECTORY__
+let dir = if fsi.CommandLineArgs.Length > 1 then fsi.CommandLineArgs[1] else __SOURCE_DIRECTORY__
 
 let ordinal n = [| "first"; "second"; "third"; "fourth"; "fifth"; "sixth" |][n - 1]
 let ts n = [ for i in 1..n -> sprintf "T%d" i ]

@@ -10,7 +10,7 @@ public class ExampleTests
 {
     private static readonly TimeSpan ProcessLimit = TimeSpan.FromMinutes(5);
 
-    private static string RepoRoot()
+    internal static string RepoRoot()
     {
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
         while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Parsl.slnx"))) dir = dir.Parent;
@@ -20,7 +20,7 @@ public class ExampleTests
     // bin/<Configuration>/net10.0/: the examples were built with the same configuration as this project.
     private static string Configuration => new DirectoryInfo(AppContext.BaseDirectory).Parent!.Name;
 
-    private static async Task<(int ExitCode, string Output)> RunAsync(string workingDirectory, params string[] arguments)
+    internal static async Task<(int ExitCode, string Output)> RunAsync(string workingDirectory, params string[] arguments)
     {
         var psi = new ProcessStartInfo("dotnet")
         {

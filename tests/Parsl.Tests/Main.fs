@@ -6,6 +6,8 @@ let all =
     testList "Parsl" [
         KernelTests.tests
         KernelProperties.tests
+        MailboxTests.tests
+        ThreadPoolExecutorTests.tests
         ShellTests.tests
         DeepResolverTests.tests
         AppTests.tests

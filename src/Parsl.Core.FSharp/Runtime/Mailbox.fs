@@ -74,6 +74,9 @@ type internal LightSemaphore() =
 
     member this.Release() = this.Release 1
 
+    /// How many threads are in the futex wait now (0 without futexes): tests wait on it to release into sleepers.
+    member _.Sleepers = Volatile.Read(&sleepers)
+
     /// Takes one from the count, waiting up to `ms` milliseconds for it; false if none came.
     member _.Wait(ms: int) : bool =
         if not (isNull fallback) then fallback.Wait ms
@@ -129,40 +132,53 @@ type internal Mailbox<'T>() =
     let spin = SpinPolicy()
     let signal = LightSemaphore()
     let mutable sleeping = 0
-    let mutable completed = 0
+    // Bit 0: completed. The rest: twice the number of posts between their check of that bit and their enqueue.
+    // One word, so that a post's check and the consumer's "completed, and no post in flight" are each one atomic
+    // step: with a separate flag, a post could pass the check, the consumer end on an empty queue, and the item
+    // be enqueued after it, lost although `Post` said true (pinned by MailboxTests' close property).
+    let mutable state = 0
 
     let wake () =
-        if Interlocked.CompareExchange(&sleeping, 0, 1) = 1 then signal.Release()
+        if Volatile.Read(&sleeping) = 1 && Interlocked.CompareExchange(&sleeping, 0, 1) = 1 then signal.Release()
 
-    /// Adds an item; false once the mailbox is completed.
+    /// Completed and no post in flight: nothing can be enqueued any more.
+    let closed () = Volatile.Read(&state) = 1
+
+    /// Adds an item; false once the mailbox is completed (then the item is never taken).
     member _.Post(item: 'T) =
-        if Volatile.Read(&completed) = 1 then false
-        else
-            queue.Enqueue item
-            wake ()
-            true
+        let accepted = Interlocked.Add(&state, 2) &&& 1 = 0
+        if accepted then queue.Enqueue item
+        // A full fence: the enqueue is visible before `sleeping` is read in `wake` (x86 reorders a store with a
+        // later load), so a consumer that set the flag before looking at the queue is either seen or sees the item.
+        Interlocked.Add(&state, -2) |> ignore
+        // Also when refused: a consumer waiting for the posts in flight after `Complete` must hear of this one.
+        wake ()
+        accepted
 
     /// No more items will be posted; the consumer drains what is left, then `WaitToRead` returns false.
     member _.Complete() =
-        Volatile.Write(&completed, 1)
+        Interlocked.Or(&state, 1) |> ignore
         wake ()
 
     /// Takes an item if there is one (consumer only).
     member _.TryTake(item: byref<'T>) = queue.TryDequeue(&item)
 
-    /// Blocks until there is an item (true) or the mailbox is completed and empty (false). Consumer only.
+    /// Blocks until there is an item (true) or the mailbox is completed and empty (false). Consumer only. Every
+    /// item for which `Post` returned true is seen before it returns false.
     member _.WaitToRead() : bool =
         let mutable result = 0
         while result = 0 do
             if not queue.IsEmpty || spin.SpinFor(fun () -> not queue.IsEmpty) then result <- 1
-            elif Volatile.Read(&completed) = 1 then result <- 2
+            // `closed` first: once it holds no item can arrive, so an empty queue after it is the end.
+            elif closed () && queue.IsEmpty then result <- 2
             else
                 // A full fence, not a volatile write: the store of `sleeping` must not pass the load of the queue
                 // below (x86 reorders a store with a later load), or a producer could miss the flag and we the item.
                 Interlocked.Exchange(&sleeping, 1) |> ignore
-                if not queue.IsEmpty || Volatile.Read(&completed) = 1 then
+                if not queue.IsEmpty || closed () then
                     if Interlocked.CompareExchange(&sleeping, 0, 1) <> 1 then signal.Wait(WakeCheck) |> ignore
                 else
+                    // Completed with posts in flight also sleeps here: each of them wakes us when done.
                     // Bounded: a wake-up is never needed to make progress, only to make it prompt.
                     signal.Wait(WakeCheck) |> ignore
         result = 1
@@ -178,40 +194,47 @@ type internal WorkQueue<'T>() =
     // Wake-ups issued but not yet taken. A worker woken drains the queue, so one pending wake per idle worker is
     // enough; releasing on every post contended on the semaphore's lock (measured: 20% of CPU at 100,000 tasks/s).
     let mutable wakes = 0
-    let mutable completed = 0
+    // Bit 0: completed; the rest: twice the posts in flight. As in `Mailbox`: a post racing `Complete` is either
+    // refused or seen by the consumers before they stop, never enqueued behind their backs.
+    let mutable state = 0
 
-    /// Adds an item; false once completed.
+    /// Completed and no post in flight: nothing can be enqueued any more.
+    let closed () = Volatile.Read(&state) = 1
+
+    /// Adds an item; false once completed (then the item is never taken).
     member _.Post(item: 'T) =
-        if Volatile.Read(&completed) = 1 then false
-        else
-            queue.Enqueue item
-            // The enqueue's last store must be visible before `idle` is read (store-load order needs a fence).
-            Interlocked.MemoryBarrier()
-            if Volatile.Read(&idle) > Volatile.Read(&wakes) then
-                Interlocked.Increment(&wakes) |> ignore
-                signal.Release()
-            true
+        let accepted = Interlocked.Add(&state, 2) &&& 1 = 0
+        if accepted then queue.Enqueue item
+        // A full fence (it replaces the barrier a post needs anyway): the enqueue's last store is visible before
+        // `idle` is read, so a consumer that counted itself idle before re-checking the queue is seen here.
+        Interlocked.Add(&state, -2) |> ignore
+        if accepted && Volatile.Read(&idle) > Volatile.Read(&wakes) then
+            Interlocked.Increment(&wakes) |> ignore
+            signal.Release()
+        accepted
 
     /// No more items; consumers drain what is left and stop.
     member _.Complete() =
-        Volatile.Write(&completed, 1)
+        Interlocked.Or(&state, 1) |> ignore
         signal.Release(max 1 (Volatile.Read(&idle) + 64))
 
     /// Whether `Complete` was called.
-    member _.IsCompleted = Volatile.Read(&completed) = 1
+    member _.IsCompleted = Volatile.Read(&state) &&& 1 = 1
 
     /// Takes an item if there is one.
     member _.TryTake(item: byref<'T>) = queue.TryDequeue(&item)
 
     /// Blocks until there may be an item (true) or the queue is completed and empty (false). Wake-ups may be
-    /// spurious: callers loop on `TryTake`.
+    /// spurious: callers loop on `TryTake`. Every item for which `Post` returned true is taken before all
+    /// consumers' `Wait` returns false.
     member _.Wait() : bool =
         if not queue.IsEmpty || spin.SpinFor(fun () -> not queue.IsEmpty) then true
-        elif Volatile.Read(&completed) = 1 then false
+        elif closed () && queue.IsEmpty then false
         else
             Interlocked.Increment(&idle) |> ignore
-            // Incremented before the re-check: a Post after it sees `idle > wakes` and releases.
-            if queue.IsEmpty && Volatile.Read(&completed) = 0 then
+            // Incremented before the re-check: a Post after it sees `idle > wakes` and releases. Completed with a
+            // post in flight does not sleep: the caller comes back at once, and ends once the post has landed.
+            if queue.IsEmpty && Volatile.Read(&state) &&& 1 = 0 then
                 if signal.Wait(WakeCheck) then Interlocked.Decrement(&wakes) |> ignore
             Interlocked.Decrement(&idle) |> ignore
-            not queue.IsEmpty || Volatile.Read(&completed) = 0
+            not (closed () && queue.IsEmpty)
