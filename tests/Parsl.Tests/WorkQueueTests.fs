@@ -187,7 +187,7 @@ let tests =
             let sandbox = await r.Task
             Expect.notEqual sandbox (Path.GetFileName dir) "ran in the worker's sandbox"
             Expect.equal (File.ReadAllText output) "ABC" "the output came back to its path"
-            Expect.equal (await r.Outputs.Head.Task).Filepath output "the DataFuture names the client's file")
+            Expect.equal (await r.Outputs[0].Task).Filepath output "the DataFuture names the client's file")
 
         flavoured "a task exceeding its declared run time gets the typed error" (fun exe ->
             let wq, dfk = withWq id
