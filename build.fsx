@@ -1,4 +1,4 @@
-// The build script: `dotnet fsi build.fsx -t <Target>` with Build, Test, Bench, Example.
+// The build script: `dotnet fsi build.fsx -t <Target>` with Build, Test, Bench, Example, Pack.
 // Test runs every test project under tests/ (Expecto projects with `dotnet run`, xunit projects with
 // `dotnet test`), and ends by printing one line: `N passed, N failed`, also written to artifacts/test-summary.txt.
 #r "nuget: Fake.Core.Target, 5.20.3"
@@ -51,6 +51,11 @@ let run arguments =
 
 let testProjects () =
     Directory.GetDirectories(Path.Combine(root, "tests"))
+    |> Array.sort
+    |> Array.collect (fun d -> Array.append (Directory.GetFiles(d, "*.fsproj")) (Directory.GetFiles(d, "*.csproj")))
+
+let shippedProjects () =
+    Directory.GetDirectories(Path.Combine(root, "src"))
     |> Array.sort
     |> Array.collect (fun d -> Array.append (Directory.GetFiles(d, "*.fsproj")) (Directory.GetFiles(d, "*.csproj")))
 
@@ -108,6 +113,17 @@ Target.create "Bench" (fun p ->
     let published = Path.Combine(artifacts, "bench")
     run [ "publish"; "bench/Parsl.Bench"; "-c"; "Release"; "-o"; published ]
     run ([ Path.Combine(published, "Parsl.Bench.dll") ] @ p.Context.Arguments))
+
+// Every package a user needs (the projects under src/), with its .snupkg symbols, into artifacts/packages. One
+// version for all, from Directory.Build.props; `-- --version-suffix preview.1` adds a prerelease suffix.
+Target.create "Pack" (fun p ->
+    let packages = Path.Combine(artifacts, "packages")
+    Shell.cleanDir packages
+    // The shipped projects only (the solution would build the tests too).
+    for proj in shippedProjects () do
+        run ([ "pack"; proj; "-c"; configuration; "-o"; packages; "-p:ContinuousIntegrationBuild=true" ] @ p.Context.Arguments)
+    for f in Directory.GetFiles(packages) |> Array.sort do
+        Trace.log (sprintf "%s  %d KiB" (Path.GetFileName f) ((FileInfo f).Length / 1024L)))
 
 Target.create "Example" (fun _ ->
     run [ "run"; "--project"; "examples/Quickstart"; "-c"; configuration ])

@@ -97,7 +97,7 @@ public sealed partial class Dfk : IAsyncDisposable
     private static AppOptions Options(FunctionAppOptions? o) =>
         o is null
             ? AppOptionsModule.defaults
-            : AppHandles.Options(o.Name, o.Executors.ToArray(), new Dictionary<string, object>(o.Resources), null, null, null, null,
+            : AppHandles.Options(o.Name, o.Executors.ToArray(), new Dictionary<string, object>(o.Resources), null, null, o.Walltime, null,
                 o.Cache, o.IgnoreForCache.ToArray());
 
     private static AppOptions ShellOptions(ShellAppOptions? o) =>

@@ -138,6 +138,17 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
     /// accepted. Default true; false sends every manager over TCP.</summary>
     public bool SameHostSocket { get; set; } = true;
 
+    /// <summary>DANGEROUS: lets any peer that reaches the interchange's port register as a manager, receive tasks
+    /// (their code and arguments) and send results, without proving that it holds the run's secret. Only for networks
+    /// where nobody else can reach the port. Default false: every manager proves the secret by challenge and
+    /// response, whether <see cref="Encrypted"/> or not.</summary>
+    public bool AllowUnauthenticatedManagers { get; set; }
+
+    /// <summary>The largest message (bytes) a manager may send the interchange; a longer frame is refused before
+    /// anything is allocated for it. A single result longer than this fails its task with a serialization error
+    /// naming this option. Default 134217728 (128 MiB); at least 65536.</summary>
+    public int MaxMessageSize { get; set; } = 128 * 1024 * 1024;
+
     /// <summary>The order in which managers are offered tasks. Default <see cref="ManagerSelection.Random"/>.</summary>
     public ManagerSelection ManagerSelector { get; set; } = ManagerSelection.Random;
 
@@ -200,7 +211,8 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
                 _ => StrategyKind.Simple,
             },
             StrategyPeriod, MaxIdleTime,
-            WorkerCommand is null ? FSharpOption<FSharpList<string>>.None : FSharpOption<FSharpList<string>>.Some(ListModule.OfSeq(WorkerCommand))));
+            WorkerCommand is null ? FSharpOption<FSharpList<string>>.None : FSharpOption<FSharpList<string>>.Some(ListModule.OfSeq(WorkerCommand)),
+            AllowUnauthenticatedManagers, MaxMessageSize));
     }
 
     /// <summary>The core's names for this class's fields, where they differ from the C# ones, and its messages in

@@ -109,6 +109,13 @@ public sealed partial class DfkOptions
     /// tasks holds memory for at most this many. Calls made from inside a running task never block. Default 0: unbounded.</summary>
     public int MaxTasksInFlight { get; set; }
 
+    /// <summary>SIGTERM and SIGINT (Ctrl-C) of this process stop the kernel first, as a dispose with
+    /// <see cref="KernelExitMode.Skip"/> would (managers, workers and running shell apps are stopped, unfinished
+    /// futures fail with <see cref="KernelShutdownError"/>), and then the process ends as the signal intends.
+    /// Default true. False leaves the signals alone: the process then ends at once, and managers on other hosts run on
+    /// until their heartbeat threshold.</summary>
+    public bool HandleSignals { get; set; } = true;
+
     internal const string FieldPrefix = "DfkOptions.";
 
     /// <summary>The core's configuration, or every problem found, each naming its C# property.</summary>
@@ -155,6 +162,7 @@ public sealed partial class DfkOptions
         config = ConfigParts.Extend(config, AppCache, (int)CheckpointMode, CheckpointPeriod, CheckpointFiles?.ToArray(),
             MemoHashers.ToArray(), staging.ToArray(), StagingDir,
             LoggerFactory is null || LogLevel == Microsoft.Extensions.Logging.LogLevel.None ? [] : [new Logging.LoggerFactorySink(LoggerFactory)]);
+        config = ConfigParts.WithHandleSignals(config, HandleSignals);
         foreach (var e in ConfigModule.validate(config))
             errors.Add(Rename(e));
         if (errors.Count == 1) throw errors[0];
@@ -223,6 +231,13 @@ public class FunctionAppOptions
     /// <summary>The app's name in task records and logs. Default: the method's name, or <c>app</c> for a lambda.</summary>
     public string? Name { get; set; }
 
+    /// <summary>After this long the try fails with <see cref="AppTimeout"/> (Parsl's <c>walltime</c>). Function apps:
+    /// the body's <see cref="System.Threading.CancellationToken"/> is cancelled; on the HighThroughputExecutor the
+    /// worker running it is killed and restarted, so the work really stops; on the ThreadPoolExecutor a thread cannot
+    /// be stopped, so a body that ignores its token runs on in the background and its result is dropped. Shell apps:
+    /// the command's whole process group is killed. Ignored by join apps. Default null: no limit.</summary>
+    public TimeSpan? Walltime { get; set; }
+
     /// <summary>Labels of the executors the app may run on; empty (the default) means any. Ignored by join apps,
     /// whose bodies run on the kernel's internal threads.</summary>
     public IList<string> Executors { get; } = new List<string>();
@@ -250,10 +265,6 @@ public sealed class ShellAppOptions : FunctionAppOptions
 
     /// <summary>Where stderr goes. Default null: inherited from this process.</summary>
     public StreamTarget? Stderr { get; set; }
-
-    /// <summary>After this long the command's whole process group is killed and the task fails with
-    /// <see cref="AppTimeout"/>. Default null: no limit.</summary>
-    public TimeSpan? Walltime { get; set; }
 
     /// <summary>Files the command must create; if one is missing afterwards the task fails with
     /// <see cref="MissingOutputs"/>. Default empty.</summary>

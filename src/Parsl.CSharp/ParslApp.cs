@@ -23,7 +23,7 @@ public abstract class ParslApp
         ArgumentNullException.ThrowIfNull(options);
         var shell = options as ShellAppOptions;
         return AppHandles.Options(options.Name, options.Executors.ToArray(), new Dictionary<string, object>(options.Resources),
-            shell?.Stdout?.Spec, shell?.Stderr?.Spec, shell?.Walltime, shell?.Outputs.ToArray(), options.Cache, options.IgnoreForCache.ToArray());
+            shell?.Stdout?.Spec, shell?.Stderr?.Spec, options.Walltime, shell?.Outputs.ToArray(), options.Cache, options.IgnoreForCache.ToArray());
     }
 
     private protected static AppFuture<TResult> Submit<TResult>(AppHandle<TResult> handle, ArgSlot[] slots, CancellationToken cancellationToken)

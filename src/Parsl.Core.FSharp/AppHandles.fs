@@ -91,6 +91,7 @@ type internal AppHandles private () =
         if isNull del then nullArg "function"
         let name = defaultArg opts.Name (AppHandles.NameOf del)
         dfk.CheckLabels(name, opts.Executors)
+        App.checkWalltime name opts
         { opts with Name = Some name }, name
 
     /// A function app. `invoke` calls the delegate with the resolved arguments (and the try's token when
@@ -188,6 +189,9 @@ type internal ConfigParts private () =
             LogLevel = logLevel
             InternalTasksMaxThreads = internalTasksMaxThreads
             MaxTasksInFlight = maxTasksInFlight }
+
+    /// The configuration with `HandleSignals` set.
+    static member WithHandleSignals(config: Config, handle: bool) : Config = { config with HandleSignals = handle }
 
     /// An exit mode from its number (0 cleanup, 1 wait, 2 skip).
     static member ExitMode(mode: int) =

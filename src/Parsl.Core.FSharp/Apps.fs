@@ -82,7 +82,10 @@ type AppOptions =
       /// Shell apps: stdout and stderr.
       Stdout: StdSpec option
       Stderr: StdSpec option
-      /// Shell apps: kill the process group and fail with `AppTimeout` after this long.
+      /// After this long the try fails with `AppTimeout` (Parsl's `walltime`). Shell apps: the process group is
+      /// killed. Function apps: the body's CancellationToken is cancelled; on the HighThroughputExecutor the
+      /// worker running it is killed and restarted, so the work really stops; on the ThreadPoolExecutor a thread
+      /// cannot be stopped, so a body that ignores its token runs on in the background (its result is dropped).
       Walltime: TimeSpan option
       /// Shell apps: files that must exist afterwards (`MissingOutputs` otherwise).
       Outputs: string list
@@ -171,11 +174,23 @@ module App =
                   ArgNames = names
                   Ignored = Array.init arity (fun i -> List.contains i positions) }
 
+    /// A walltime must be positive; refused when the app is made, not when a try runs.
+    let internal checkWalltime (name: string) (opts: AppOptions) =
+        match opts.Walltime with
+        | Some w when w <= TimeSpan.Zero ->
+            raise (
+                ConfigurationError(
+                    "AppOptions.Walltime",
+                    sprintf "app '%s' has a walltime of %g s; give a positive time span, or None for no limit" name w.TotalSeconds)
+            )
+        | _ -> ()
+
     let internal prepare (dfk: DataFlowKernel) (opts: AppOptions) (f: obj) (arity: int) =
         if isNull (box dfk) then nullArg "dfk"
         if isNull f then nullArg "f"
         let name = defaultArg opts.Name (nameOf f)
         dfk.CheckLabels(name, opts.Executors)
+        checkWalltime name opts
         name, memoSpec opts name f arity
 
     let internal functionCall name (del: Delegate) takesToken (invoke: obj[] -> CancellationToken -> obj) =
@@ -185,7 +200,8 @@ module App =
                   Function = del
                   Args = args
                   TakesCancellation = takesToken
-                  Invoke = invoke }
+                  Invoke = invoke
+                  Walltime = None }
 
     let private noJoin = fun (_: obj) -> None
 
@@ -196,6 +212,16 @@ module App =
 
     /// Submits a call, with its staging, memoized when `memo` is given (see `memoSpec`).
     let internal submitWith<'R> (dfk: DataFlowKernel) (name: string) (memo: MemoSpec option) kind (opts: AppOptions) slots build joinShape =
+        // A function app's walltime travels with its call (a shell app's is in its ShellCall already); a join app's
+        // body only returns futures, so a limit there would mean nothing.
+        let build =
+            match opts.Walltime, kind with
+            | Some w, FunctionApp ->
+                fun id args ->
+                    match build id args with
+                    | Function c -> Function { c with Walltime = Some w }
+                    | b -> b
+            | _ -> build
         Staging.submit<'R> dfk name kind opts.Executors slots build (resources opts) joinShape memo
             (stdFile opts.Stdout, stdFile opts.Stderr)
 

@@ -75,7 +75,13 @@ type Config =
       /// More places the run's log events go, beside `parsl.log` (the C# façade forwards them to an
       /// `ILoggerFactory`). They get events at `LogLevel` and above, even when `InitializeLogging` is false.
       /// Default none.
-      LogSinks: Serilog.Core.ILogEventSink list }
+      LogSinks: Serilog.Core.ILogEventSink list
+
+      /// SIGTERM and SIGINT (Ctrl-C) of this process stop the kernel first, as a dispose with `Skip` would
+      /// (managers, workers and running shell apps are stopped, unfinished futures fail with `KernelShutdownError`),
+      /// and then the process ends as the signal intends. Default true. False leaves the signals alone: the
+      /// process then ends at once, and managers on other hosts run on until `HeartbeatThreshold`.
+      HandleSignals: bool }
 
 /// Functions over configurations.
 [<RequireQualifiedAccess>]
@@ -103,7 +109,8 @@ module Config =
           MemoHashers = []
           Staging = StagingProvider.defaults
           StagingDir = None
-          LogSinks = [] }
+          LogSinks = []
+          HandleSignals = true }
 
     /// Every problem with a configuration, each naming its field and the fix. Empty when it is valid.
     let validate (c: Config) : ConfigurationError list =

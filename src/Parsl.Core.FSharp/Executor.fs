@@ -29,7 +29,10 @@ type FunctionCall =
       /// Whether the delegate's last parameter is a CancellationToken supplied by the executor.
       TakesCancellation: bool
       /// Calls the delegate in this process. The value may be a `Task` the executor awaits.
-      Invoke: obj[] -> CancellationToken -> obj }
+      Invoke: obj[] -> CancellationToken -> obj
+      /// At this limit the try fails with `AppTimeout` and the token passed to the body is cancelled (Parsl's
+      /// `walltime` of python apps). None: no limit.
+      Walltime: TimeSpan option }
 
 /// A shell app's call, ready to run.
 type ShellCall =

@@ -24,10 +24,10 @@ let private runCall (argv: string[]) : int =
             // Assembly paths in the call are relative to the sandbox; the loader needs them absolute.
             let absolute (t: WireTask) =
                 match t.Body with
-                | Call(fid, def, args) when not (isNull def) ->
+                | Call(fid, def, args, wall) when not (isNull def) ->
                     let refs, body = Serialization.decodeDefinition def
                     let refs = refs |> List.map (fun r -> { r with Path = Path.GetFullPath r.Path })
-                    { t with Body = Call(fid, Serialization.rewriteDefinition refs body, args) }
+                    { t with Body = Call(fid, Serialization.rewriteDefinition refs body, args, wall) }
                 | _ -> t
             use input = new MemoryStream(Frames.encode (Protocol.encodeToWorker (Run(List.map absolute tasks))))
             use output = File.Create resultPath
@@ -90,12 +90,12 @@ let serve () : int =
             let (Run tasks) = Protocol.decodeToWorker frame.Value
             let fix (t: WireTask) =
                 match t.Body with
-                | Call(_, def, args) when not (isNull def) ->
+                | Call(_, def, args, wall) when not (isNull def) ->
                     let refs, body = Serialization.decodeDefinition def
                     let refs = refs |> List.map (fun r -> { r with Path = Path.GetFullPath(Path.Combine(sandbox, r.Path)) })
                     let key = Convert.ToHexString(Security.Cryptography.SHA256.HashData body)
                     let id = match ids.TryGetValue key with | true, i -> i | _ -> (let i = ids.Count + 1 in ids[key] <- i; i)
-                    { t with Body = Call(id, Serialization.rewriteDefinition refs body, args) }
+                    { t with Body = Call(id, Serialization.rewriteDefinition refs body, args, wall) }
                 | _ -> t
             // The app sees its sandbox as the working directory, as in a task of its own.
             Directory.SetCurrentDirectory sandbox

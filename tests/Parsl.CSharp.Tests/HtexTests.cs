@@ -116,6 +116,26 @@ public class HtexTests
         Assert.Equal(5, await add.Invoke(2, 3).Within());
     }
 
+    [Fact]
+    public async Task Without_encryption_a_manager_on_TCP_still_proves_the_secret_and_a_result_over_MaxMessageSize_fails_its_task_only()
+    {
+        await using var dfk = await LoadHtexAsync(o =>
+        {
+            o.Encrypted = false;
+            o.SameHostSocket = false;
+            o.MaxMessageSize = 65536;
+        });
+        var bytes = dfk.App((int n) => new byte[n]);
+        var e = Assert.IsType<SerializationError>(await FailureOf(bytes.Invoke(200_000)));
+        Assert.Contains("MaxMessageSize", e.Message);
+        Assert.Equal(1000, (await bytes.Invoke(1000).Within()).Length);
+        // The secret a manager proves, private to the user; no CURVE server key without encryption.
+        var key = Assert.Single(Directory.GetFiles(dfk.RunDir, "client.key", SearchOption.AllDirectories));
+        if (!OperatingSystem.IsWindows())
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(key));
+        Assert.Empty(Directory.GetFiles(dfk.RunDir, "server.key", SearchOption.AllDirectories));
+    }
+
     /// <summary>x => x + 1, compiled in memory as a script's functions are.</summary>
     private static Func<int, int> EmittedIncrement()
     {
@@ -173,6 +193,9 @@ public class HtexTests
         Assert.Equal(fs.PollPeriod, cs.PollPeriod);
         Assert.Equal(fs.Encrypted, cs.Encrypted);
         Assert.Equal(fs.SameHostSocket, cs.SameHostSocket);
+        Assert.Equal(fs.AllowUnauthenticatedManagers, cs.AllowUnauthenticatedManagers);
+        Assert.False(cs.AllowUnauthenticatedManagers);
+        Assert.Equal(fs.MaxMessageSize, cs.MaxMessageSize);
         Assert.True(fs.ManagerSelector.IsRandomSelector);
         Assert.Equal(ManagerSelection.Random, cs.ManagerSelector);
         Assert.Empty(cs.AvailableAccelerators);
@@ -212,6 +235,7 @@ public class HtexTests
         { "HighThroughputExecutorOptions.Strategy", o => o.Strategy = (ScalingStrategy)7 },
         { "HighThroughputExecutorOptions.ManagerSelector", o => o.ManagerSelector = (ManagerSelection)7 },
         { "HighThroughputExecutorOptions.WorkerCommand", o => o.WorkerCommand = [] },
+        { "HighThroughputExecutorOptions.MaxMessageSize", o => o.MaxMessageSize = 1000 },
         { "HighThroughputExecutorOptions.Provider", o => o.Provider = null! },
         // Labels are the kernel's concern: it names the list they are in.
         { "DfkOptions.Executors", o => o.Label = " " },

@@ -115,7 +115,7 @@ let protocol =
     testList "HTEx protocol" [
         testProperty "tasks round-trip through the wire encoding" (fun (key: int64) (app: NonNull<string>) (cmd: NonNull<string>) (wall: int64) (outs: NonNull<string> list) (args: byte[]) ->
             let tasks =
-                [ { Key = key; AppName = app.Get; Body = Call(3, null, args) }
+                [ { Key = key; AppName = app.Get; Body = Call(3, null, args, max -1L wall) }
                   { Key = key; AppName = app.Get; Body = Command(cmd.Get, Some { Path = cmd.Get; Truncate = true }, None, wall, outs |> List.map (fun o -> o.Get)) } ]
             Protocol.decodeToManager (Protocol.encodeToManager (Tasks tasks)) = Tasks tasks)
         testProperty "results round-trip through the wire encoding" (fun (key: int64) (t: NonNull<string>) (data: NonNull<string> list) (v: byte[]) ->

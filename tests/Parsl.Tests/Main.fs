@@ -17,7 +17,10 @@ let all =
         StagingTests.tests
         HtexPolicyTests.tests
         HtexTests.tests
+        WorkerCliTests.tests
         HtexStagingTests.tests
+        HtexSecurityTests.tests
+        HtexFaultTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests
@@ -36,4 +39,6 @@ let main argv =
     | [| "--memo-key" |] ->
         printfn "%s" (MemoTests.sampleKey false)
         0
+    // A child process for the SIGTERM test: an HTEx running a shell app, waiting to be signalled.
+    | [| "--signal-child"; runBase |] -> HtexFaultTests.signalChild runBase
     | _ -> runTestsWithCLIArgs [] argv all

@@ -71,6 +71,14 @@ module ErrorHandlers =
         let _, failed = count window
         if failed = max 1 threshold then SetBadState(describe statuses) else Healthy
 
+    /// Leaves out the blocks that ran tasks and then ended: such a block is a node lost (a crash, an out-of-memory
+    /// kill, a preemption), whose tasks fail with `ManagerLost` and are retried, not a sign that blocks cannot run.
+    /// What is left is what the handlers judge: blocks that never connected, and blocks that ended before returning
+    /// a result (dying at start, such as workers that cannot start). Parsl's handlers count both kinds alike, so
+    /// one manager crash made a one-block run fail every later task.
+    let withoutLostNodes (served: Set<string>) (statuses: (string * JobStatus) list) =
+        statuses |> List.filter (fun (id, s) -> not (served.Contains id && JobState.isTerminal s.State))
+
     /// Applies a handler to a snapshot.
     let decide handler initBlocks statuses =
         match handler with

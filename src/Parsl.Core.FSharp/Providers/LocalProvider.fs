@@ -19,6 +19,23 @@ module internal Signals =
     /// Signals a whole process group.
     let group (pgid: int) (signal: int) = sys_kill(-pgid, signal) |> ignore
 
+    /// Whether any live process of the group is left. Zombies do not count: where nothing reaps orphans (an init
+    /// that does not wait), they would stay members of the group for good.
+    let groupAlive (pgid: int) =
+        if sys_kill(-pgid, 0) <> 0 then false
+        elif not (Directory.Exists "/proc/self") then true
+        else
+            Directory.EnumerateDirectories "/proc"
+            |> Seq.exists (fun d ->
+                let name = Path.GetFileName d
+                name.Length > 0 && Char.IsDigit name[0]
+                && (try
+                        let stat = File.ReadAllText(Path.Combine(d, "stat"))
+                        // After the command (which may hold spaces and parentheses): state, ppid, pgrp.
+                        let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+                        rest[0] <> "Z" && int rest[2] = pgid
+                    with _ -> false))
+
 /// The options of a `LocalProvider`, with Parsl's defaults (`LocalProvider.defaults`).
 type LocalProviderOptions =
     { /// Nodes per block; every node is this machine. Default 1.
@@ -184,14 +201,19 @@ type LocalProvider(options: LocalProviderOptions) =
                         Signals.group j.Process.Id Signals.SIGTERM
                     | Some j -> j.Cancelled <- j.Cancelled || false
                     | None -> ()
-                // Give the group a moment to stop cleanly, then kill what is left of it.
+                // Give the group a moment to stop cleanly, then kill what is left of it. The whole group, not only its
+                // leader: the block's bash ends at SIGTERM at once, while the manager is still stopping its workers and
+                // their shell apps (a SIGKILL then would leave those running).
                 for _, j in found do
                     match j with
                     | Some j ->
+                        let deadline = DateTime.UtcNow.AddSeconds 2.0
                         use cts = CancellationTokenSource.CreateLinkedTokenSource(ct: CancellationToken)
                         cts.CancelAfter(TimeSpan.FromSeconds 2.0)
                         try
                             do! j.Process.WaitForExitAsync(cts.Token)
+                            while Signals.groupAlive j.Process.Id && DateTime.UtcNow < deadline do
+                                do! Task.Delay(20, ct)
                         with :? OperationCanceledException -> ()
                         Signals.group j.Process.Id Signals.SIGKILL
                     | None -> ()

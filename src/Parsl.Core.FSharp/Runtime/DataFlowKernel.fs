@@ -71,6 +71,15 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let debug = log.IsEnabled Serilog.Events.LogEventLevel.Debug
     let inFlight = if config.MaxTasksInFlight > 0 then new SemaphoreSlim(config.MaxTasksInFlight) else null
     let memoizer = Memoizer(config, runDir, log)
+    // SIGTERM/SIGINT: cleaned up (as Skip), then the signal is sent again with no handler of ours left.
+    let mutable signalRegistrations: Runtime.InteropServices.PosixSignalRegistration list = []
+    let mutable signalled = 0
+    let mutable cleanupTask: Task = null
+    let signalGate = obj ()
+    let dropSignals () =
+        let regs = lock signalGate (fun () -> let r = signalRegistrations in signalRegistrations <- []; r)
+        for r in regs do
+            r.Dispose()
 
     let post m =
         if not (mailbox.Post m) then
@@ -306,7 +315,37 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | [ l ] -> l
         | ls -> ls[Random.Shared.Next ls.Length]
 
-    member private _.Start() =
+    /// A SIGTERM or SIGINT: stop as a dispose with `Skip` would (or let a cleanup already under way finish), then
+    /// end the process as the signal intends: our handlers are removed and the signal is sent again.
+    member private this.OnSignal(ctx: Runtime.InteropServices.PosixSignalContext) =
+        ctx.Cancel <- true
+        let number = if ctx.Signal = Runtime.InteropServices.PosixSignal.SIGINT then 2 else 15
+        if Interlocked.Exchange(&signalled, 1) = 0 then
+            log.Warning("Received {Signal}: stopping every executor, then exiting", ctx.Signal)
+            let stop =
+                task {
+                    try
+                        if Volatile.Read(&closed) = 0 then
+                            do! this.CleanupAsync(Skip)
+                        else
+                            match Volatile.Read(&cleanupTask) with
+                            | null -> ()
+                            | t -> do! t.WaitAsync(TimeSpan.FromSeconds 30.0)
+                    with _ -> ()
+                    dropSignals ()
+                    Native.signalSelf number
+                }
+            stop |> ignore
+
+    member private this.WatchSignals() =
+        if config.HandleSignals && not (OperatingSystem.IsWindows()) then
+            let handler = Action<Runtime.InteropServices.PosixSignalContext>(fun ctx -> this.OnSignal ctx)
+            lock signalGate (fun () ->
+              signalRegistrations <-
+                [ Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGTERM, handler)
+                  Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGINT, handler) ])
+
+    member private this.Start() =
         memoizer.Start()
         let context =
             { RunDir = runDir
@@ -317,6 +356,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         let finished = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
         loopTask <- finished.Task
         Thread(run finished, IsBackground = true, Name = "parsl-kernel").Start()
+        this.WatchSignals()
         log.Information("Parsl.NET {Version} loaded; run directory {RunDir}; executors {Executors}",
                         typeof<DataFlowKernel>.Assembly.GetName().Version, runDir, String.Join(", ", userLabels))
 
@@ -329,7 +369,19 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | [ e ] -> raise e
         | e :: rest ->
             raise (ConfigurationError(e.Field, e.Message.Substring(e.Field.Length + 2) + " (and: " + String.Join("; ", rest |> List.map (fun r -> r.Message)) + ")"))
-        let runDir = RunDir.create config.RunDir
+        let runDir =
+            try
+                RunDir.create config.RunDir
+            with
+            | :? IO.IOException
+            | :? UnauthorizedAccessException
+            | :? NotSupportedException
+            | :? ArgumentException as e ->
+                raise (
+                    ConfigurationError(
+                        "Config.RunDir",
+                        sprintf "the run directory cannot be created under '%s' (%s); choose a directory you can write to" config.RunDir e.Message)
+                )
         let log = RunDir.logger runDir config.InitializeLogging config.LogLevel config.LogSinks
         let executors = Dictionary<string, IExecutor>()
         let userExecutors = if config.Executors.IsEmpty then [ ThreadPoolExecutor() :> IExecutor ] else config.Executors
@@ -454,9 +506,20 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         let mode = defaultArg mode config.ExitMode
         if Interlocked.Exchange(&closed, 1) = 1 then
             raise (NoDataFlowKernelError "CleanupAsync was already called on this DataFlowKernel")
+        let t = this.Cleanup mode
+        Volatile.Write(&cleanupTask, t)
+        t
+
+    member private this.Cleanup(mode: ExitMode) : Task =
         task {
             if mode = Wait then do! this.WaitForCurrentTasksAsync()
             post Closing
+            if mode = Skip then
+                // Skip fails every unfinished future with KernelShutdownError before the executors stop their tries, so
+                // that a try's own end (a killed shell app, a cancelled token) cannot be what the future reports.
+                let abandoned = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                post (AbandonAll abandoned)
+                do! abandoned.Task
             // User executors first (their tries may still submit joins), then the internal one.
             for KeyValue(label, ex) in executors do
                 if label <> Config.InternalLabel then
@@ -476,6 +539,8 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             log.Information("DataFlowKernel cleaned up; final task states: {Counts}",
                             String.Join(", ", finalCounts |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))
             cleanedUp <- true
+            // A signal's own handler drops these after the cleanup it started (then sends the signal again).
+            if Volatile.Read(&signalled) = 0 then dropSignals ()
             match log with
             | :? IDisposable as d -> d.Dispose()
             | _ -> ()

@@ -145,11 +145,11 @@ module internal Native =
                 actionsReady <- rc = 0
             let flags = O_WRONLY ||| O_CREAT ||| O_APPEND
             if rc = 0 && not (isNull stdoutPath) then
-                rc <- posix_spawn_file_actions_addopen (actions, 1, Marshal.ReadIntPtr(paths, 0), flags, 0o644)
+                rc <- posix_spawn_file_actions_addopen (actions, 1, Marshal.ReadIntPtr(paths, 0), flags, 0o600)
             if rc = 0 && not (isNull stderrPath) then
                 rc <-
                     if stderrPath = stdoutPath then posix_spawn_file_actions_adddup2 (actions, 1, 2)
-                    else posix_spawn_file_actions_addopen (actions, 2, Marshal.ReadIntPtr(paths, IntPtr.Size), flags, 0o644)
+                    else posix_spawn_file_actions_addopen (actions, 2, Marshal.ReadIntPtr(paths, IntPtr.Size), flags, 0o600)
             let mutable pid = 0
             if rc = 0 then rc <- posix_spawn (&pid, Marshal.ReadIntPtr(argvBlock, 0), actions, attr, argvBlock, envBlock)
             if rc = 0 then Ok pid else Error rc
@@ -237,3 +237,6 @@ module internal Native =
 
     /// Sends SIGKILL to every process in process group `pgid`.
     let killGroup (pgid: int) = kill (-pgid, SIGKILL) |> ignore
+
+    /// Sends `signal` to this process (to end it as a signal it caught would have, once its handlers are gone).
+    let signalSelf (signal: int) = kill (Environment.ProcessId, signal) |> ignore

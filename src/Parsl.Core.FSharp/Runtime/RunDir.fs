@@ -26,7 +26,10 @@ module RunDir =
         let rec attempt n tries =
             let path = Path.Combine(baseDir, sprintf "%03d" n)
             // Directory.CreateDirectory succeeds on an existing directory, so claim the number with a marker file.
-            Directory.CreateDirectory path |> ignore
+            // Private to the user (0700): on a shared login node a run's logs, scripts and task output are nobody
+            // else's business. Everything the run writes lives below it.
+            if OperatingSystem.IsWindows() then Directory.CreateDirectory path |> ignore
+            else Directory.CreateDirectory(path, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute) |> ignore
             try
                 use _ = new FileStream(Path.Combine(path, ".claimed"), FileMode.CreateNew)
                 path

@@ -73,9 +73,13 @@ module Shell =
                     | null
                     | "" -> ()
                     | dir -> Directory.CreateDirectory dir |> ignore
-                    match s with
-                    | Truncate _ -> (new FileStream(full, FileMode.Create, FileAccess.Write)).Dispose()
-                    | Append _ -> ()
+                    // A file made here is private to the user (0600), as the run directory is; an existing file keeps
+                    // its mode.
+                    let options = FileStreamOptions(Access = FileAccess.Write)
+                    options.Mode <- (match s with Truncate _ -> FileMode.Create | Append _ -> FileMode.Append)
+                    if not (OperatingSystem.IsWindows()) then
+                        options.UnixCreateMode <- Nullable(UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
+                    (new FileStream(full, options)).Dispose()
                     full
                 with
                 | :? IOException
@@ -135,7 +139,9 @@ module Shell =
     /// `BashExitFailure` with the exit code (minus the signal number when killed by one), `AppTimeout` after the
     /// walltime, `OperationCanceledException` when `cancellation` fires, `MissingOutputs` when an output is absent.
     /// In the last three cases the process group has been killed.
-    let run (call: ShellCall) (cancellation: CancellationToken) : obj =
+    /// `onStarted` gets the process group's id as soon as it exists (a worker tells its manager, which kills the
+    /// group should the worker die while the command runs).
+    let runWith (onStarted: int -> unit) (call: ShellCall) (cancellation: CancellationToken) : obj =
         cancellation.ThrowIfCancellationRequested()
         checkWalltime call
         let cmd = buildCommand call
@@ -146,6 +152,7 @@ module Shell =
             | Error errno ->
                 raise (AppException(sprintf "Shell app %s could not start /bin/bash" call.AppName, Win32Exception errno))
         let group = Group pid
+        (try onStarted pid with _ -> ())
         let registration = cancellation.Register(fun () -> group.Stop Cancelled)
         let mutable timer = null
         try
@@ -186,3 +193,6 @@ module Shell =
             if not missing.IsEmpty then
                 raise (MissingOutputs(sprintf "shell app %s exited 0 without creating them" call.AppName, missing))
             box 0
+
+    /// Runs one try of a shell app on the calling thread (see `runWith`).
+    let run (call: ShellCall) (cancellation: CancellationToken) : obj = runWith ignore call cancellation

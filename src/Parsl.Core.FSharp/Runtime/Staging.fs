@@ -150,7 +150,8 @@ module internal Staging =
                   Function = del
                   Args = args
                   TakesCancellation = true
-                  Invoke = fun a ct -> box (invoke a[0] ct) }
+                  Invoke = fun a ct -> box (invoke a[0] ct)
+                  Walltime = None }
 
     let private noJoin = fun (_: obj) -> None
 

@@ -62,7 +62,12 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
     let needsToken (t: ExecTask) =
         match t.Body with
         | Shell _ -> true
-        | Function c -> c.TakesCancellation
+        | Function c -> c.TakesCancellation || c.Walltime.IsSome
+
+    let walltimeOf (t: ExecTask) =
+        match t.Body with
+        | Function c -> c.Walltime
+        | Shell _ -> None
 
     let rec enterBlocking () : IDisposable =
         let spawn =
@@ -75,6 +80,9 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
 
     and runOne (t: ExecTask) =
         let key = struct (t.Id.Value, t.Try.Value)
+        // A try is reported once: by its body, or by its walltime, whichever comes first.
+        let reported = ref 0
+        let report t r = if Interlocked.Exchange(&reported.contents, 1) = 0 then report t r
         if not cancelRequested.IsEmpty && fst (cancelRequested.TryRemove key) then
             report t (Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)))
         else
@@ -87,7 +95,24 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                 else
                     null
             let token = if isNull cts then CancellationToken.None else cts.Token
+            // A function app's walltime: the try fails with AppTimeout and its token is cancelled. The thread itself
+            // cannot be stopped: a body that ignores its token runs on, and what it returns is dropped.
+            let timer =
+                match walltimeOf t with
+                | Some w ->
+                    new Timer(
+                        (fun _ ->
+                            if Interlocked.Exchange(&reported.contents, 1) = 0 then
+                                (try cts.Cancel() with :? ObjectDisposedException -> ())
+                                let name = match t.Body with Function c -> c.AppName | Shell c -> c.AppName
+                                ctx.Report(
+                                    TryFailed(
+                                        t.Id, t.Try,
+                                        AppTimeout(sprintf "Function app %s ran past its walltime of %g s (task %d); its CancellationToken was cancelled" name w.TotalSeconds t.Id.Value)))),
+                        null, w, Timeout.InfiniteTimeSpan)
+                | None -> null
             let cleanup () =
+                if not (isNull timer) then timer.Dispose()
                 if not (isNull cts) then
                     running.TryRemove key |> ignore
                     cts.Dispose()
@@ -197,18 +222,23 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                 lock gate (fun () -> stopping <- true)
                 queue.Complete()
                 if not wait then
+                    // Skip: shell apps' process groups are killed and tokens cancelled here, at once; queued tries
+                    // fail now and running ones are failed by the kernel (KernelShutdownError) without waiting for
+                    // them. A function body that ignores its token cannot be stopped: its thread (a background
+                    // thread) runs on until it returns, and its result is dropped.
                     shutdownToken.Cancel()
                     let mutable item = Unchecked.defaultof<ExecTask>
                     while queue.TryTake(&item) do
                         ctx.Report(TryFailed(item.Id, item.Try, KernelShutdownError(item.Id)))
-                // Threads end when the queue is drained; compensating threads may start meanwhile, so repeat.
-                // Only unfinished ones: a finished entry left behind must not make this loop spin.
-                let unfinished () =
-                    Seq.append threads.Values asyncBodies.Values |> Seq.filter (fun t -> not t.IsCompleted) |> Array.ofSeq
-                let mutable pending = unfinished ()
-                while pending.Length > 0 do
-                    do! Task.WhenAll pending
-                    pending <- unfinished ()
-                shutdownToken.Dispose()
+                else
+                    // Threads end when the queue is drained; compensating threads may start meanwhile, so repeat.
+                    // Only unfinished ones: a finished entry left behind must not make this loop spin.
+                    let unfinished () =
+                        Seq.append threads.Values asyncBodies.Values |> Seq.filter (fun t -> not t.IsCompleted) |> Array.ofSeq
+                    let mutable pending = unfinished ()
+                    while pending.Length > 0 do
+                        do! Task.WhenAll pending
+                        pending <- unfinished ()
+                    shutdownToken.Dispose()
             }
             :> Task

@@ -23,6 +23,8 @@ type BlockPollerRequest =
     | Poll
     | QueryBlockStatus of TaskCompletionSource<BlockInfo list>
     | StopPoller of TaskCompletionSource<unit>
+    /// A manager of this block was refused (another version): the block has failed, and its job is cancelled.
+    | FailBlock of blockId: string * error: exn
 
 /// What the poller needs from its executor.
 type BlockPollerSettings =
@@ -79,6 +81,7 @@ module BlockPoller =
         let mutable idleSince: DateTime option = None
         let mutable lastStatus = DateTime.MinValue
         let stopTimer = new CancellationTokenSource()
+        let causes = Dictionary<string, exn>()
 
         let live () = blocks |> Seq.filter (fun b -> not b.ScaledIn && not (JobState.isTerminal b.Status.State)) |> List.ofSeq
 
@@ -163,20 +166,30 @@ module BlockPoller =
             }
 
         let handleErrors () =
-            if not (s.IsBad()) then
+            task {
+              if not (s.IsBad()) then
                 // A block that could not even be submitted failed as surely as one that exited non-zero.
                 let statuses =
                     blocks
                     |> Seq.map (fun b ->
                         b.Id, (if b.Status.State = ScalingFailed then { b.Status with State = Failed } else b.Status))
                     |> List.ofSeq
-                match ErrorHandlers.decide s.Options.BlockErrorHandler s.Provider.InitBlocks statuses with
+                let! served =
+                    if statuses |> List.exists (snd >> ErrorHandlers.isFailure) then
+                        let q = TaskCompletionSource<string list>()
+                        s.Interchange().Post(QueryServedBlocks q)
+                        q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
+                    else Task.FromResult []
+                let judged = ErrorHandlers.withoutLostNodes (Set.ofList served) statuses
+                match ErrorHandlers.decide s.Options.BlockErrorHandler s.Provider.InitBlocks judged with
                 | Healthy -> ()
                 | SetBadState _ ->
                     let failed = statuses |> List.filter (snd >> ErrorHandlers.isFailure) |> List.length
                     let message =
                         sprintf "%d of %d blocks failed:\n%s" failed blocks.Count (blocks |> Seq.map summary |> String.concat "\n")
-                    s.SetBad(BadStateException(s.Label, message, null))
+                    // A block refused for its version carries that error as the cause.
+                    s.SetBad(BadStateException(s.Label, message, (if causes.Count > 0 then Seq.head causes.Values else null)))
+            }
 
         let strategize () =
             task {
@@ -224,6 +237,10 @@ module BlockPoller =
 
         let loop =
             task {
+                // Off the caller's thread: the executor starts this before its interchange, and a second poll (queued by
+                // the timer while a slow first block launch ran) asks for the interchange, which waits for the
+                // caller to finish starting it; run inline, that wait was a deadlock (seen under load).
+                do! Task.Yield()
                 let mutable go = true
                 channel.Writer.TryWrite Poll |> ignore
                 while go do
@@ -232,10 +249,25 @@ module BlockPoller =
                     | Poll ->
                         try
                             do! refreshStatus ()
-                            handleErrors ()
+                            do! handleErrors ()
                             do! strategize ()
                         with e -> s.Log.Error(e, "{Label}: strategy poll failed", s.Label)
                     | QueryBlockStatus reply -> reply.TrySetResult(snapshot ()) |> ignore
+                    | FailBlock(id, error) ->
+                        match blocks |> Seq.tryFind (fun b -> b.Id = id && not b.ScaledIn && not (JobState.isTerminal b.Status.State)) with
+                        | Some b ->
+                            b.Status <- { JobStatus.ofState Failed with Message = Some error.Message }
+                            causes[b.Id] <- error
+                            s.Log.Error("{Label}: block {Block} failed: {Error}", s.Label, id, error.Message)
+                            try
+                                match b.JobId with
+                                | Some job ->
+                                    let! _ = s.Provider.CancelAsync([ job ], CancellationToken.None)
+                                    ()
+                                | None -> ()
+                            with e -> s.Log.Error(e, "{Label}: cancelling block {Block} failed", s.Label, id)
+                            do! handleErrors ()
+                        | None -> s.Log.Warning("{Label}: a manager of block {Block}, which this executor does not run, was refused: {Error}", s.Label, id, error.Message)
                     | StopPoller reply ->
                         go <- false
                         stopTimer.Cancel()
@@ -253,7 +285,8 @@ module BlockPoller =
                     match r with
                     | QueryBlockStatus reply -> reply.TrySetResult(snapshot ()) |> ignore
                     | StopPoller reply -> reply.TrySetResult() |> ignore
-                    | Poll -> ()
+                    | Poll
+                    | FailBlock _ -> ()
                 stopTimer.Dispose()
             }
         BlockPollerHandle(channel, loop)

@@ -73,6 +73,7 @@ type HighThroughputExecutor(options: HtexOptions) =
         match typeName, data with
         | "Parsl.BashExitFailure", [ app; code ] -> BashExitFailure(app, int code)
         | "Parsl.AppTimeout", _ -> AppTimeout(message)
+        | "Parsl.BadStateException", _ -> BadStateException(label, message, null)
         | "Parsl.MissingOutputs", outputs -> MissingOutputs("the files were not created", outputs)
         | "Parsl.BadStdStreamFile", _ -> BadStdStreamFile(message, null)
         | "System.OperationCanceledException", _ -> OperationCanceledException(message)
@@ -94,6 +95,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                     | WorkerDied(w, h) -> Error(WorkerLost(w, h) :> exn)
                 report r.Key outcome
         | TryLost(k, ex) -> report k (Error ex)
+        | ManagerRefused(blockId, ex) ->
+            ctx.Log.Error(ex, "{Label}: a manager of block {Block} was refused", label, blockId)
+            poller |> Option.iter (fun p -> p.Post(FailBlock(blockId, ex)))
         | Fatal ex ->
             if bad.IsNone then
                 bad <- Some ex
@@ -151,7 +155,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                     Array.sub call.Args 0 (call.Args.Length - 1)
                 else call.Args
             let fid = functionId call.AppName call.Function
-            Call(fid, null, Serialization.serializeArgs opts.Value args), call.AppName
+            let wall = match call.Walltime with Some w -> max 1L (int64 w.TotalMilliseconds) | None -> -1L
+            Call(fid, null, Serialization.serializeArgs opts.Value args, wall), call.AppName
         | Shell call ->
             let cmd = call.BuildCommand()
             if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
@@ -264,8 +269,10 @@ type HighThroughputExecutor(options: HtexOptions) =
             ctx <- context
             // The keys' directory exists (owner only) before the first block is launched; the keys themselves are
             // made after it (15 ms off the way to the first result): a manager waits for each file to appear, and
-            // each appears whole (written aside, then renamed).
-            if options.Encrypted then
+            // each appears whole (written aside, then renamed). Without encryption the client key is still made: its
+            // secret is what a manager proves it holds, unless the user gave that up.
+            let authenticate = not options.AllowUnauthenticatedManagers
+            if options.Encrypted || authenticate then
                 let dir = Path.Combine(context.RunDir, label, "certificates")
                 Directory.CreateDirectory dir |> ignore
                 if not (OperatingSystem.IsWindows()) then
@@ -283,9 +290,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                         if not (OperatingSystem.IsWindows()) then
                             File.SetUnixFileMode(aside, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
                         File.Move(aside, p, true)
-                    write "server.key" server.PublicKeyZ85
+                    if options.Encrypted then write "server.key" server.PublicKeyZ85
                     write "client.key" (client.PublicKeyZ85 + "\n" + client.SecretKeyZ85 + "\n")
-                    Some server, client.SecretKeyZ85
+                    (if options.Encrypted then Some server else None), client.SecretKeyZ85
                 | None -> None, ""
             // Managers on this host connect here instead of TCP; the name is unguessable and dies with the process.
             let localSocket =
@@ -303,13 +310,27 @@ type HighThroughputExecutor(options: HtexOptions) =
             let worker =
                 match options.WorkerCommand with
                 | Some words -> words
-                | None -> [ "dotnet"; HtexOptions.defaultWorkerDll () ]
+                | None ->
+                    // Validated at load, so an error here means the files went away since.
+                    match WorkerLocator.defaultCommand () with
+                    | Ok command -> command
+                    | Error fix -> raise (ConfigurationError("HighThroughputExecutor.WorkerCommand", fix))
             let cacheDir = Path.Combine(Path.GetTempPath(), "parsl-net", "assemblies")
             let ms (t: TimeSpan) = string (int64 t.TotalMilliseconds)
+            // The manager starts its workers with the same command (was: its own program, which drops the
+            // arguments of a WorkerCommand such as `dotnet exec --runtimeconfig ...` or a wrapping script).
+            let workerCommand = Convert.ToBase64String(Text.Encoding.UTF8.GetBytes(String.Join("\n", worker)))
+            // A killed manager would leave the runtime's debugger and diagnostics pipes in /tmp: unless this process
+            // has DOTNET_EnableDiagnostics set (then blocks on this host inherit it), managers open none. Their
+            // workers get the same from the manager.
+            let diagnostics =
+                if isNull (Environment.GetEnvironmentVariable "DOTNET_EnableDiagnostics") then [ "env"; "DOTNET_EnableDiagnostics=0" ] else []
             launch <-
                 fun blockId ->
-                    [ yield! worker
+                    [ yield! diagnostics
+                      yield! worker
                       "--manager"
+                      "--worker-command"; workerCommand
                       "--address"; sprintf "tcp://%s:%d" options.Address port
                       "--block-id"; blockId
                       match options.MaxWorkersPerNode with Some n -> yield! [ "--max-workers-per-node"; string n ] | None -> ()
@@ -323,6 +344,9 @@ type HighThroughputExecutor(options: HtexOptions) =
                       if not options.AvailableAccelerators.IsEmpty then
                           yield! [ "--available-accelerators"; String.Join(",", options.AvailableAccelerators) ]
                       match certDir with Some d -> yield! [ "--cert-dir"; d ] | None -> ()
+                      if certDir.IsSome && not options.Encrypted then "--plain-tcp"
+                      if certDir.IsSome && not authenticate then "--no-auth"
+                      "--max-message-size"; string options.MaxMessageSize
                       match localSocket with Some n -> yield! [ "--local-socket"; n ] | None -> ()
                       "--cache-dir"; cacheDir ]
                     |> List.map quote
@@ -353,6 +377,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                           Curve = curve
                           LocalListener = listener
                           LocalToken = token
+                          Secret = (if authenticate then Some token else None)
+                          MaxMessageSize = options.MaxMessageSize
                           Log = context.Log
                           Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
                 with e ->

@@ -41,8 +41,10 @@ type InterchangeEvent =
     | ResultsArrived of WireResult list
     /// A try that will never return (its manager was lost, it was cancelled, the executor stopped).
     | TryLost of key: int64 * error: exn
-    /// A manager could not be accepted (another version): the executor goes into a bad state.
+    /// The executor goes into a bad state (the block poller's verdict).
     | Fatal of exn
+    /// An authenticated manager could not be accepted (another version): its block has failed.
+    | ManagerRefused of blockId: string * error: exn
 
 /// Requests to the interchange actor.
 type InterchangeRequest =
@@ -52,6 +54,8 @@ type InterchangeRequest =
     | CancelQueued of key: int64
     | QueryManagers of TaskCompletionSource<ManagerInfo list>
     | QueryBlocks of TaskCompletionSource<string list>
+    /// The blocks whose managers have returned at least one result (a block that then ends is a lost node).
+    | QueryServedBlocks of TaskCompletionSource<string list>
     | HoldBlocks of blockIds: string list * TaskCompletionSource<unit>
     | FailAll of (int64 -> exn)
     /// Fails every try not yet sent to a manager (and every later one); tries on managers go on.
@@ -74,10 +78,27 @@ type InterchangeSettings =
       PreferredPort: int option
       /// A listening local socket that managers on this host connect to instead of TCP (None: TCP only).
       LocalListener: Net.Sockets.Socket option
-      /// What a manager on the local socket must say first (the client's secret key; "" when not encrypted).
+      /// What a manager on the local socket must say first (the client's secret key; "" when there is none).
       LocalToken: string
+      /// The run's secret a manager on TCP proves it holds before anything it sends is decoded (`Handshake`);
+      /// None lets any peer register (`AllowUnauthenticatedManagers`).
+      Secret: string option
+      /// The largest message accepted from a peer (NetMQ's `MaxMsgSize`; the local link's largest frame).
+      MaxMessageSize: int
       Log: Serilog.ILogger
       Report: InterchangeEvent -> unit }
+
+/// A local connection that has not shown the client's key yet.
+[<ReferenceEquality>]
+type private PendingLocal =
+    { Socket: Net.Sockets.Socket
+      Pid: int
+      /// The key's frame: a 4-byte length and the key.
+      Buffer: byte[]
+      mutable Filled: int
+      Since: DateTime
+      /// Its place among the pending (null once admitted or dropped).
+      mutable Node: LinkedListNode<PendingLocal> }
 
 /// How the interchange reaches a manager: through the ROUTER socket by identity, or over its local connection.
 type private Peer =
@@ -120,12 +141,22 @@ type InterchangeHandle internal (port: int, post: InterchangeRequest -> unit, qu
 module Interchange =
     let private now () = DateTime.UtcNow
 
+    /// Local connections waiting to show the key, at most (a manager shows it at once; 1,000 idle connections
+    /// made 1,035 threads when each had a reader thread from the start).
+    let private maxPendingLocal = 64
+
+    /// How long a local connection may take to show the key.
+    let private pendingLocalTimeout = TimeSpan.FromSeconds 10.0
+
     /// Binds the socket and starts the loop.
     let start (s: InterchangeSettings) : InterchangeHandle =
         let router = new RouterSocket()
         router.Options.Linger <- TimeSpan.FromSeconds 1.0
         router.Options.SendHighWatermark <- 0
         router.Options.ReceiveHighWatermark <- 0
+        // Checked by NetMQ's decoder on the frame header, before it allocates: a peer claiming a 1 GiB frame is
+        // disconnected instead of costing a gigabyte (one socket option bounds every peer, proven or not).
+        router.Options.MaxMsgSize <- int64 s.MaxMessageSize
         match s.Curve with
         | Some cert ->
             router.Options.CurveServer <- true
@@ -185,6 +216,7 @@ module Interchange =
         let assemblies = Dictionary<string, string>()
         let managers = Dictionary<string, ManagerRecord>()
         let blocksSeen = List<string>()
+        let blocksServed = HashSet<string>()
         let random = Random()
         let mutable stopped = false
         let mutable failWith: (int64 -> exn) option = None
@@ -197,7 +229,8 @@ module Interchange =
                 match r with
                 | Enqueue t -> s.Report(TryLost(t.Key, f t.Key))
                 | QueryManagers reply -> reply.TrySetResult [] |> ignore
-                | QueryBlocks reply -> reply.TrySetResult [] |> ignore
+                | QueryBlocks reply
+                | QueryServedBlocks reply -> reply.TrySetResult [] |> ignore
                 | HoldBlocks(_, reply) -> reply.TrySetResult() |> ignore
                 | Stop(_, reply) -> reply.TrySetResult() |> ignore
                 | _ -> ()
@@ -254,7 +287,7 @@ module Interchange =
                         else
                             let body =
                                 match t.Body with
-                                | Call(fid, _, args) when m.Sent.Add fid -> Call(fid, definitions[fid], args)
+                                | Call(fid, _, args, wall) when m.Sent.Add fid -> Call(fid, definitions[fid], args, wall)
                                 | b -> b
                             m.InFlight.Add t.Key |> ignore
                             batch.Add { Key = t.Key; AppName = t.AppName; Body = body }
@@ -301,6 +334,7 @@ module Interchange =
                 |> reply.TrySetResult
                 |> ignore
             | QueryBlocks reply -> reply.TrySetResult(List.ofSeq blocksSeen) |> ignore
+            | QueryServedBlocks reply -> reply.TrySetResult(List.ofSeq blocksServed) |> ignore
             | HoldBlocks(ids, reply) ->
                 for m in List.ofSeq managers.Values do
                     if List.contains m.Reg.BlockId ids then
@@ -340,7 +374,9 @@ module Interchange =
                         g.ManagerId g.Hostname g.ParslVersion g.ProtocolVersion g.RuntimeVersion expected Protocol.Version rt
                 s.Log.Error("Interchange: refused manager: {Reason}", reason)
                 send identity (Refused reason)
-                report(Fatal(VersionMismatch reason))
+                // Only this manager's block has failed (the block error handler decides about the executor); only
+                // a manager that proved the run's secret gets this far.
+                report(ManagerRefused(g.BlockId, VersionMismatch reason))
             else
                 let t = now ()
                 managers[g.ManagerId] <-
@@ -378,6 +414,14 @@ module Interchange =
                     match msg with
                     | Heartbeat -> send identity HeartbeatReply
                     | Results rs ->
+                        // A block that ran a try (whatever the try's outcome) works; a worker's death or the
+                        // manager's own verdict that it cannot run tries says nothing of the kind.
+                        let ran (r: WireResult) =
+                            match r.Outcome with
+                            | WorkerDied _ -> false
+                            | Raised(t, _, _, _) -> t <> typeof<BadStateException>.FullName
+                            | _ -> true
+                        if rs |> List.exists ran then blocksServed.Add m.Reg.BlockId |> ignore
                         for r in rs do
                             m.InFlight.Remove r.Key |> ignore
                         if m.InFlight.Count = 0 then m.IdleSince <- now ()
@@ -414,6 +458,48 @@ module Interchange =
             while routerOut.TryDequeue(&msg) do
                 router.TrySendMultipartMessage msg |> ignore
 
+        // Over TCP, the ROUTER identities that have proven the secret (in base 64: lossless, unlike the UTF-8 `mid`), and
+        // the challenges sent to those that said hello (at most 1,024: the oldest is forgotten first).
+        let proven = HashSet<string>()
+        let challenged = Dictionary<string, byte[]>()
+        let challengeOrder = Queue<string>()
+        let hmacKey = s.Secret |> Option.map Handshake.key
+        let mutable dropped = 0L
+        let mutable lastDropLog = DateTime.MinValue
+        let dropStranger (mid: string) (why: string) =
+            dropped <- dropped + 1L
+            let t = now ()
+            // One line per few seconds, however many a flood sends.
+            if t - lastDropLog > TimeSpan.FromSeconds 5.0 then
+                lastDropLog <- t
+                s.Log.Warning(
+                    "Interchange: dropped a message from a peer that has not proven the run's secret ({Why}; {Dropped} dropped so far; latest identity {Identity})",
+                    why, dropped, mid.Substring(0, min 24 mid.Length))
+        /// A message from an identity that has not proven the secret: only the two handshake frames, compared as bytes.
+        let handshake (identity: byte[]) (mid: string) (msg: NetMQMessage) =
+            let key = hmacKey.Value
+            let frame = msg[msg.FrameCount - 1]
+            if msg.FrameCount <> 2 || frame.MessageSize > Handshake.MaxFrame then dropStranger mid "not a handshake frame"
+            else
+                let bytes = ReadOnlySpan<byte>(frame.Buffer, 0, frame.MessageSize)
+                if Handshake.isHello bytes then
+                    let nonce = Security.Cryptography.RandomNumberGenerator.GetBytes Handshake.NonceSize
+                    if not (challenged.ContainsKey mid) then
+                        challengeOrder.Enqueue mid
+                        if challengeOrder.Count > 1024 then challenged.Remove(challengeOrder.Dequeue()) |> ignore
+                    challenged[mid] <- nonce
+                    send (Routed identity) (Challenge nonce)
+                else
+                    match challenged.TryGetValue mid with
+                    | true, nonce when bytes.Length = Handshake.MaxFrame ->
+                        challenged.Remove mid |> ignore
+                        if Handshake.verify key nonce identity bytes then
+                            proven.Add mid |> ignore
+                            s.Log.Debug("Interchange: a peer proved the run's secret")
+                        else
+                            s.Log.Warning("Interchange: a peer answered the challenge without the run's secret; ignored")
+                    | _ -> dropStranger mid "no handshake"
+
         router.ReceiveReady.Add(fun _ ->
             locked (fun () ->
                 let mutable msg: NetMQMessage = null
@@ -422,7 +508,9 @@ module Interchange =
                     n <- n + 1
                     if msg.FrameCount >= 2 then
                         let identity = msg[0].ToByteArray()
-                        handleMessage (Routed identity) (Encoding.UTF8.GetString identity) (msg[msg.FrameCount - 1].ToByteArray())
+                        if hmacKey.IsNone || proven.Contains(Convert.ToBase64String identity) then
+                            handleMessage (Routed identity) (Encoding.UTF8.GetString identity) (msg[msg.FrameCount - 1].ToByteArray())
+                        else handshake identity (Convert.ToBase64String identity) msg
                 drain ()))
         doorbell.ReceiveReady.Add(fun _ ->
             let mutable b = false
@@ -434,7 +522,10 @@ module Interchange =
         let tick =
             let ms = s.HeartbeatThreshold.TotalMilliseconds / 4.0 |> max 10.0 |> min 1000.0
             new NetMQTimer(TimeSpan.FromMilliseconds ms)
+        // Set below, once the local connections' handlers exist.
+        let mutable housekeeping = ignore
         tick.Elapsed.Add(fun _ ->
+            housekeeping ()
             locked (fun () ->
                 if not stopped then expire ()
                 drain ())
@@ -455,6 +546,55 @@ module Interchange =
                     | _ -> ()
                 drain ())
             sendRouted ()
+        // Local connections that have not shown the key yet: read by this loop's poller (no thread of their own), at
+        // most `maxPendingLocal` at once (a new one pushes out the oldest), each for at most `pendingLocalTimeout`.
+        // Only the key's frame is read from them (4 + key length bytes), so nothing else is allocated for.
+        let token = Encoding.UTF8.GetBytes s.LocalToken
+        let pendingLocal = LinkedList<PendingLocal>()
+        let mutable refusedLocal = 0L
+        let mutable lastRefusedLog = DateTime.MinValue
+        let dropPending (p: PendingLocal) (why: string) =
+            if not (isNull p.Node) then
+                pendingLocal.Remove p.Node
+                p.Node <- null
+                (try poller.Remove p.Socket with _ -> ())
+                p.Socket.Dispose()
+                refusedLocal <- refusedLocal + 1L
+                // One line per few seconds, however many connections a process makes.
+                let t = now ()
+                if t - lastRefusedLog > TimeSpan.FromSeconds 5.0 then
+                    lastRefusedLog <- t
+                    s.Log.Warning("Interchange: refused a local connection from pid {Pid}: {Why} ({Refused} refused so far)", p.Pid, why, refusedLocal)
+        let admit (p: PendingLocal) =
+            pendingLocal.Remove p.Node
+            p.Node <- null
+            poller.Remove p.Socket
+            let link = Link p.Socket
+            lock state (fun () -> links.Add link |> ignore)
+            link.MaxFrame <- s.MaxMessageSize
+            let onFrame (frame: byte[]) =
+                if links.Contains link then handleMessage (Direct link) link.Name frame
+            // Trusted from here on: a thread of its own reads it as soon as the kernel has the bytes.
+            link.StartReader("HTEx-Interchange-local", fun () -> onLocalReadable link onFrame)
+        let onPendingReadable (p: PendingLocal) (_: Net.Sockets.Socket) =
+            if not (isNull p.Node) then
+                let mutable err = Net.Sockets.SocketError.Success
+                let n = (try p.Socket.Receive(p.Buffer, p.Filled, p.Buffer.Length - p.Filled, Net.Sockets.SocketFlags.None, &err) with _ -> 0)
+                if n <= 0 then
+                    if err <> Net.Sockets.SocketError.WouldBlock then dropPending p "it closed before showing the client's key"
+                else
+                    p.Filled <- p.Filled + n
+                    if p.Filled >= 4 && BitConverter.ToInt32(p.Buffer, 0) <> token.Length then dropPending p "its first frame is not the client's key"
+                    elif p.Filled = p.Buffer.Length then
+                        if Security.Cryptography.CryptographicOperations.FixedTimeEquals(ReadOnlySpan(p.Buffer, 4, token.Length), ReadOnlySpan token) then admit p
+                        else dropPending p "without the client's key"
+        let expirePending () =
+            let t = now ()
+            let mutable node = pendingLocal.First
+            while not (isNull node) && t - node.Value.Since > pendingLocalTimeout do
+                let next = node.Next
+                dropPending node.Value "it did not show the client's key in time"
+                node <- next
         let onLocalConnect (l: Net.Sockets.Socket) =
             let conn = l.Accept()
             let pid, uid = LocalSocket.peer conn
@@ -462,23 +602,12 @@ module Interchange =
                 s.Log.Warning("Interchange: refused a local connection from pid {Pid} of another user ({Uid})", pid, uid)
                 conn.Dispose()
             else
-                let link = Link conn
-                lock state (fun () -> links.Add link |> ignore)
-                // The first frame must be the token (the client's secret key): only a manager launched by this client
-                // has it. Nothing else is read from the connection before that, and nothing longer than a token.
-                let token = Encoding.UTF8.GetBytes s.LocalToken
-                link.MaxFrame <- max 64 token.Length
-                let trusted = ref false
-                let onFrame (frame: byte[]) =
-                    if not (links.Contains link) then () // refused already: the rest of what it sent is dropped
-                    elif trusted.Value then handleMessage (Direct link) link.Name frame
-                    elif Security.Cryptography.CryptographicOperations.FixedTimeEquals(ReadOnlySpan frame, ReadOnlySpan token) then
-                        trusted.Value <- true
-                        link.MaxFrame <- Int32.MaxValue - 4
-                    else
-                        s.Log.Warning("Interchange: refused a local connection from pid {Pid} without the client's key", pid)
-                        closeLink link
-                link.StartReader("HTEx-Interchange-local", fun () -> onLocalReadable link onFrame)
+                conn.Blocking <- false
+                if pendingLocal.Count >= maxPendingLocal then dropPending pendingLocal.First.Value "too many connections waiting to show the key"
+                let p = { Socket = conn; Pid = pid; Buffer = Array.zeroCreate (4 + token.Length); Filled = 0; Since = now (); Node = null }
+                p.Node <- pendingLocal.AddLast p
+                poller.Add(conn, Action<Net.Sockets.Socket>(onPendingReadable p))
+        housekeeping <- expirePending
         let listener =
             s.LocalListener
             |> Option.map (fun l ->
@@ -504,6 +633,8 @@ module Interchange =
                         poller.Dispose()
                         for link in lock state (fun () -> List.ofSeq links) do
                             link.Close()
+                        for p in List.ofSeq pendingLocal do
+                            p.Socket.Dispose()
                         listener |> Option.iter (fun l -> l.Dispose())
                         router.Dispose()
                         doorbell.Dispose()

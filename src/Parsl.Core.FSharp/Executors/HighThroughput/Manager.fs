@@ -38,9 +38,18 @@ type ManagerSettings =
       SharedFileSystem: bool
       /// Overrides the version sent at registration (used to check that a mismatch is refused).
       ParslVersion: string option
-      Log: TextWriter }
+      Log: TextWriter
+      /// CURVE on the TCP connection (with the keys in `CertDir`). The executor's `Encrypted`.
+      Curve: bool
+      /// Prove the run's secret (from `CertDir`) by challenge and response before registering over TCP.
+      Authenticate: bool
+      /// The largest message the interchange accepts (its `MaxMessageSize`): result batches are kept below it.
+      MaxMessageSize: int }
 
-type private WorkerEvent = Exited of rank: int * generation: int * exitCode: int
+type private WorkerEvent =
+    | Exited of rank: int * generation: int * exitCode: int
+    /// A worker that failed at start waited out its back-off: start it again (if nothing else did meanwhile).
+    | RestartDue of rank: int * generation: int
 
 type private WorkerSlot =
     { Rank: int
@@ -49,7 +58,17 @@ type private WorkerSlot =
       /// The worker's connection once it said hello (null before, and after it closed).
       mutable Conn: Link
       Outstanding: List<WireTask>
-      Functions: HashSet<int> }
+      Functions: HashSet<int>
+      /// The process groups of the shell apps this worker is running, by try: killed if the worker dies.
+      Groups: Dictionary<int64, int>
+      /// This start said hello (it was up); a start that exits before is a failure to start.
+      mutable Up: bool
+      /// Starts in a row that failed before saying hello.
+      mutable StartFailures: int
+      /// The first lines this start wrote to stderr (kept until it is up), to say why it could not start.
+      StartErr: Text.StringBuilder
+      /// Being replaced: a function app ran past its walltime and the worker ends itself; no new tries.
+      mutable Retiring: bool }
 
 /// The manager (Parsl's `process_worker_pool.py`): one per node. Connects out to the interchange,
 /// registers, heartbeats, runs worker processes (restarting any that die), passes batches of tries to them
@@ -100,7 +119,8 @@ module Manager =
         let slots =
             Array.init count (fun r ->
                 { Rank = r; Generation = 0; Process = null; Conn = null
-                  Outstanding = List(); Functions = HashSet() })
+                  Outstanding = List(); Functions = HashSet(); Groups = Dictionary(); Up = false
+                  StartFailures = 0; StartErr = Text.StringBuilder(); Retiring = false })
         // Workers connect to this local socket; the poller reads their results directly (no reader thread and no
         // hand-off per result), and their standard output and error stay free for what tasks print.
         let socketName = "parsl-net-worker-" + s.ManagerId + "-" + string Environment.ProcessId
@@ -119,7 +139,13 @@ module Manager =
             for a in args @ [ "--worker"; string slot.Rank; "--generation"; string (slot.Generation + 1); "--connect"; socketName ] do
                 psi.ArgumentList.Add a
             psi.UseShellExecute <- false
+            // Read by a pump that passes it on to this manager's stderr (the block's error file, as before) and keeps
+            // the first lines of a start, which say why a worker could not start.
+            psi.RedirectStandardError <- true
             let env = psi.Environment
+            // A killed worker would leave the runtime's debugger and diagnostics pipes in /tmp; unless the user
+            // chose otherwise, workers open none.
+            if isNull (Environment.GetEnvironmentVariable "DOTNET_EnableDiagnostics") then env["DOTNET_EnableDiagnostics"] <- "0"
             env["PARSL_WORKER_RANK"] <- string slot.Rank
             env["PARSL_WORKER_COUNT"] <- string count
             env["PARSL_WORKER_POOL_ID"] <- s.ManagerId
@@ -140,7 +166,26 @@ module Manager =
             slot.Generation <- slot.Generation + 1
             slot.Process <- p
             slot.Functions.Clear()
+            slot.Up <- false
+            slot.Retiring <- false
+            lock slot.StartErr (fun () -> slot.StartErr.Clear() |> ignore)
             let gen = slot.Generation
+            let pump =
+                Thread(
+                    (fun () ->
+                        let buffer = Array.zeroCreate<byte> 8192
+                        use err = Console.OpenStandardError()
+                        let source = p.StandardError.BaseStream
+                        let mutable n = source.Read(buffer, 0, buffer.Length)
+                        while n > 0 do
+                            (try err.Write(buffer, 0, n); err.Flush() with _ -> ())
+                            lock slot.StartErr (fun () ->
+                                if slot.Generation = gen && not slot.Up && slot.StartErr.Length < 2048 then
+                                    slot.StartErr.Append(Text.Encoding.UTF8.GetString(buffer, 0, min n (2048 - slot.StartErr.Length))) |> ignore)
+                            n <- source.Read(buffer, 0, buffer.Length)),
+                    IsBackground = true,
+                    Name = "worker-" + string slot.Rank + "-stderr")
+            pump.Start()
             // Blocks until the worker exits: no CPU per task.
             let waiter =
                 Thread(
@@ -215,19 +260,35 @@ module Manager =
                 dealer.Options.SendHighWatermark <- 0
                 dealer.Options.ReceiveHighWatermark <- 0
                 match s.CertDir, clientKey with
-                | Some dir, Some client ->
+                | Some dir, Some client when s.Curve ->
                     let server = (Array.head (readKey dir "server.key")).Trim()
                     dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
                     dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
                 | _ -> ()
                 dealer.Connect s.Address
                 Some dealer
-        let sendMsg (m: ToInterchange) =
-            let bytes = Protocol.encodeToInterchange m
+        let sendBytes (bytes: byte[]) =
             match local, dealer with
             | Some link, _ -> link.Send bytes
             | None, Some d -> d.TrySendFrame bytes |> ignore
             | None, None -> ()
+        // The interchange refuses (disconnects) a message longer than its bound: a batch that long goes out one result
+        // at a time, and a result that alone is too long fails its task, saying why.
+        let limit = s.MaxMessageSize
+        let rec sendMsg (m: ToInterchange) =
+            let bytes = Protocol.encodeToInterchange m
+            match m with
+            | Results rs when bytes.Length > limit ->
+                match rs with
+                | [ r ] ->
+                    let why =
+                        "the result is " + string bytes.Length + " bytes, more than the interchange accepts (HighThroughputExecutor.MaxMessageSize = "
+                        + string limit + "); return less, or raise MaxMessageSize"
+                    sendBytes (Protocol.encodeToInterchange (Results [ { Key = r.Key; Outcome = Unserializable why } ]))
+                | rs ->
+                    for r in rs do
+                        sendMsg (Results [ r ])
+            | _ -> sendBytes bytes
 
         // Function definitions ready for workers, and those waiting for assemblies from the interchange.
         let ready = Dictionary<int, byte[]>()
@@ -272,7 +333,7 @@ module Manager =
                     ready[fid] <- Serialization.rewriteDefinition (local |> List.map (fun (r, p) -> { r with Path = p.Value })) body
                     for t in List.ofSeq held do
                         match t.Body with
-                        | Call(f, _, _) when f = fid ->
+                        | Call(f, _, _, _) when f = fid ->
                             held.Remove t |> ignore
                             pending.AddLast t |> ignore
                         | _ -> ()
@@ -283,18 +344,18 @@ module Manager =
 
         let accept (t: WireTask) =
             match t.Body with
-            | Call(fid, def, args) ->
+            | Call(fid, def, args, wall) ->
                 if not (isNull def) && not (ready.ContainsKey fid) && not (waiting.ContainsKey fid) then
                     waiting[fid] <- Serialization.decodeDefinition def
                     tryComplete fid
-                let t = { t with Body = Call(fid, null, args) }
+                let t = { t with Body = Call(fid, null, args, wall) }
                 if ready.ContainsKey fid then pending.AddLast t |> ignore else held.Add t
             | Command _ -> pending.AddLast t |> ignore
 
         let dispatch () =
             if pending.Count > 0 then
                 for slot in slots do
-                    if pending.Count > 0 && not (isNull slot.Conn) && slot.Outstanding.Count < perWorker then
+                    if pending.Count > 0 && not (isNull slot.Conn) && not slot.Retiring && slot.Outstanding.Count < perWorker then
                         let n = min (perWorker - slot.Outstanding.Count) pending.Count
                         let batch = List<WireTask>(n)
                         for _ in 1..n do
@@ -302,7 +363,7 @@ module Manager =
                             pending.RemoveFirst()
                             let t =
                                 match t.Body with
-                                | Call(fid, _, args) when slot.Functions.Add fid -> { t with Body = Call(fid, ready[fid], args) }
+                                | Call(fid, _, args, wall) when slot.Functions.Add fid -> { t with Body = Call(fid, ready[fid], args, wall) }
                                 | _ -> t
                             slot.Outstanding.Add t
                             batch.Add t
@@ -332,6 +393,21 @@ module Manager =
         let mutable lastSent = started
         let mutable draining = false
 
+        // Over TCP with a secret nothing but the handshake goes out until the proof has (a heartbeat in between would
+        // be dropped as a stranger's message).
+        let mutable proving = local.IsNone && s.Authenticate && clientKey.IsSome
+        let registration =
+            Register
+                { ProtocolVersion = Protocol.Version
+                  ParslVersion = defaultArg s.ParslVersion (Protocol.parslVersion ())
+                  RuntimeVersion = Protocol.runtimeVersion ()
+                  ManagerId = s.ManagerId
+                  BlockId = s.BlockId
+                  Hostname = host
+                  WorkerCount = count
+                  PrefetchCapacity = s.Prefetch
+                  Pid = Environment.ProcessId }
+
         let onInterchangeFrame (frame: byte[]) =
             if not stopping then
                 lastHeard <- DateTime.UtcNow
@@ -342,6 +418,14 @@ module Manager =
                     log (sprintf "refused by the interchange: %s" reason)
                     stop 3
                 | Some HeartbeatReply -> ()
+                | Some(Challenge nonce) ->
+                    // Over TCP: prove the run's secret (never sent itself) for this nonce and identity, then register.
+                    match clientKey, dealer with
+                    | Some k, Some d when s.Authenticate && not (isNull nonce) ->
+                        sendBytes (Handshake.proof (Handshake.key (k[1].Trim())) nonce d.Options.Identity)
+                        proving <- false
+                        sendMsg registration
+                    | _ -> log "ignored a challenge it cannot answer" 
                 | Some(Tasks ts) ->
                     for t in ts do
                         accept t
@@ -354,7 +438,7 @@ module Manager =
                                 waiting.Remove fid |> ignore
                                 for t in List.ofSeq held do
                                     match t.Body with
-                                    | Call(f, _, _) when f = fid ->
+                                    | Call(f, _, _, _) when f = fid ->
                                         held.Remove t |> ignore
                                         outbox.Add { Key = t.Key; Outcome = Unserializable(sprintf "assembly %s is not available to workers" h) }
                                     | _ -> ()
@@ -430,9 +514,36 @@ module Manager =
                 if i >= 0 then slot.Outstanding.RemoveAt i
                 outbox.Add(if cancelled.Count > 0 && cancelled.Remove r.Key then cancelledOutcome r.Key else r)
 
+        /// Tries a worker was given but had not started, back to the front of the queue for other workers.
+        let requeueUnstarted (slot: WorkerSlot) (from: int) =
+            for t in Seq.rev (Seq.skip from slot.Outstanding) do
+                let t =
+                    match t.Body with
+                    | Call(fid, _, args, wall) -> { t with Body = Call(fid, null, args, wall) }
+                    | _ -> t
+                pending.AddFirst t |> ignore
+            slot.Outstanding.RemoveRange(from, slot.Outstanding.Count - from)
+
         let onWorkerFrame (slot: WorkerSlot) (frame: byte[]) =
             match Protocol.decodeFromWorker frame with
-            | Done rs -> onResults slot rs
+            | GroupStarted(k, pgid) -> slot.Groups[k] <- pgid
+            | Done rs ->
+                for r in rs do
+                    slot.Groups.Remove r.Key |> ignore
+                // A function app past its walltime: the worker ends itself after this result. The tries queued behind
+                // it go to other workers now, and it gets no more.
+                let timedOut =
+                    rs |> List.exists (fun r ->
+                        match r.Outcome with
+                        | Raised(t, _, _, _) when t = typeof<Parsl.AppTimeout>.FullName ->
+                            slot.Outstanding.Exists(fun o -> o.Key = r.Key && (match o.Body with Call _ -> true | Command _ -> false))
+                        | _ -> false)
+                onResults slot rs
+                if timedOut && not slot.Retiring then
+                    slot.Retiring <- true
+                    requeueUnstarted slot 0
+                    log (sprintf "worker %d ran a function app past its walltime; replacing it" slot.Rank)
+                    try slot.Process.Kill true with _ -> ()
 
         let closeConn (slot: WorkerSlot) =
             if not (isNull slot.Conn) then
@@ -471,6 +582,8 @@ module Manager =
                 | Some slot, Some [| rank; gen; _ |] when string slot.Rank = rank && string slot.Generation = gen && isNull slot.Conn ->
                     let link = Link conn
                     slot.Conn <- link
+                    lock slot.StartErr (fun () -> slot.Up <- true)
+                    slot.StartFailures <- 0
                     // On a local connection to the interchange, results go out from the thread that read them (one
                     // wake-up per result batch); over TCP the dealer belongs to the poller, so the poller reads workers.
                     if local.IsSome then
@@ -484,10 +597,50 @@ module Manager =
                     conn.Dispose())
         poller.Add(listener, Action<System.Net.Sockets.Socket>(onHello))
 
+        /// Kills the process groups of the shell apps a worker was running (they are in groups of their own, so the
+        /// worker's death does not reach them). A group is killed once: its id could be reused after it is gone.
+        let killGroups (slot: WorkerSlot) =
+            for KeyValue(k, pgid) in List.ofSeq slot.Groups do
+                log (sprintf "killing process group %d of try %d, left by worker %d" pgid k slot.Rank)
+                Parsl.Runtime.Native.killGroup pgid
+            slot.Groups.Clear()
+
+        // Workers that cannot start (a WorkerCommand they cannot run with, a broken runtime) are restarted after
+        // 0.1, 0.2, 0.4, 0.8 s; the fifth failure in a row fails the block, saying why (was: a restart loop of
+        // thousands a second that never failed the task).
+        let maxStartFailures = 5
+        let backoff (failures: int) = TimeSpan.FromMilliseconds(100.0 * Math.Pow(2.0, float (failures - 1)) |> min 5000.0)
+        let timers = List<Timer>()
+
+        /// The block cannot run tries: every try it holds fails with `BadStateException` saying why, the reason goes
+        /// to the block's error file, and the manager exits (its block fails, and the executor judges it).
+        let failBlock (reason: string) =
+            log reason
+            let bad k = { Key = k; Outcome = Raised(typeof<Parsl.BadStateException>.FullName, reason, "", []) }
+            for t in pending do
+                outbox.Add(bad t.Key)
+            pending.Clear()
+            for t in held do
+                outbox.Add(bad t.Key)
+            held.Clear()
+            for slot in slots do
+                for t in slot.Outstanding do
+                    outbox.Add(bad t.Key)
+                slot.Outstanding.Clear()
+            if outbox.Count > 0 then
+                sendMsg (Results(List.ofSeq outbox))
+                outbox.Clear()
+            stop 4
+
         let onEvents () =
             let mutable e = Unchecked.defaultof<WorkerEvent>
             while events.TryDequeue(&e) do
                 match e with
+                | RestartDue(rank, gen) ->
+                    let slot = slots[rank]
+                    if not stopping && gen = slot.Generation && not (isNull slot.Process) && slot.Process.HasExited then
+                        slot.Process.Dispose()
+                        startWorker slot
                 | Exited(rank, gen, code) ->
                     // A first worker that died before it was up must not hold the others back.
                     startRest ()
@@ -497,23 +650,33 @@ module Manager =
                         if not (isNull slot.Conn) then
                             slot.Conn.ReadToEnd(onWorkerFrame slot, TimeSpan.FromSeconds 1.0)
                             closeConn slot
+                        killGroups slot
                         if not stopping then
-                            log (sprintf "worker %d exited with code %d; restarting it" rank code)
                             if slot.Outstanding.Count > 0 then
                                 let lost = slot.Outstanding[0]
                                 outbox.Add(
                                     if cancelled.Remove lost.Key then cancelledOutcome lost.Key
                                     else { Key = lost.Key; Outcome = WorkerDied(rank, host) })
                                 // The rest never started: give them to other workers.
-                                for t in Seq.rev (Seq.skip 1 slot.Outstanding) do
-                                    let t =
-                                        match t.Body with
-                                        | Call(fid, _, args) -> { t with Body = Call(fid, null, args) }
-                                        | _ -> t
-                                    pending.AddFirst t |> ignore
+                                requeueUnstarted slot 1
                                 slot.Outstanding.Clear()
-                            slot.Process.Dispose()
-                            startWorker slot
+                            if slot.Up then
+                                log (sprintf "worker %d exited with code %d; restarting it" rank code)
+                                slot.Process.Dispose()
+                                startWorker slot
+                            else
+                                slot.StartFailures <- slot.StartFailures + 1
+                                let err = lock slot.StartErr (fun () -> slot.StartErr.ToString().Trim())
+                                if slot.StartFailures >= maxStartFailures then
+                                    failBlock (
+                                        sprintf "worker %d could not start: it exited with code %d before connecting, %d times in a row (worker command: %s)%s"
+                                            rank code slot.StartFailures (String.Join(" ", s.WorkerCommand))
+                                            (if err = "" then "; it wrote nothing to stderr" else "; its stderr:\n" + err))
+                                else
+                                    let wait = backoff slot.StartFailures
+                                    log (sprintf "worker %d exited with code %d before connecting; restarting it in %g s" rank code wait.TotalSeconds)
+                                    let t = new Timer((fun _ -> post (RestartDue(rank, gen))), null, wait, Timeout.InfiniteTimeSpan)
+                                    timers.Add t
             flushOutbox ()
 
         doorbell.ReceiveReady.Add(fun _ ->
@@ -532,7 +695,7 @@ module Manager =
                     log "heard nothing from the interchange within the heartbeat threshold; exiting"
                     stop 2
                 else
-                    if t - lastSent >= s.HeartbeatPeriod then
+                    if t - lastSent >= s.HeartbeatPeriod && not proving then
                         sendMsg Heartbeat
                         lastSent <- t
                     match s.DrainPeriod with
@@ -545,24 +708,34 @@ module Manager =
         poller.Add doorbell
         poller.Add restTimer
         poller.Add tick
-        sendMsg (
-            Register
-                { ProtocolVersion = Protocol.Version
-                  ParslVersion = defaultArg s.ParslVersion (Protocol.parslVersion ())
-                  RuntimeVersion = Protocol.runtimeVersion ()
-                  ManagerId = s.ManagerId
-                  BlockId = s.BlockId
-                  Hostname = host
-                  WorkerCount = count
-                  PrefetchCapacity = s.Prefetch
-                  Pid = Environment.ProcessId }
-        )
+        // Over TCP with a secret the registration follows the proof (see `Challenge` above).
+        if proving then sendBytes (Handshake.hello ())
+        else sendMsg registration
         log ((if local.IsSome then "connected to the local socket of " else "connecting to ") + s.Address + " with " + string count + " workers (block " + s.BlockId + ")")
+        // Asked to stop (a block cancelled by its provider, Ctrl-C): stop as on Shutdown, so that the workers and their
+        // shell apps go too, instead of the runtime's default of exiting at once.
+        let onSignal (ctx: Runtime.InteropServices.PosixSignalContext) =
+            ctx.Cancel <- true
+            lock gate (fun () ->
+                log (sprintf "received %O; stopping" ctx.Signal)
+                // At once: whoever sent the signal may follow it with SIGKILL (a provider's cancel does, 2 s later).
+                for slot in slots do
+                    killGroups slot
+                stop (128 + (if ctx.Signal = Runtime.InteropServices.PosixSignal.SIGINT then 2 else 15)))
+        use _term = Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGTERM, onSignal)
+        use _int = Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGINT, onSignal)
         try
             poller.Run()
         finally
-            warm.Join()
+            // Whatever ends the manager, no shell app it was running outlives it; first, before anything that may take
+            // a while (a SIGKILL may follow).
+            lock gate (fun () ->
+                for slot in slots do
+                    killGroups slot
+                for t in timers do
+                    t.Dispose())
             stopWorkers ()
+            warm.Join()
             lock doorbellCell (fun () -> closed <- true)
             poller.Dispose()
             lock gate (fun () ->

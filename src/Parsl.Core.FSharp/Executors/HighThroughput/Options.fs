@@ -59,9 +59,19 @@ type HtexOptions =
       /// Blocks idle this long may be scaled in. Default 120 s.
       MaxIdleTime: TimeSpan
       /// The command that starts a manager, as a list of words (program first). Default: `dotnet
-      /// <dir>/Parsl.Workers.dll` where dir is the application's directory (reference the Parsl.Workers project
-      /// or package so that it is copied there).
-      WorkerCommand: string list option }
+      /// <dir>/Parsl.Workers.dll` where dir is the application's directory (reference the Parsl.Workers package
+      /// or project so that it is copied there); in a script (`#r "nuget: Parsl.Workers"`), the package's worker.
+      WorkerCommand: string list option
+      /// DANGEROUS: lets any peer that reaches the interchange's port register as a manager, receive tasks (their
+      /// code and arguments) and send results, without proving it holds the run's secret. Only for networks where
+      /// nobody else can reach the port. With `Encrypted` the traffic is still encrypted, but CURVE alone checks no
+      /// client key. Default false: every manager proves the secret by challenge and response, encrypted or not.
+      AllowUnauthenticatedManagers: bool
+      /// The largest message (bytes) a manager may send the interchange: NetMQ refuses a longer frame before it
+      /// allocates for it, so a stranger cannot make the client allocate more than this. A result batch that would
+      /// be longer is split by the manager, and a single result longer than this fails its task with
+      /// `SerializationError` naming this option. Default 128 MiB.
+      MaxMessageSize: int }
 
 /// Functions over HTEx options.
 [<RequireQualifiedAccess>]
@@ -91,7 +101,18 @@ module HtexOptions =
           Strategy = Simple
           StrategyPeriod = TimeSpan.FromSeconds 5.0
           MaxIdleTime = TimeSpan.FromSeconds 120.0
-          WorkerCommand = None }
+          WorkerCommand = None
+          AllowUnauthenticatedManagers = false
+          MaxMessageSize = 128 * 1024 * 1024 }
+
+    /// Whether the interchange can bind `address`: an IP address, "*", or a host name that resolves to an IPv4 address.
+    let addressUsable (address: string) =
+        match Net.IPAddress.TryParse address with
+        | true, _ -> true
+        | _ when address = "*" -> true
+        | _ ->
+            Uri.CheckHostName address = UriHostNameType.Dns
+            && (try Net.Dns.GetHostAddresses address |> Array.exists (fun a -> a.AddressFamily = Net.Sockets.AddressFamily.InterNetwork) with _ -> false)
 
     /// Where the default worker command looks for `Parsl.Workers.dll`.
     let defaultWorkerDll () = IO.Path.Combine(AppContext.BaseDirectory, "Parsl.Workers.dll")
@@ -103,6 +124,10 @@ module HtexOptions =
           if isNull (box o.Provider) then ConfigurationError(f "Provider", "is null; use LocalProvider() or another provider")
           else yield! o.Provider.Validate()
           if String.IsNullOrWhiteSpace o.Address then ConfigurationError(f "Address", "is empty; the default is \"127.0.0.1\"")
+          elif not (addressUsable o.Address) then
+              ConfigurationError(
+                  f "Address",
+                  sprintf "'%s' is neither an IP address nor a host name this machine resolves; give the address managers connect to, such as \"127.0.0.1\" or this node's name on the cluster network" o.Address)
           let lo, hi = o.WorkerPortRange
           if lo < 1 || hi > 65536 || lo >= hi then
               ConfigurationError(f "WorkerPortRange", sprintf "(%d, %d) is not a port range; give (low, high) with 1 <= low < high <= 65536" lo hi)
@@ -136,12 +161,14 @@ module HtexOptions =
           yield! ErrorHandlers.validate "HighThroughputExecutor" o.BlockErrorHandler
           if o.StrategyPeriod <= TimeSpan.Zero then ConfigurationError(f "StrategyPeriod", "must be positive; the default is 5 s")
           if o.MaxIdleTime < TimeSpan.Zero then ConfigurationError(f "MaxIdleTime", "must be 0 or more; the default is 120 s")
+          if o.MaxMessageSize < 64 * 1024 then
+              ConfigurationError(f "MaxMessageSize", sprintf "must be at least 65536 bytes (got %d); the default is 134217728 (128 MiB)" o.MaxMessageSize)
           match o.WorkerCommand with
           | Some [] -> ConfigurationError(f "WorkerCommand", "is empty; give the program and its arguments, or None for the default")
-          | None when not (IO.File.Exists(defaultWorkerDll ())) ->
-              ConfigurationError(
-                  f "WorkerCommand",
-                  sprintf "Parsl.Workers.dll was not found next to the application (%s); add a reference to the Parsl.Workers project or package, or set WorkerCommand to the command that starts it" (defaultWorkerDll ()))
+          | None ->
+              match WorkerLocator.defaultCommand () with
+              | Error fix -> ConfigurationError(f "WorkerCommand", fix)
+              | Ok _ -> ()
           | _ -> () ]
 
     /// Workers per node as the client estimates it (Parsl's `workers_per_node`), for the strategy.

@@ -11,7 +11,9 @@ type WireStream = { Path: string; Truncate: bool }
 type WireBody =
     /// A function app: the function's id (its definition travels once per manager, then once per worker)
     /// and its arguments, serialized once on the client and forwarded as bytes.
-    | Call of funcId: int * definition: byte[] * args: byte[]
+    /// `walltimeMs` (-1: none): at the deadline the worker reports `AppTimeout` and ends itself, so the work
+    /// really stops (a thread cannot be stopped; its process can), and the manager starts a new worker.
+    | Call of funcId: int * definition: byte[] * args: byte[] * walltimeMs: int64
     /// A shell app: the command line was built on the client.
     | Command of command: string * stdout: WireStream option * stderr: WireStream option * walltimeMs: int64 * outputs: string list
 
@@ -51,6 +53,7 @@ type Registration =
 
 /// Manager → interchange.
 ///
+///   manager ──Hello──▶ interchange ──Challenge──▶ manager ──Proof──▶   (over TCP, first: see `Handshake`)
 ///   manager ──Register──▶ interchange ──Accepted | Refused──▶ manager
 ///   manager ──Heartbeat─▶ interchange ──HeartbeatReply──────▶ manager   (every heartbeat period)
 ///   interchange ──Tasks[batch ≤ free capacity + prefetch]──▶ manager ──Results[batch]──▶ interchange
@@ -76,6 +79,8 @@ type ToManager =
     | Shutdown
     /// Stop this try: drop it if queued, kill its worker if running (the worker is restarted).
     | CancelTry of key: int64
+    /// The interchange's answer to a TCP manager's hello: prove you hold the run's secret (see `Handshake`).
+    | Challenge of nonce: byte[]
 
 /// Manager → worker process (over the worker's stdin, length-prefixed).
 type ToWorker =
@@ -84,6 +89,9 @@ type ToWorker =
 /// Worker process → manager (over the worker's stdout, length-prefixed).
 type FromWorker =
     | Done of WireResult list
+    /// A shell app's process group was started for this try: should the worker die, the manager kills the group
+    /// (the command runs in a group of its own, so nothing else would stop it).
+    | GroupStarted of key: int64 * pgid: int
 
 /// The protocol's encoding: one MessagePack array per message, its first element a tag.
 [<RequireQualifiedAccess>]
@@ -136,14 +144,16 @@ module Protocol =
     /// Writes one task.
     let writeTask (w: byref<MessagePackWriter>) (t: WireTask) =
         match t.Body with
-        | Call(id, def, args) ->
-            w.WriteArrayHeader 6
+        | Call(id, def, args, wall) ->
+            // The walltime only when there is one: the common task stays as it was on the wire.
+            w.WriteArrayHeader(if wall >= 0L then 7 else 6)
             w.Write t.Key
             w.Write t.AppName
             w.Write 0
             w.Write id
             writeBytes &w def
             writeBytes &w args
+            if wall >= 0L then w.Write wall
         | Command(cmd, out, err, wall, outputs) ->
             w.WriteArrayHeader 8
             w.Write t.Key
@@ -159,7 +169,7 @@ module Protocol =
 
     /// Reads one task.
     let readTask (r: byref<MessagePackReader>) : WireTask =
-        r.ReadArrayHeader() |> ignore
+        let fields = r.ReadArrayHeader()
         let key = r.ReadInt64()
         let app = r.ReadString()
         match r.ReadInt32() with
@@ -167,7 +177,8 @@ module Protocol =
             let id = r.ReadInt32()
             let def = readBytes &r
             let args = readBytes &r
-            { Key = key; AppName = app; Body = Call(id, def, args) }
+            let wall = if fields > 6 then r.ReadInt64() else -1L
+            { Key = key; AppName = app; Body = Call(id, def, args, wall) }
         | _ ->
             let cmd = r.ReadString()
             let out = readStrOpt &r
@@ -357,6 +368,10 @@ module Protocol =
             w.WriteArrayHeader 2
             w.Write 7
             w.Write k
+        | Challenge nonce ->
+            w.WriteArrayHeader 2
+            w.Write 8
+            writeBytes &w nonce
         w.Flush()
         finish buffer
 
@@ -380,6 +395,7 @@ module Protocol =
         | 5 -> Drained
         | 6 -> Shutdown
         | 7 -> CancelTry(r.ReadInt64())
+        | 8 -> Challenge(readBytes &r)
         | t -> failwithf "unknown message tag %d" t
 
     /// Encodes a batch for a worker.
@@ -391,17 +407,81 @@ module Protocol =
         | Tasks ts -> Run ts
         | _ -> failwith "a worker only receives task batches"
 
-    /// Encodes a worker's results.
-    let encodeFromWorker (Done rs) : byte[] = encodeToInterchange (Results rs)
+    /// Encodes a worker's message.
+    let encodeFromWorker (m: FromWorker) : byte[] =
+        match m with
+        | Done rs -> encodeToInterchange (Results rs)
+        | GroupStarted(k, pgid) ->
+            let buffer = ArrayBufferWriter<byte>(32)
+            let mutable w = MessagePackWriter(buffer)
+            w.WriteArrayHeader 3
+            w.Write 10
+            w.Write k
+            w.Write pgid
+            w.Flush()
+            finish buffer
 
-    /// Decodes a worker's results.
+    /// Decodes a worker's message.
     let decodeFromWorker (bytes: byte[]) =
-        match decodeToInterchange bytes with
-        | Results rs -> Done rs
-        | _ -> failwith "a worker only sends results"
+        let mutable r = MessagePackReader(ReadOnlyMemory<byte>(bytes))
+        let n = r.ReadArrayHeader()
+        if n = 3 && r.ReadInt32() = 10 then
+            let k = r.ReadInt64()
+            GroupStarted(k, r.ReadInt32())
+        else
+            match decodeToInterchange bytes with
+            | Results rs -> Done rs
+            | _ -> failwith "a worker only sends results and process groups"
 
     /// The key of a try: task id in the high 32 bits, try id in the low.
     let key (taskId: int) (tryId: int) = (int64 taskId <<< 32) ||| int64 (uint32 tryId)
 
     /// The task and try ids of a key.
     let ofKey (k: int64) = int (k >>> 32), int (k &&& 0xFFFFFFFFL)
+
+
+/// The challenge and response by which a manager on TCP proves that it holds the run's secret (the client's secret
+/// key, in `client.key`, mode 0600, in the run directory) before the interchange decodes anything it sends:
+///
+///   manager ──Hello (fixed bytes)──────────────────────▶ interchange   (anything else from it: dropped)
+///   manager ◀──Challenge(32 random bytes, new for each hello)── interchange
+///   manager ──Proof = HMAC-SHA256(key, label ‖ nonce ‖ identity)──▶ interchange ──▶ Register as before
+///
+/// The secret itself never travels; a proof is good for one nonce and one ROUTER identity only. The handshake does
+/// not rely on CURVE (NetMQ lets ZMTP 1.0 and 2.0 peers past a CURVE server without any handshake), so it holds
+/// whatever ZMTP version the peer speaks. Frames before the proof are compared byte for byte, never decoded.
+[<RequireQualifiedAccess>]
+module Handshake =
+    let private helloBytes = Text.Encoding.ASCII.GetBytes "PARSL.NET-HELLO-1"
+    let private proofTag = Text.Encoding.ASCII.GetBytes "PARSL.NET-PROOF-1"
+    let private label = Text.Encoding.ASCII.GetBytes "parsl.net htex manager proof v1\000"
+
+    /// The size of a challenge's nonce.
+    [<Literal>]
+    let NonceSize = 32
+
+    /// The largest handshake frame: nothing longer from an unproven peer is even looked at.
+    let MaxFrame = proofTag.Length + 32
+
+    /// The hello a manager sends first.
+    let hello () = Array.copy helloBytes
+
+    /// Whether a frame is exactly the hello.
+    let isHello (frame: ReadOnlySpan<byte>) = frame.SequenceEqual(ReadOnlySpan helloBytes)
+
+    /// The HMAC key made from the run's secret (the secret is not used as a key directly: it is also the CURVE key).
+    let key (secret: string) =
+        Security.Cryptography.HMACSHA256.HashData(Text.Encoding.UTF8.GetBytes secret, Text.Encoding.ASCII.GetBytes "parsl.net htex manager key v1")
+
+    let private mac (key: byte[]) (nonce: byte[]) (identity: byte[]) =
+        let data = Array.concat [ label; nonce; identity ]
+        Security.Cryptography.HMACSHA256.HashData(key, data)
+
+    /// The proof frame a manager answers a challenge with.
+    let proof (key: byte[]) (nonce: byte[]) (identity: byte[]) = Array.append proofTag (mac key nonce identity)
+
+    /// Whether a frame proves the key for this nonce and identity (constant time in the MAC).
+    let verify (key: byte[]) (nonce: byte[]) (identity: byte[]) (frame: ReadOnlySpan<byte>) =
+        frame.Length = MaxFrame
+        && frame.Slice(0, proofTag.Length).SequenceEqual(ReadOnlySpan proofTag)
+        && Security.Cryptography.CryptographicOperations.FixedTimeEquals(frame.Slice proofTag.Length, ReadOnlySpan(mac key nonce identity))

@@ -95,6 +95,24 @@ module Worker =
         let warm = Thread((fun () -> if not (Serialization.precompiled ()) then Serialization.warmUp opts), IsBackground = true, Name = "warm-up")
         warm.Start()
         let host = Environment.MachineName
+        // Everything written to the manager goes out under this lock: the main thread's result batches, a shell
+        // app's process group, and a walltime's verdict from its timer's thread.
+        let outLock = obj ()
+        let results = List<WireResult>()
+        let flush () =
+            if results.Count > 0 then
+                Frames.write output (Protocol.encodeFromWorker (Done(List.ofSeq results)))
+                output.Flush()
+                results.Clear()
+        // The try running now (0: none) and its shell app's process group (0: none).
+        let runningKey = ref 0L
+        let runningGroup = ref 0
+        // Asked to stop (the block is being cancelled): the running shell app's group goes with this process;
+        // it is in a group of its own, so the signal that reached this process did not reach it.
+        use _term =
+            Runtime.InteropServices.PosixSignalRegistration.Create(
+                Runtime.InteropServices.PosixSignal.SIGTERM,
+                fun _ -> lock outLock (fun () -> if runningGroup.Value > 0 then Native.killGroup runningGroup.Value))
 
         let load (fid: int) (def: byte[]) =
             if not (isNull def) && not (functions.ContainsKey fid) then
@@ -108,7 +126,7 @@ module Worker =
 
         let runOne (t: WireTask) : WireOutcome =
             match t.Body with
-            | Call(fid, def, args) ->
+            | Call(fid, def, args, wall) ->
                 match (try load fid def; None with e -> Some(unwrap e)) with
                 | Some e -> Unserializable(sprintf "the function of app %s could not be loaded on the worker: %s" t.AppName (chain e))
                 | None ->
@@ -118,7 +136,27 @@ module Worker =
                         match (try Ok(Serialization.deserializeArgs opts f.Parameters args) with e -> Error(unwrap e)) with
                         | Error e -> Unserializable(sprintf "the arguments of app %s could not be deserialized on the worker: %s" t.AppName (chain e))
                         | Ok a ->
-                            let a = if f.TakesToken then Array.append a [| box CancellationToken.None |] else a
+                            // A token source only for a body that takes a token or has a walltime: none on the common path.
+                            use cts = if f.TakesToken || wall >= 0L then new CancellationTokenSource() else null
+                            let a = if f.TakesToken then Array.append a [| box cts.Token |] else a
+                            // At the deadline the try fails with AppTimeout and this process ends: a thread cannot be
+                            // stopped, a process can, and the manager starts a new worker.
+                            let deadline () =
+                                lock outLock (fun () ->
+                                    if runningKey.Value = t.Key then
+                                        (try cts.Cancel() with _ -> ())
+                                        results.Add
+                                            { Key = t.Key
+                                              Outcome =
+                                                Raised(
+                                                    typeof<AppTimeout>.FullName,
+                                                    sprintf "Function app %s ran past its walltime of %g s; its worker was stopped" t.AppName (float wall / 1000.0),
+                                                    "",
+                                                    []) }
+                                        (try flush () with _ -> ())
+                                        Process.GetCurrentProcess().Kill())
+                            use _timer =
+                                if wall >= 0L then new Timer((fun _ -> deadline ()), null, wall, Timeout.Infinite) else null
                             match (try Ok(resultOf (f.Function.DynamicInvoke a)) with e -> Error e) with
                             | Error e -> describe e
                             | Ok v ->
@@ -135,16 +173,17 @@ module Worker =
                       Stderr = std err
                       Walltime = (if wall >= 0L then Some(TimeSpan.FromMilliseconds(float wall)) else None)
                       Outputs = outputs }
-                match (try Ok(Shell.run call CancellationToken.None) with e -> Error e) with
+                let started pgid =
+                    lock outLock (fun () ->
+                        runningGroup.Value <- pgid
+                        Frames.write output (Protocol.encodeFromWorker (GroupStarted(t.Key, pgid)))
+                        output.Flush())
+                let outcome = (try Ok(Shell.runWith started call CancellationToken.None) with e -> Error e)
+                lock outLock (fun () -> runningGroup.Value <- 0)
+                match outcome with
                 | Ok v -> Value(Serialization.serialize opts "a shell app's exit code" v)
                 | Error e -> describe e
 
-        let results = List<WireResult>()
-        let flush () =
-            if results.Count > 0 then
-                Frames.write output (Protocol.encodeFromWorker (Done(List.ofSeq results)))
-                output.Flush()
-                results.Clear()
         let clock = Stopwatch.StartNew()
         let mutable go = true
         while go do
@@ -152,13 +191,17 @@ module Worker =
             | None -> go <- false
             | Some frame ->
                 let (Run tasks) = Protocol.decodeToWorker frame
-                let mutable lastFlush = clock.Elapsed
+                let lastFlush = ref clock.Elapsed
                 for t in tasks do
-                    results.Add { Key = t.Key; Outcome = runOne t }
-                    // Long batches still report as they go, so results are not held back behind slow tasks.
-                    if (clock.Elapsed - lastFlush).TotalMilliseconds > 2.0 then
-                        flush ()
-                        lastFlush <- clock.Elapsed
-                flush ()
+                    lock outLock (fun () -> runningKey.Value <- t.Key)
+                    let outcome = runOne t
+                    lock outLock (fun () ->
+                        runningKey.Value <- 0L
+                        results.Add { Key = t.Key; Outcome = outcome }
+                        // Long batches still report as they go, so results are not held back behind slow tasks.
+                        if (clock.Elapsed - lastFlush.Value).TotalMilliseconds > 2.0 then
+                            flush ()
+                            lastFlush.Value <- clock.Elapsed)
+                lock outLock flush
         warm.Join()
         0
