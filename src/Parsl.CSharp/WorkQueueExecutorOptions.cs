@@ -27,7 +27,8 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
     public int Port { get; set; }
 
     /// <summary>A file holding the password workers must prove they know (<c>work_queue_worker --password FILE</c>),
-    /// its exact bytes. Default null: no authentication (then keep <see cref="Address"/> on loopback).</summary>
+    /// its exact bytes. Default null: a password is made for each run and given to the executor's blocks; set this
+    /// to start workers by hand.</summary>
     public string? PasswordFile { get; set; }
 
     /// <summary>Where blocks of workers come from; each runs <c>work_queue_worker ADDRESS PORT</c>. Default null: no

@@ -34,11 +34,11 @@ public class WorkQueueTests
         return port;
     }
 
-    private static Process StartWorker(string exe, int port, string workDir)
+    private static Process StartWorker(string exe, int port, string workDir, string passwordFile)
     {
         Directory.CreateDirectory(workDir);
         var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "-s", workDir, "-t", "60", "--cores", "1", "127.0.0.1", port.ToString() }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "--password", passwordFile, "-s", workDir, "-t", "60", "--cores", "1", "127.0.0.1", port.ToString() }) psi.ArgumentList.Add(a);
         return Process.Start(psi)!;
     }
 
@@ -53,10 +53,13 @@ public class WorkQueueTests
     {
         var exe = protocol == 9 ? Workers.Value.Wq9 : Workers.Value.Wq11;
         var port = FreePort();
-        var wq = new WorkQueueExecutorOptions { Label = "wq", Port = port, KeepalivePeriod = TimeSpan.FromSeconds(2) };
+        // Workers started by hand are given the password file (without one, each run makes its own for its blocks).
+        var password = Path.Combine(TempRunDir(), "wq.pw");
+        File.WriteAllText(password, "open sesame");
+        var wq = new WorkQueueExecutorOptions { Label = "wq", Port = port, PasswordFile = password, KeepalivePeriod = TimeSpan.FromSeconds(2) };
         wq.Env["GREETING"] = "hi";
         await using var dfk = await LoadAsync(o => o.Executors.Add(wq));
-        using var worker = StartWorker(exe, port, TempRunDir());
+        using var worker = StartWorker(exe, port, TempRunDir(), password);
         try
         {
             var square = dfk.App<int, int>(Square);

@@ -113,7 +113,7 @@ let tests =
         flavoured "function and shell apps run on a real worker" (fun exe ->
             let wq, dfk = withWq (fun o -> { o with Env = Map [ "PARSL_WQ_TEST", "from-env" ] })
             use _ = dfk
-            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "2" ])
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "2" ])
             let offset = 1000 + Environment.ProcessId % 1
             let shift = App.func dfk (fun (x: int) -> x + offset)
             let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
@@ -142,7 +142,7 @@ let tests =
             let exe = snd (harness ())
             let wq, dfk = withWq (fun o -> { o with Env = Map [ "PARSL_WQ_TEST", "env-in-runner" ] })
             use _ = dfk
-            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1"; "--coprocess"; wq.CoprocessScript ])
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1"; "--coprocess"; wq.CoprocessScript ])
             waitFor 60.0 "the worker with its runner" (fun () -> readyWorkers wq |> List.exists (fun w -> w.LongLivedRunner))
             let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
             let env = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "PARSL_WQ_TEST")
@@ -172,7 +172,7 @@ let tests =
         flavoured "a File is staged in and out through the worker" (fun exe ->
             let wq, dfk = withWq id
             use _ = dfk
-            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             let dir = tempRunDir ()
             let input = Path.Combine(dir, "in.txt")
             File.WriteAllText(input, "abc")
@@ -192,7 +192,7 @@ let tests =
         flavoured "a task exceeding its declared run time gets the typed error" (fun exe ->
             let wq, dfk = withWq id
             use _ = dfk
-            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "2"; "--disk"; "2000"; "--memory"; "2000" ])
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "2"; "--disk"; "2000"; "--memory"; "2000" ])
             let slow = App.shellWith dfk { AppOptions.defaults with Resources = Map [ "running_time_min", box 0.02 ] } (fun (_: int) -> "sleep 60")
             match errorOf (slow (Arg.value 0)) with
             | :? WorkQueueMaxRunTime as e -> Expect.equal e.ResultCode 56 "max run time"
@@ -201,7 +201,7 @@ let tests =
         flavoured "a task exceeding its declared memory gets the typed error (under the resource monitor)" (fun exe ->
             let wq, dfk = withWq (fun o -> { o with ResourceMonitor = Some "resource_monitor" })
             use _ = dfk
-            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "2"; "--disk"; "2000"; "--memory"; "2000" ])
+            use _w = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "2"; "--disk"; "2000"; "--memory"; "2000" ])
             let res mb = { AppOptions.defaults with Resources = Map [ "cores", box 1; "memory", box mb; "disk", box 100 ] }
             // 300 MB of touched memory, held for a while: the monitor samples, then kills at the limit.
             let hog = "python3 -c \"x = b'x' * (300 * 1024 * 1024); import time; time.sleep(20)\""
@@ -218,11 +218,11 @@ let tests =
             use _ = dfk
             let dir = tempRunDir ()
             let marks = Path.Combine(dir, "starts")
-            use first = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            use first = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             let job = App.shell dfk (fun (_: int) -> sprintf "echo $PWD >> %s; sleep 3; echo done" marks)
             let r = job (Arg.value 0)
             waitFor 60.0 "the task to start on the first worker" (fun () -> File.Exists marks)
-            use _second = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            use _second = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             waitFor 60.0 "the second worker to join" (fun () -> (readyWorkers wq).Length = 2)
             first.Process.Kill true
             Expect.equal (await r.Task) 0 "completed after the retry"
@@ -235,11 +235,11 @@ let tests =
             use _ = dfk
             let dir = tempRunDir ()
             let marks = Path.Combine(dir, "starts")
-            use first = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            use first = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             let job = App.shell dfk (fun (_: int) -> sprintf "echo $PWD >> %s; sleep 2" marks)
             let r = job (Arg.value 0)
             waitFor 60.0 "the task to start on the first worker" (fun () -> File.Exists marks)
-            use _second = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            use _second = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             waitFor 60.0 "the second worker to join" (fun () -> (readyWorkers wq).Length = 2)
             // Frozen, not dead: its connection stays open, only the keepalive timeout can tell.
             Expect.equal (HtexTests.kill (first.Process.Id, 19)) 0 "SIGSTOP"
@@ -251,7 +251,7 @@ let tests =
                 HtexTests.kill (first.Process.Id, 18) |> ignore)
 
         test "a peer that is not a worker, or speaks another protocol, is refused before anything is decoded" {
-            let wq, dfk = withWq (fun o -> { o with PasswordFile = None })
+            let wq, dfk = withWq id
             use _ = dfk
             let send (lines: string) =
                 use c = new Net.Sockets.TcpClient("127.0.0.1", wq.Port.Value)
@@ -292,8 +292,8 @@ let tests =
         flavoured "two workers share a workload" (fun exe ->
             let wq, dfk = withWq id
             use _ = dfk
-            use a = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
-            use b = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            use a = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
+            use b = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             waitFor 60.0 "two workers" (fun () -> (readyWorkers wq).Length = 2)
             let dir = tempRunDir ()
             let job = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path(Path.Combine(dir, "pwd"))) } (fun (_: int) -> "pwd; sleep 1")
@@ -337,7 +337,7 @@ let tests =
                         Provider = Some(provider :> IExecutionProvider)
                         WorkerExecutable = exe
                         WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
-            let byHand = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            let byHand = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "1" ])
             use _ = byHand
             waitFor 60.0 "the block's worker and the hand-started one" (fun () -> (readyWorkers wq).Length = 2)
             let job = App.shell dfk (fun (x: int) -> sprintf "exit %d" x)
@@ -350,6 +350,15 @@ let tests =
                     try File.ReadAllText(sprintf "/proc/%d/cmdline" p.Id).Contains work with _ -> false)
             waitFor 30.0 "the block's worker to end" (fun () -> not (left ()))
             try Directory.Delete(work, true) with _ -> ())
+
+        flavoured "without a PasswordFile a run's own password keeps other workers out" (fun exe ->
+            let wq, dfk = withWq id
+            use _ = dfk
+            Expect.isTrue (File.Exists wq.PasswordPath) "the run's password file"
+            Expect.equal (File.GetUnixFileMode wq.PasswordPath) (UnixFileMode.UserRead ||| UnixFileMode.UserWrite) "private to the user"
+            use _stranger = new WorkerProcess(exe, wq.Port.Value, [ "--cores"; "1" ])
+            waitFor 60.0 "the worker without the password to be refused" (fun () -> wq.RejectedConnections >= 1)
+            Expect.isEmpty (await (wq.WorkersAsync())) "it did not join")
 
         test "options are validated at load, naming the field" {
             let bad = WorkQueueExecutor({ WorkQueueOptions.defaults () with Port = -1; MaxRetries = 0; PasswordFile = Some "/nonexistent/pw" })

@@ -15,7 +15,8 @@ type WorkQueueOptions =
       /// The port; 0 picks a free one (read it from the executor's `Port` after start). Default 0 (Parsl: 9123).
       Port: int
       /// A file holding the password workers must prove they know (`work_queue_worker --password FILE`): its
-      /// exact bytes, a trailing newline included. Default None (no authentication; bind to loopback then).
+      /// exact bytes, a trailing newline included. Default None: a password is made for each run (the executor's
+      /// `PasswordPath`, owner-only) and given to the executor's blocks; set this to start workers by hand.
       PasswordFile: string option
       /// Where blocks of workers come from; each block runs `work_queue_worker <address> <port>`. Default None:
       /// no blocks, workers are started by hand (or by a factory) and connect.

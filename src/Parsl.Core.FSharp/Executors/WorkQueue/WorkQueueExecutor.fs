@@ -35,6 +35,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let mutable runner: InputSource list = []
     let mutable coprocessInfile = Unchecked.defaultof<InputSource>
     let mutable coprocessScript = ""
+    let mutable passwordPath = ""
     let mutable dataDir = ""
     let mutable scaler: WqScalerHandle option = None
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
@@ -344,6 +345,10 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             q.Task
         | None -> Task.FromResult []
 
+    /// The password file workers must be given (`work_queue_worker --password FILE`): `PasswordFile`, or the one made
+    /// for this run under its run directory (after start).
+    member _.PasswordPath = passwordPath
+
     /// The blocks started so far: block id, job id, state.
     member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
         match scaler with
@@ -362,7 +367,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
         let port = defaultArg this.Port options.Port
         [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
           yield quote options.WorkerExecutable
-          match options.PasswordFile with Some p -> yield! [ "--password"; quote (Path.GetFullPath p) ] | None -> ()
+          if passwordPath <> "" then yield! [ "--password"; quote passwordPath ]
           if options.LongLivedRunner then yield! [ "--coprocess"; quote this.CoprocessScript ]
           yield! options.WorkerOptions |> List.map quote
           yield quote options.Address
@@ -399,7 +404,19 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     sprintf "#!/bin/sh\nexec %s %s wq-serve\n" (quote options.DotnetCommand) (quote (Path.Combine(options.RunnerDirectory, "Parsl.Workers.dll"))))
                 if not (OperatingSystem.IsWindows()) then
                     File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
-                let password = options.PasswordFile |> Option.map File.ReadAllText
+                // Without a PasswordFile, a password is made for this run (owner-only file): only workers given it
+                // (the executor's blocks get it) can join, so no other local process can pose as a worker.
+                passwordPath <-
+                    match options.PasswordFile with
+                    | Some p -> Path.GetFullPath p
+                    | None ->
+                        let p = Path.Combine(root, "worker.password")
+                        File.WriteAllText(p, "")
+                        if not (OperatingSystem.IsWindows()) then
+                            File.SetUnixFileMode(p, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
+                        File.WriteAllText(p, Convert.ToHexString(Security.Cryptography.RandomNumberGenerator.GetBytes 24).ToLowerInvariant())
+                        p
+                let password = Some(File.ReadAllText passwordPath)
                 let m =
                     WqManager.start
                         { Label = label
