@@ -38,7 +38,8 @@ let private call (i: int) =
           Function = Func<int, int>(fun x -> x * x)
           Args = [| box i |]
           TakesCancellation = false
-          Invoke = fun args _ -> box (unbox<int> args[0] * unbox<int> args[0]) }
+          Invoke = fun args _ -> box (unbox<int> args[0] * unbox<int> args[0])
+          Walltime = None }
 
 let private runOnce (r: Run) =
     let events = ConcurrentQueue<ExecutorEvent>()
