@@ -26,6 +26,7 @@ let all =
         ProvidersGridEngineTests.tests
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
+        EndpointTests.tests
     ]
 
 [<EntryPoint>]
@@ -35,4 +36,10 @@ let main argv =
     | [| "--memo-key" |] ->
         printfn "%s" (MemoTests.sampleKey false)
         0
-    | _ -> runTestsWithCLIArgs [] argv all
+    // A client process for the endpoint tests (killed with -9 mid-run).
+    | args when args.Length > 0 && args[0] = "--endpoint-client" -> EndpointTests.clientMain args[1..]
+    | _ ->
+        let code = runTestsWithCLIArgs [] argv all
+        // The broker the endpoint tests started (if they ran) stops with the run, by its pid.
+        EndpointTests.stopBroker ()
+        code
