@@ -178,6 +178,7 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
         | "Parsl.BadStdStreamFile", _ -> BadStdStreamFile(message, null)
         | "Parsl.SerializationError", _ -> SerializationError(message, null)
         | "System.OperationCanceledException", _ -> OperationCanceledException(message)
+        | "Parsl.Executors.Endpoint.UserEndpointConfigRefused", _ -> UserEndpointConfigRefused(options.Endpoint, message)
         | _ -> RemoteException(typeName, message, stack)
 
     let outcomeOf (o: WireOutcome) : Result<obj, exn> =
