@@ -11,4 +11,5 @@ let main argv =
     if want "htex" then Htex.run (printfn "%s")
     if want "htex" || Array.contains "netmq" argv then Transport.run (printfn "%s")
     if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
+    if Array.contains "endpoint" argv then Endpoint.run (printfn "%s")
     0

@@ -43,11 +43,13 @@ type ConfigureArgs =
 
 type NameArgs =
     | [<MainCommand; Mandatory; Unique>] Endpoint_Name of name: string
+    | Stop_On_Stdin_Close
 
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Endpoint_Name _ -> "the endpoint's name"
+            | Stop_On_Stdin_Close -> "start: stop when standard input closes (the process that started it ended, however it ended)"
 
 type Args =
     | Home of dir: string
@@ -139,7 +141,7 @@ let private configure (home: string) (a: ParseResults<ConfigureArgs>) =
                     eprintfn "%s" e.Message
                 2
 
-let private start (home: string) (name: string) =
+let private start (home: string) (name: string) (stopOnStdinClose: bool) =
     let dir = Path.Combine(home, name)
     let file = Path.Combine(dir, "config.json")
     if not (File.Exists file) then
@@ -163,6 +165,13 @@ let private start (home: string) (name: string) =
                 let onSignal = Action<PosixSignalContext>(fun c -> c.Cancel <- true; stopRequested.Cancel())
                 use _term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, onSignal)
                 use _int = PosixSignalRegistration.Create(PosixSignal.SIGINT, onSignal)
+                // The owner holds our stdin: when it ends (even by SIGKILL) the pipe closes, and so do we.
+                // (A thread of its own: reads from Console.In block even through its async methods.)
+                if stopOnStdinClose then
+                    let watch () =
+                        Console.OpenStandardInput().CopyTo(IO.Stream.Null)
+                        try stopRequested.Cancel() with :? ObjectDisposedException -> ()
+                    Thread(watch, IsBackground = true, Name = "stdin-watch").Start()
                 try
                     let daemon = (EndpointDaemon.startAsync config dir log CancellationToken.None).GetAwaiter().GetResult()
                     writePrivate (Path.Combine(dir, "endpoint.pid")) (string Environment.ProcessId)
@@ -222,9 +231,11 @@ let main argv =
                 match Environment.GetEnvironmentVariable "PARSL_ENDPOINT_HOME" with
                 | null | "" -> Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".parsl", "endpoints")
                 | h -> h
+        if r.Contains List then list home
+        else
         match r.GetSubCommand() with
         | Configure a -> configure home a
-        | Start a -> start home (a.GetResult Endpoint_Name)
+        | Start a -> start home (a.GetResult Endpoint_Name) (a.Contains Stop_On_Stdin_Close)
         | Stop a -> stop home (a.GetResult Endpoint_Name)
         | List -> list home
         | Home _ -> 2

@@ -50,8 +50,10 @@ let private endpointDll () = Path.Combine(AppContext.BaseDirectory, "Parsl.Endpo
 type EndpointProcess(home: string, name: string) =
     let psi = ProcessStartInfo("dotnet")
     do
-        for a in [ endpointDll (); "--home"; home; "start"; name ] do
+        // It stops when this process ends, however it ends (its stdin closes).
+        for a in [ endpointDll (); "--home"; home; "start"; name; "--stop-on-stdin-close" ] do
             psi.ArgumentList.Add a
+        psi.RedirectStandardInput <- true
         psi.RedirectStandardOutput <- true
         psi.RedirectStandardError <- true
     let p = Process.Start psi
@@ -125,10 +127,16 @@ let private startedCount (dir: string) = Directory.GetFiles(dir, "started-*").Le
 
 let clientMain (argv: string[]) =
     let name, group, dir, n = argv[0], argv[1], argv[2], int argv[3]
-    let opts = { clientOptions name with TaskGroupId = group; Broker = { brokerFor "client" false with Password = argv[4] } }
+    let broker: BrokerOptions =
+        { Host = "127.0.0.1"; Port = int argv[4]; VirtualHost = argv[5]; User = "client"; Password = argv[6]
+          Tls = false; CaFile = None; ServerName = None }
+    let opts = { EndpointOptions.defaults () with Endpoint = name; Broker = broker; Token = argv[7]; TaskGroupId = group }
     let ex, dfk = clientWith opts
     let app = App.func dfk (gated dir)
     let futures = [ for i in 1..n -> app (Arg.value i) ]
+    // The kernel hands the tries to the executor on its own thread; then the broker confirms them.
+    while ex.Outstanding < n do
+        Thread.Sleep 20
     ex.AllPublishedAsync().Wait()
     printfn "SUBMITTED %d" futures.Length
     Console.Out.Flush()
@@ -362,15 +370,19 @@ let integration =
             let dir = tempRunDir ()
             let group = Guid.NewGuid().ToString("N")
             let psi = ProcessStartInfo("dotnet")
-            for a in [ Path.Combine(AppContext.BaseDirectory, "Parsl.Tests.dll"); "--endpoint-client"; name; group; dir; "6"; field "client_password" ] do
+            for a in [ Path.Combine(AppContext.BaseDirectory, "Parsl.Tests.dll"); "--endpoint-client"; name; group; dir; "6"
+                       field "port"; field "vhost"; field "client_password"; token ] do
                 psi.ArgumentList.Add a
             psi.RedirectStandardOutput <- true
+            psi.RedirectStandardError <- true
             use child = Process.Start psi
+            let childErr = child.StandardError.ReadToEndAsync()
             let line = child.StandardOutput.ReadLineAsync()
             if not (line.Wait(TimeSpan.FromSeconds 120.0)) || isNull line.Result then
                 child.Kill true
-                failtest "the client did not submit"
-            Expect.equal line.Result "SUBMITTED 6" "the client submitted"
+                failtestf "the client did not submit: %s" (if childErr.Wait 5000 then childErr.Result else "")
+            Expect.equal (line.Result.Trim()) "SUBMITTED 6" "the client submitted"
+            Harness.pollUntil (TimeSpan.FromSeconds 120.0) "tries running on the endpoint" (fun () -> if startedCount dir >= 4 then Some() else None)
             Parsl.Runtime.Native.kill (child.Id, 9) |> ignore
             child.WaitForExit()
             File.WriteAllText(Path.Combine(dir, "gate"), "")
@@ -438,6 +450,7 @@ let integration =
         test "parsl-endpoint configure, list, start and stop" {
             broker () |> ignore
             let home = tempRunDir ()
+            let cliName = "cli-" + Guid.NewGuid().ToString("N").Substring(0, 8)
             let run (args: string list) =
                 let psi = ProcessStartInfo("dotnet")
                 for a in endpointDll () :: "--home" :: home :: args do
@@ -452,25 +465,24 @@ let integration =
                     failtest "parsl-endpoint did not exit"
                 p.ExitCode, out.Result + err
             let b = brokerFor "endpoint" false
-            let code, out = run [ "configure"; "cli-ep"; "--broker-port"; string b.Port; "--vhost"; b.VirtualHost; "--user"; "endpoint"; "--password"; b.Password ]
+            let code, out = run [ "configure"; cliName; "--broker-port"; string b.Port; "--vhost"; b.VirtualHost; "--user"; "endpoint"; "--password"; b.Password ]
             Expect.equal code 0 out
-            let config = Path.Combine(home, "cli-ep", "config.json")
+            let config = Path.Combine(home, cliName, "config.json")
             Expect.equal (File.GetUnixFileMode config) (UnixFileMode.UserRead ||| UnixFileMode.UserWrite) "the config (it holds secrets) is private"
             let cliToken = (out.Split('\n') |> Array.find (fun l -> l.StartsWith "token=")).Substring 6
-            Expect.stringContains (snd (run [ "list" ])) "stopped" "listed, stopped"
-            let ep = new EndpointProcess(home, "cli-ep")
+            Expect.stringContains (snd (run [ "list" ])) (sprintf "%-24s stopped" cliName) "listed, stopped"
+            use ep = new EndpointProcess(home, cliName)
             Expect.stringContains (snd (run [ "list" ])) (sprintf "running (pid %d)" ep.Pid) "listed, running"
-            let _, dfk = clientWith { clientOptions "cli-ep" with Token = cliToken }
+            let _, dfk = clientWith { clientOptions cliName with Token = cliToken }
             Expect.equal (result ((App.func dfk (fun (x: int) -> x - 1)) (Arg.value 1))) 0 "it runs tasks"
             (dfk :> IDisposable).Dispose()
-            let code, out = run [ "stop"; "cli-ep" ]
+            let code, out = run [ "stop"; cliName ]
             Expect.equal code 0 out
             Expect.isTrue ep.Process.HasExited "the daemon exited"
-            Expect.stringContains (snd (run [ "list" ])) "stopped" "listed, stopped again"
-            let code, out = run [ "configure"; "cli-ep"; "--user"; "endpoint" ]
+            Expect.stringContains (snd (run [ "list" ])) (sprintf "%-24s stopped" cliName) "listed, stopped again"
+            let code, out = run [ "configure"; cliName; "--user"; "endpoint" ]
             Expect.equal code 1 "configure does not overwrite"
             Expect.stringContains out "--force" "and says how"
-            (ep :> IDisposable).Dispose()
         }
     ]
 

@@ -21,9 +21,9 @@ type private BatchState = { Delivery: Delivery; mutable Remaining: int }
 /// What the daemon's outbox loop publishes.
 type private Outgoing =
     /// A message for a client; the delivery (if any) is acknowledged once it is published.
-    | Reply of queue: string * message: ToClient * ack: Delivery option
+    | Reply of queue: string * token: string * message: ToClient * ack: Delivery option
     /// One try's result; its batch is acknowledged when its last result is published.
-    | Result of queue: string * result: WireResult * batch: BatchState
+    | Result of queue: string * token: string * result: WireResult * batch: BatchState
     /// Stop after publishing what is queued.
     | Finish
 
@@ -177,13 +177,14 @@ module EndpointDaemon =
                             let takes = ps.Length > 0 && ps[ps.Length - 1].ParameterType = typeof<CancellationToken>
                             { Function = d; TakesToken = takes; Parameters = ps })
 
-            let publishUntilDone (queue: string) (m: ToClient) =
+            // Replies carry the token of the message they answer: the client reads only replies with its own token.
+            let publishUntilDone (queue: string) (token: string) (m: ToClient) =
                 task {
                     let message =
                         { Kind = EndpointWire.ReplyKind
                           MessageId = ""
                           ReplyTo = ""
-                          Headers = Map [ EndpointWire.ProtocolHeader, string EndpointWire.Version ]
+                          Headers = Map [ EndpointWire.ProtocolHeader, string EndpointWire.Version; EndpointWire.TokenHeader, (if isNull token then "" else token) ]
                           Body = ReadOnlyMemory(EndpointWire.encodeToClient m) }
                     let mutable go = true
                     while go do
@@ -208,36 +209,37 @@ module EndpointDaemon =
                         let! more = reader.WaitToReadAsync()
                         if not more then go <- false
                         else
-                            let results = Dictionary<string, List<WireResult>>()
+                            let results = Dictionary<struct (string * string), List<WireResult>>()
                             let touched = List<BatchState>()
-                            let replies = List<string * ToClient * Delivery option>()
+                            let replies = List<string * string * ToClient * Delivery option>()
                             let mutable item = Unchecked.defaultof<Outgoing>
                             while reader.TryRead(&item) do
                                 match item with
-                                | Reply(q, m, a) -> replies.Add((q, m, a))
-                                | Result(q, r, b) ->
-                                    match results.TryGetValue q with
+                                | Reply(q, tok, m, a) -> replies.Add((q, tok, m, a))
+                                | Result(q, tok, r, b) ->
+                                    match results.TryGetValue(struct (q, tok)) with
                                     | true, l -> l.Add r
-                                    | _ -> results[q] <- List [ r ]
+                                    | _ -> results[struct (q, tok)] <- List [ r ]
                                     touched.Add b
                                 | Finish -> go <- false
-                            for q, m, a in replies do
-                                do! publishUntilDone q m
+                            for q, tok, m, a in replies do
+                                do! publishUntilDone q tok m
                                 match a with
                                 | Some d -> do! d.Ack()
                                 | None -> ()
-                            for KeyValue(q, rs) in results do
+                            for KeyValue(struct (q, tok), rs) in results do
                                 for chunk in Seq.chunkBySize 256 rs do
-                                    do! publishUntilDone q (ToClient.Results(List.ofArray chunk))
+                                    do! publishUntilDone q tok (ToClient.Results(List.ofArray chunk))
                             for b in touched do
                                 b.Remaining <- b.Remaining - 1
                                 if b.Remaining = 0 then do! b.Delivery.Ack()
                 }
 
-            let reply queue m ack = outbox.Writer.TryWrite(Reply(queue, m, ack)) |> ignore
+            let tokenOf (d: Delivery) = match d.Message.Headers.TryGetValue EndpointWire.TokenHeader with | true, t -> t | _ -> ""
+            let reply queue (d: Delivery) m = outbox.Writer.TryWrite(Reply(queue, tokenOf d, m, Some d)) |> ignore
 
             let runTask (replyTo: string) (batch: BatchState) (t: EndpointTask) =
-                let post outcome = outbox.Writer.TryWrite(Result(replyTo, { Key = t.Key; Outcome = outcome }, batch)) |> ignore
+                let post outcome = outbox.Writer.TryWrite(Result(replyTo, tokenOf batch.Delivery, { Key = t.Key; Outcome = outcome }, batch)) |> ignore
                 let rendered = Template.render config.Template config.Engine t.UserConfig
                 match rendered with
                 | Error e ->
@@ -304,22 +306,22 @@ module EndpointDaemon =
                 // The token first: nothing a peer sends is read further until it proves it may run code here.
                 elif not (config.Tokens |> List.exists (fun t -> EndpointWire.tokensEqual t (header EndpointWire.TokenHeader))) then
                     log.Warning("endpoint {Name}: refused a message with a wrong token (reply queue {Queue})", name, replyTo)
-                    reply replyTo (ToClient.Refused((if m.Kind = EndpointWire.HelloKind then "hello" else m.MessageId), RefusalKind.BadToken, "the token is not one this endpoint accepts; use a token from the endpoint's config (tokens)")) (Some d)
+                    reply replyTo d (ToClient.Refused((if m.Kind = EndpointWire.HelloKind then "hello" else m.MessageId), RefusalKind.BadToken, "the token is not one this endpoint accepts; use a token from the endpoint's config (tokens)"))
                     Task.CompletedTask
                 elif header EndpointWire.ProtocolHeader <> string EndpointWire.Version then
                     let theirs = header EndpointWire.ProtocolHeader
                     let reason =
                         sprintf "the client speaks endpoint protocol %s (Parsl.NET %s) and this endpoint speaks %d (Parsl.NET %s); install the same Parsl.NET version on both sides"
                             (if isNull theirs then "unknown" else theirs) (header EndpointWire.ParslVersionHeader) EndpointWire.Version (Protocol.parslVersion ())
-                    reply replyTo (ToClient.Refused((if m.Kind = EndpointWire.HelloKind then "hello" else m.MessageId), RefusalKind.BadVersion, reason)) (Some d)
+                    reply replyTo d (ToClient.Refused((if m.Kind = EndpointWire.HelloKind then "hello" else m.MessageId), RefusalKind.BadVersion, reason))
                     Task.CompletedTask
                 elif m.Kind = EndpointWire.HelloKind then
-                    reply replyTo (Welcome(name, EndpointWire.Version, Protocol.parslVersion (), engineName)) (Some d)
+                    reply replyTo d (Welcome(name, EndpointWire.Version, Protocol.parslVersion (), engineName))
                     Task.CompletedTask
                 else
                     match (try Ok(EndpointWire.decodeBatch m.Body) with e -> Error e.Message) with
                     | Error why ->
-                        reply replyTo (ToClient.Refused(m.MessageId, RefusalKind.Malformed, why)) (Some d)
+                        reply replyTo d (ToClient.Refused(m.MessageId, RefusalKind.Malformed, why))
                         Task.CompletedTask
                     | Ok(defs, asms, tasks) ->
                         // What a client sends is kept only when its content has the hash it claims.
@@ -340,7 +342,7 @@ module EndpointDaemon =
                                 | _ -> [])
                             |> List.distinct
                         if not missing.IsEmpty then
-                            reply replyTo (NeedAssemblies(m.MessageId, missing)) (Some d)
+                            reply replyTo d (NeedAssemblies(m.MessageId, missing))
                         else
                             let producing = tasks |> List.filter (function Error(None, _) -> false | _ -> true)
                             let batch = { Delivery = d; Remaining = producing.Length }
@@ -349,7 +351,7 @@ module EndpointDaemon =
                                 match t with
                                 | Ok t -> runTask replyTo batch t
                                 | Error(Some key, why) ->
-                                    outbox.Writer.TryWrite(Result(replyTo, { Key = key; Outcome = Unserializable(sprintf "endpoint %s could not read this task: %s" name why) }, batch)) |> ignore
+                                    outbox.Writer.TryWrite(Result(replyTo, tokenOf d, { Key = key; Outcome = Unserializable(sprintf "endpoint %s could not read this task: %s" name why) }, batch)) |> ignore
                                 | Error(None, why) ->
                                     log.Warning("endpoint {Name}: a task without a readable key was dropped: {Why}", name, why)
                         Task.CompletedTask

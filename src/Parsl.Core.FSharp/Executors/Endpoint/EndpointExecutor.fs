@@ -206,6 +206,11 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
 
     let onMessage (d: Delivery) : Task =
         task {
+            let token = match d.Message.Headers.TryGetValue EndpointWire.TokenHeader with | true, t -> t | _ -> null
+            // Only replies that carry this client's token are read: the endpoint echoes the token it checked.
+            if not (EndpointWire.tokensEqual token options.Token) then
+                ctx.Log.Warning("{Label}: a message on {Queue} without this client's token was dropped unread", label, resultQueue)
+            else
             match (try Ok(EndpointWire.decodeToClient d.Message.Body) with e -> Error e) with
             | Error e -> ctx.Log.Warning("{Label}: an unreadable message on {Queue} was dropped: {Error}", label, resultQueue, e.Message)
             | Ok(Welcome(name, p, version, engine)) ->
