@@ -66,10 +66,10 @@ public sealed class EndpointTests : IClassFixture<BrokerFixture>
               "broker": { "host": "127.0.0.1", "port": {{broker["port"]}}, "virtualHost": "{{broker["vhost"]}}",
                           "user": "endpoint", "password": "{{broker["endpoint_password"]}}" },
               "tokens": [ "{{token}}" ],
-              "engine": { "type": "ThreadPool", "maxThreads": "{{max_threads}}" },
+              "engine": { "type": "ThreadPool", "maxThreads": "PLACEHOLDER" },
               "template": { "max_threads": { "default": "2", "pattern": "[1-8]" } }
             }
-            """);
+            """.Replace("PLACEHOLDER", "{{max_threads}}"));
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
         // --stop-on-stdin-close: the daemon ends with this test process, however it ends.
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "Parsl.Endpoint.dll"), "--home", home, "start", name, "--stop-on-stdin-close" })
