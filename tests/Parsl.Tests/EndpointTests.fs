@@ -81,7 +81,7 @@ type EndpointProcess(home: string, name: string) =
             p.Dispose()
 
 /// Writes an endpoint's config under a fresh home and returns (home, name).
-let private configureEndpoint (engine: Map<string, string>) (template: Map<string, TemplateKey>) (tls: bool) =
+let private configureEndpointWith (change: EndpointConfig -> EndpointConfig) (engine: Map<string, string>) (template: Map<string, TemplateKey>) (tls: bool) =
     let name = "ep-" + Guid.NewGuid().ToString("N").Substring(0, 12)
     let home = tempRunDir ()
     let dir = Path.Combine(home, name)
@@ -90,8 +90,10 @@ let private configureEndpoint (engine: Map<string, string>) (template: Map<strin
         { EndpointConfig.template name (brokerFor "endpoint" tls) token with
             Engine = engine
             Template = template }
-    File.WriteAllText(Path.Combine(dir, "config.json"), EndpointConfig.render config)
+    File.WriteAllText(Path.Combine(dir, "config.json"), EndpointConfig.render (change config))
     home, name
+
+let private configureEndpoint engine template tls = configureEndpointWith id engine template tls
 
 let private threadPool = Map [ "type", "ThreadPool"; "maxThreads", "4" ]
 
@@ -347,6 +349,20 @@ let integration =
                 Expect.stringContains e.Message (sprintf "speaks %d" EndpointWire.Version) "and the endpoint's"
             | e -> failtestf "expected VersionMismatch, got %O" e
             Expect.throwsT<VersionMismatch> (fun () -> ex.Connected.GetAwaiter().GetResult() |> ignore) "the hello says so too"
+        }
+
+        test "an endpoint without the client's files fetches the assemblies once, by hash, and caches them" {
+            broker () |> ignore
+            let home, name = configureEndpointWith (fun c -> { c with SharedFileSystem = false }) threadPool Map.empty false
+            use _ep = new EndpointProcess(home, name)
+            let _, dfk = clientWith (clientOptions name)
+            use _ = dfk
+            let square = App.func dfk checkedSquare
+            Expect.equal (result (square (Arg.value 9))) 81 "the function ran from fetched assemblies"
+            let cached = Directory.GetFiles(Path.Combine(home, name, "assemblies"), "*.dll") |> Array.map Path.GetFileNameWithoutExtension
+            let testsHash = Serialization.hashFile typeof<EndpointProcess>.Assembly.Location
+            Expect.contains cached testsHash "the tests' assembly is cached under its hash"
+            Expect.equal (result (square (Arg.value 4))) 16 "and used again"
         }
 
         test "two clients share one endpoint" {

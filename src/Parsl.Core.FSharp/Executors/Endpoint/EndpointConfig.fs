@@ -19,7 +19,11 @@ type EndpointConfig =
       Engine: Map<string, string>
       Template: Map<string, TemplateKey>
       /// Unacknowledged task messages the daemon holds at once. Default 64.
-      Prefetch: int }
+      Prefetch: int
+      /// Whether clients' assembly paths may be read here (a shared file system): an assembly whose file at the
+      /// client's path has the client's hash is loaded from there. When false, or when the file differs, the
+      /// endpoint asks the client for the bytes once and caches them by hash. Default true.
+      SharedFileSystem: bool }
 
 /// Reading, checking and writing endpoint configs. Pure: text in, text out.
 [<RequireQualifiedAccess>]
@@ -34,7 +38,8 @@ module EndpointConfig =
           Tokens = [ token ]
           Engine = Map [ "type", "ThreadPool"; "maxThreads", "{{max_threads}}" ]
           Template = Map [ "max_threads", { Default = "4"; Pattern = "[1-9]|1[0-6]" } ]
-          Prefetch = 64 }
+          Prefetch = 64
+          SharedFileSystem = true }
 
     /// Every problem, each naming its field and the fix.
     let validate (c: EndpointConfig) : ConfigurationError list =
@@ -101,7 +106,8 @@ module EndpointConfig =
               Tokens = tokens
               Engine = engine
               Template = template
-              Prefetch = int' root "prefetch" 64 }
+              Prefetch = int' root "prefetch" 64
+              SharedFileSystem = (match root["sharedFileSystem"] with null -> true | n -> n.GetValue<bool>()) }
         with
         | :? ConfigurationError -> reraise ()
         | e -> raise (ConfigurationError("endpoint", sprintf "config.json: %s" e.Message))
@@ -136,4 +142,5 @@ module EndpointConfig =
             template[k] <- o
         root["template"] <- template
         root["prefetch"] <- JsonValue.Create c.Prefetch
+        root["sharedFileSystem"] <- JsonValue.Create c.SharedFileSystem
         root.ToJsonString(JsonSerializerOptions(WriteIndented = true))

@@ -149,7 +149,7 @@ module EndpointDaemon =
                     File.Exists p
                     && verified.GetOrAdd(p, fun p -> Serialization.hashFile p) = r.Hash
                 let cached = Path.Combine(cacheDir, r.Hash + ".dll")
-                if matches r.Path then Some r.Path
+                if config.SharedFileSystem && matches r.Path then Some r.Path
                 elif File.Exists cached then Some cached
                 else None
 
