@@ -214,8 +214,15 @@ let private list (home: string) =
                 let engine =
                     try defaultArg (Map.tryFind "type" (EndpointConfig.parse (File.ReadAllText file)).Engine) "?"
                     with _ -> "unreadable config"
+                let heartbeat =
+                    let f = Path.Combine(d, "status.json")
+                    try
+                        let o = Text.Json.Nodes.JsonNode.Parse(File.ReadAllText f)
+                        let at = DateTime.Parse(o["heartbeat"].GetValue<string>(), Globalization.CultureInfo.InvariantCulture, Globalization.DateTimeStyles.RoundtripKind)
+                        sprintf "  heartbeat %.0f s ago, %d running, %d done" (DateTime.UtcNow - at).TotalSeconds (o["running"].GetValue<int64>()) (o["done"].GetValue<int64>())
+                    with _ -> ""
                 match readPid d with
-                | Some pid -> printfn "%-24s running (pid %d)  %s" name pid engine
+                | Some pid -> printfn "%-24s running (pid %d)  %s%s" name pid engine heartbeat
                 | None -> printfn "%-24s stopped           %s" name engine
     0
 

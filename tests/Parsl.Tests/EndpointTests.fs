@@ -491,6 +491,7 @@ let integration =
             Expect.stringContains (snd (run [ "list" ])) (sprintf "running (pid %d)" ep.Pid) "listed, running"
             let _, dfk = clientWith { clientOptions cliName with Token = cliToken }
             Expect.equal (result ((App.func dfk (fun (x: int) -> x - 1)) (Arg.value 1))) 0 "it runs tasks"
+            Expect.stringContains (snd (run [ "list" ])) "heartbeat" "list shows the daemon's heartbeat"
             (dfk :> IDisposable).Dispose()
             let code, out = run [ "stop"; cliName ]
             Expect.equal code 0 out

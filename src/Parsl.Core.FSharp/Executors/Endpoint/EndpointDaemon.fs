@@ -238,8 +238,13 @@ module EndpointDaemon =
             let tokenOf (d: Delivery) = match d.Message.Headers.TryGetValue EndpointWire.TokenHeader with | true, t -> t | _ -> ""
             let reply queue (d: Delivery) m = outbox.Writer.TryWrite(Reply(queue, tokenOf d, m, Some d)) |> ignore
 
+            let started = ref 0L
+            let ended = ref 0L
             let runTask (replyTo: string) (batch: BatchState) (t: EndpointTask) =
-                let post outcome = outbox.Writer.TryWrite(Result(replyTo, tokenOf batch.Delivery, { Key = t.Key; Outcome = outcome }, batch)) |> ignore
+                Interlocked.Increment &started.contents |> ignore
+                let post outcome =
+                    Interlocked.Increment &ended.contents |> ignore
+                    outbox.Writer.TryWrite(Result(replyTo, tokenOf batch.Delivery, { Key = t.Key; Outcome = outcome }, batch)) |> ignore
                 let rendered = Template.render config.Template config.Engine t.UserConfig
                 match rendered with
                 | Error e ->
@@ -356,6 +361,23 @@ module EndpointDaemon =
                                     log.Warning("endpoint {Name}: a task without a readable key was dropped: {Why}", name, why)
                         Task.CompletedTask
 
+            // The heartbeat: a status file `parsl-endpoint list` reads (when it was written, tries running and done).
+            let heartbeatLoop () : Task =
+                task {
+                    let file = Path.Combine(home, "status.json")
+                    let mutable go = true
+                    while go do
+                        let running = Interlocked.Read &started.contents - Interlocked.Read &ended.contents
+                        let text =
+                            sprintf "{ \"pid\": %d, \"heartbeat\": \"%s\", \"running\": %d, \"done\": %d, \"connected\": %b }"
+                                Environment.ProcessId (DateTime.UtcNow.ToString "o") running (Interlocked.Read &ended.contents) transport.IsOpen
+                        try
+                            File.WriteAllText(file + ".tmp", text)
+                            File.Move(file + ".tmp", file, true)
+                        with e -> log.Warning("endpoint {Name}: the status file: {Error}", name, e.Message)
+                        try do! Task.Delay(TimeSpan.FromSeconds 5.0, stopping.Token) with :? OperationCanceledException -> go <- false
+                }
+            let heartbeatTask = Task.Run(fun () -> heartbeatLoop ())
             let outboxTask = Task.Run(fun () -> outboxLoop ())
             let! subscription = transport.ConsumeAsync(EndpointWire.taskQueue name, config.Prefetch, Func<Delivery, Task>(handle), ct)
             log.Information("endpoint {Name}: consuming {Queue} on {Host}:{Port}", name, EndpointWire.taskQueue name, config.Broker.Host, config.Broker.Port)
@@ -371,6 +393,7 @@ module EndpointDaemon =
                         outbox.Writer.TryWrite Finish |> ignore
                         outbox.Writer.TryComplete() |> ignore
                         try do! outboxTask.WaitAsync(TimeSpan.FromSeconds 10.0) with _ -> ()
+                        try do! heartbeatTask with _ -> ()
                         do! transport.DisposeAsync()
                         finished.TrySetResult() |> ignore
                     do! finished.Task
