@@ -142,7 +142,8 @@ let clientMain (argv: string[]) =
     ex.AllPublishedAsync().Wait()
     printfn "SUBMITTED %d" futures.Length
     Console.Out.Flush()
-    Thread.Sleep Timeout.Infinite
+    // Until the test kills it; if the test itself dies, stdin closes and this process ends too.
+    Console.OpenStandardInput().CopyTo(Stream.Null)
     0
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -389,9 +390,12 @@ let integration =
             for a in [ Path.Combine(AppContext.BaseDirectory, "Parsl.Tests.dll"); "--endpoint-client"; name; group; dir; "6"
                        field "port"; field "vhost"; field "client_password"; token ] do
                 psi.ArgumentList.Add a
+            psi.RedirectStandardInput <- true
             psi.RedirectStandardOutput <- true
             psi.RedirectStandardError <- true
             use child = Process.Start psi
+            // Killed on every way out of this test (and it exits by itself when its stdin closes).
+            use _reap = { new IDisposable with member _.Dispose() = if not child.HasExited then child.Kill true }
             let childErr = child.StandardError.ReadToEndAsync()
             let line = child.StandardOutput.ReadLineAsync()
             if not (line.Wait(TimeSpan.FromSeconds 120.0)) || isNull line.Result then
