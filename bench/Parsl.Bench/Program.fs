@@ -13,4 +13,5 @@ let main argv =
     if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
     if Array.contains "wq" argv then WorkQueue.run (printfn "%s")
     if want "monitoring" then Monitoring.run (printfn "%s")
+    if Array.contains "endpoint" argv then Endpoint.run (printfn "%s")
     0

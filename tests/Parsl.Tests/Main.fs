@@ -33,6 +33,7 @@ let all =
         ProvidersKubernetesTests.tests
         WorkQueueTests.tests
         MonitoringTests.tests
+        EndpointTests.tests
     ]
 
 [<EntryPoint>]
@@ -46,4 +47,10 @@ let main argv =
     | [| "--signal-child"; runBase |] -> HtexFaultTests.signalChild runBase
     // A child process for the monitoring crash test: killed while a task runs.
     | [| "--monitoring-child"; baseDir |] -> MonitoringTests.crashChild baseDir
-    | _ -> runTestsWithCLIArgs [] argv all
+    // A client process for the endpoint tests (killed with -9 mid-run).
+    | args when args.Length > 0 && args[0] = "--endpoint-client" -> EndpointTests.clientMain args[1..]
+    | _ ->
+        let code = runTestsWithCLIArgs [] argv all
+        // The broker the endpoint tests started (if they ran) stops with the run, by its pid.
+        EndpointTests.stopBroker ()
+        code
