@@ -308,8 +308,9 @@ let signalChild (runBase: string) =
     f.Task.Wait()
     1
 
+// Alone, after the tests that run in parallel: its child process starts a kernel, a manager and workers of its own.
 let signals =
-    testList "Signals" [
+    testSequenced <| testList "Signals" [
         test "SIGTERM of the client stops its managers (over TCP), their workers and shell apps, then the client ends" {
             let psi = ProcessStartInfo("dotnet")
             psi.ArgumentList.Add(Reflection.Assembly.GetExecutingAssembly().Location)
