@@ -68,6 +68,17 @@ let sh (command: string) =
     p.WaitForExit()
     p.ExitCode, out.Result
 
+/// Runs a bash command line; its exit code and its stdout followed by its stderr (for messages).
+let shWithErrors (command: string) =
+    let psi = ProcessStartInfo("/bin/bash", [ "-c"; command ])
+    psi.RedirectStandardOutput <- true
+    psi.RedirectStandardError <- true
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEndAsync()
+    p.WaitForExit()
+    p.ExitCode, out.Result + err.Result
+
 /// Polls `probe` (an external daemon's view, which has no event to wait on) until it returns Some, within `limit`.
 let pollUntil (limit: TimeSpan) (what: string) (probe: unit -> 'T option) =
     let sw = Stopwatch.StartNew()

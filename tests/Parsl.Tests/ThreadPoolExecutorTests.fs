@@ -64,6 +64,11 @@ let private runOnce (r: Run) =
     let limit = TimeSpan.FromSeconds 30.
     if not (submitter.Join limit && stopper.Join limit) then failwith "Submit or ShutdownAsync blocked"
     if not (shutdown.Task.Result.Wait limit) then failwith "ShutdownAsync did not finish"
+    // Without wait (Skip), ShutdownAsync does not wait for running tries: they report when their bodies return.
+    if not r.Wait then
+        let deadline = DateTime.UtcNow + limit
+        let mutable sw = SpinWait()
+        while events.Count < r.Tries && DateTime.UtcNow < deadline do sw.SpinOnce()
     // Every try reported once: a value if it ran, KernelShutdownError if the shutdown refused or skipped it.
     let seen = Dictionary<int, ExecutorEvent>()
     for e in events do

@@ -57,7 +57,12 @@ stop_broker() {
     if [ -f "$dir/epmd_port" ]; then
         local port; port=$(cat "$dir/epmd_port")
         for p in $(pgrep -x epmd); do
-            if tr '\0' ' ' < "/proc/$p/environ" 2>/dev/null | grep -q "ERL_EPMD_PORT=$port "; then kill "$p" 2>/dev/null; fi
+            if tr '\0' ' ' < "/proc/$p/environ" 2>/dev/null | grep -q "ERL_EPMD_PORT=$port "; then
+                kill "$p" 2>/dev/null
+                # Gone before we return: a start right after a stop must not find the old epmd on the port.
+                for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+                kill -9 "$p" 2>/dev/null
+            fi
         done
     fi
 }
@@ -117,6 +122,14 @@ if ! running; then
     # The launcher script leads its own process group; the Erlang VM is its child.
     echo $! > "$dir/launcher.pid"
     echo $! > "$dir/beam.pid"
+fi
+# A launcher that ended at once (its ports still held by a broker just stopped, under load) is started once more.
+if ! wait_until 20 ctl await_startup; then
+    if [ -f "$dir/launcher.pid" ] && ! kill -0 "$(cat "$dir/launcher.pid")" 2>/dev/null; then
+        setsid /usr/lib/rabbitmq/bin/rabbitmq-server >> "$dir/log/stdout.log" 2>&1 < /dev/null &
+        echo $! > "$dir/launcher.pid"
+        echo $! > "$dir/beam.pid"
+    fi
 fi
 if ! wait_until 90 ctl await_startup; then
     tail -20 "$dir/log/stdout.log" >&2

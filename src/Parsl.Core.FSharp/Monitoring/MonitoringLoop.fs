@@ -590,8 +590,10 @@ module MonitoringLoop =
             if not (isNull conn) then
                 try
                     use cmd = conn.CreateCommand()
+                    // A run stopped by SIGTERM/SIGINT is cleaned up too (Config.HandleSignals), but it did not complete:
+                    // the signal handler's 'died' stays, with the final counts.
                     cmd.CommandText <-
-                        "UPDATE workflow SET time_completed = $t, tasks_completed_count = $c, tasks_failed_count = $f, status = 'completed' WHERE run_id = $r"
+                        "UPDATE workflow SET time_completed = $t, tasks_completed_count = $c, tasks_failed_count = $f, status = CASE WHEN status = 'died' THEN 'died' ELSE 'completed' END WHERE run_id = $r"
                     cmd.Parameters.AddWithValue("$t", ParslFormat.time DateTime.UtcNow) |> ignore
                     cmd.Parameters.AddWithValue("$c", tasksCompleted) |> ignore
                     cmd.Parameters.AddWithValue("$f", tasksFailed) |> ignore
