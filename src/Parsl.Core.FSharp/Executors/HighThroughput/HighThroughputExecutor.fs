@@ -262,6 +262,15 @@ type HighThroughputExecutor(options: HtexOptions) =
             task {
                 let! managers = this.ConnectedManagersAsync()
                 let! blocks = this.BlocksAsync()
+                // A block whose manager is connected runs, whatever the provider said at its last poll (a short run
+                // can end before the block poller sees it RUNNING).
+                let serving = managers |> List.map (fun m -> m.BlockId) |> Set.ofList
+                let blocks =
+                    blocks
+                    |> List.map (fun b ->
+                        if serving.Contains b.BlockId && (b.Status.State = Pending || b.Status.State = Unknown) then
+                            { b with Status = { b.Status with State = Running } }
+                        else b)
                 return Parsl.Monitoring.HtexSnapshot.ofHtex managers blocks
             }
         member _.EnableResourceMonitoring(dir, interval) = radio <- Some(dir, interval)
