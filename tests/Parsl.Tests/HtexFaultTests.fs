@@ -141,6 +141,8 @@ let crashes =
             expectNoLeftovers groups
         }
         test "killed workers and managers leave no .NET runtime files in the temp directory" {
+            // Files older than this run belong to earlier processes whose pid was reused (left before this fix).
+            let since = DateTime.UtcNow.AddSeconds -1.0
             let htex, dfk = withHtex id
             let groups =
                 use _ = dfk
@@ -151,7 +153,8 @@ let crashes =
                     Directory.GetFiles(Path.GetTempPath())
                     |> Array.filter (fun f ->
                         let n = Path.GetFileName f
-                        (n.StartsWith "clr-debug-pipe-" || n.StartsWith "dotnet-diagnostic-") && n.Contains(sprintf "-%d-" p))
+                        (n.StartsWith "clr-debug-pipe-" || n.StartsWith "dotnet-diagnostic-") && n.Contains(sprintf "-%d-" p)
+                        && File.GetLastWriteTimeUtc f >= since)
                 let mine () = filesOf worker
                 Expect.isEmpty (filesOf manager) "the manager opened no debugger or diagnostics pipes"
                 Expect.isEmpty (mine ()) "the worker opened no debugger or diagnostics pipes"
