@@ -77,7 +77,12 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                           | true, rt ->
                               for asset in rt.EnumerateObject() do
                                   Path.GetFileName asset.Name
-                          | _ -> () ]
+                          | _ -> ()
+              else
+                  // A published application has no deps file of the worker's own (only the application's): send
+                  // every assembly beside it, so that FSharp.Core and the rest are on the worker (cached once).
+                  for f in Directory.GetFiles(dir, "*.dll") do
+                      Path.GetFileName f ]
             |> List.distinct
             |> List.filter (fun n -> File.Exists(Path.Combine(dir, n)))
         [ for n in names ->
