@@ -43,8 +43,12 @@ public class HtexBlocksTests
         Assert.Contains("2 of 2 blocks failed", e.Message);
         Assert.Contains("broken-runtime", e.Message);
         var blocks = await dfk.BlocksAsync();
-        // Both blocks were tried, and neither is alive.
-        Assert.Equal(["0", "1"], blocks.Select(b => b.BlockId).Order());
+        // Both blocks were tried, and none is alive. (A strategy round that ran while the second failure was being
+        // judged may have launched one more; it is stopped with the rest.)
+        var ids = blocks.Select(b => b.BlockId).ToList();
+        Assert.Contains("0", ids);
+        Assert.Contains("1", ids);
+        Assert.InRange(ids.Count, 2, 3);
         Assert.All(blocks, b => Assert.DoesNotContain(b.State, new[] { BlockState.Running, BlockState.Pending }));
         Assert.Contains("exit code 5", e.Message);
     }

@@ -143,7 +143,7 @@ module internal ProcTree =
 /// Requests to a worker's radio.
 type internal RadioRequest =
     | Begin of key: int64
-    | End of key: int64
+    | End of key: int64 * written: ManualResetEventSlim
 
 /// Parsl's filesystem radio, on the worker: while a try runs, samples the worker's process tree every interval
 /// (a first sample at the start, a last one at the end, as Parsl) and writes `running`, `running_ended` and the
@@ -188,7 +188,7 @@ type ResourceRadio internal (dir: string, interval: TimeSpan, block: string) =
                     lines.Add(RadioLine.sample key s)
                     current <- Some(key, Some total)
                     nextSample <- now + interval
-                | End key ->
+                | End(key, written) ->
                     match current with
                     | Some(k, baseline) when k = key ->
                         let s, _ = ProcTree.sample pid baseline now
@@ -196,8 +196,10 @@ type ResourceRadio internal (dir: string, interval: TimeSpan, block: string) =
                     | _ -> ()
                     lines.Add(RadioLine.ended key now)
                     current <- None
-                    // Batches of short tries share a file; a lone try's lines leave at once.
-                    if requests.Count = 0 then write ()
+                    // The try's lines are on disk before its result leaves the worker, so the client's last read
+                    // of the radio (at shutdown) finds them.
+                    write ()
+                    written.Set()
             elif requests.IsCompleted then go <- false
             else
                 match current with
@@ -233,7 +235,12 @@ type ResourceRadio internal (dir: string, interval: TimeSpan, block: string) =
     /// A try's body starts.
     member _.Begin(key: int64) = requests.Add(Begin key)
     /// A try's body ended.
-    member _.End(key: int64) = requests.Add(End key)
+    member _.End(key: int64) =
+        // Not disposed: after a timed-out wait the radio thread may still set it.
+        let written = new ManualResetEventSlim(false)
+        requests.Add(End(key, written))
+        // Bounded: a slow disk delays the result by at most this, and the lines still follow.
+        written.Wait(TimeSpan.FromSeconds 2.0) |> ignore
 
     interface IDisposable with
         member _.Dispose() =
