@@ -61,7 +61,17 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
     let mutable closing = false
     let mutable cleanedUp = false
     let idleWaiters = List<TaskCompletionSource<unit>>()
-    let finalCounts = Dictionary<TaskState, int>()
+    // How many tasks ended in each final state, indexed by `TaskState.value`. Written only by the kernel's loop,
+    // one word at a time with volatile writes, and read word by word by any thread (`FinalCounts`): a reader sees
+    // each count as it was at some moment, never a half-written structure (a Dictionary copied while the loop
+    // adds its first key of a kind may throw or read torn state).
+    let finalCounts: int[] = Array.zeroCreate 16
+    let countFinals () : IReadOnlyDictionary<TaskState, int> =
+        let counts = Dictionary<TaskState, int>()
+        for s in TaskState.all do
+            let n = Volatile.Read(&finalCounts[TaskState.value s])
+            if n > 0 then counts[s] <- n
+        counts :> _
     let followUps = Queue<Event>()
     let userLabels = executors.Keys |> Seq.filter (fun l -> l <> Config.InternalLabel) |> Array.ofSeq
     // Executors that send what `Submit` queued when the kernel has drained its mailbox (looked up once started).
@@ -216,7 +226,8 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | Complete(id, payload, final, completion) ->
             let inv = payload :?> Invocation
             if inv.HoldsSlot then inFlight.Release() |> ignore
-            finalCounts[final] <- (match finalCounts.TryGetValue final with | true, n -> n + 1 | _ -> 1)
+            let slot = TaskState.value final
+            Volatile.Write(&finalCounts[slot], finalCounts[slot] + 1)
             let joinResults () =
                 inv.JoinCombine(inv.JoinFutures |> Array.map FutureValue.result)
             try
@@ -424,9 +435,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
         | true, e -> e
         | _ -> raise (ConfigurationError("executors", sprintf "no executor is labelled '%s'; configured: %s" label (String.Join(", ", userLabels))))
     /// How many tasks ended in each final state so far.
-    member _.FinalCounts: IReadOnlyDictionary<TaskState, int> =
-        // Read on another thread: a copy made on this one is good enough for reporting.
-        Dictionary<TaskState, int>(finalCounts) :> _
+    member _.FinalCounts: IReadOnlyDictionary<TaskState, int> = countFinals ()
     /// Monitoring's events (`IObservable`), live counts by state and rows written; None when
     /// `Config.Monitoring` is off.
     member _.Monitoring: Parsl.Monitoring.MonitoringHandle option = monitor.Handle
@@ -549,7 +558,7 @@ type DataFlowKernel private (config: Config, runDir: string, log: Serilog.ILogge
             do! memoizer.CloseAsync()
             do! monitor.CloseAsync()
             log.Information("DataFlowKernel cleaned up; final task states: {Counts}",
-                            String.Join(", ", finalCounts |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))
+                            String.Join(", ", countFinals () |> Seq.map (fun (KeyValue(k, v)) -> sprintf "%s=%d" (TaskState.name k) v)))
             cleanedUp <- true
             // A signal's own handler drops these after the cleanup it started (then sends the signal again).
             if Volatile.Read(&signalled) = 0 then dropSignals ()

@@ -7,27 +7,6 @@ open System.Threading.Tasks
 
 /// Results and exceptions of futures of either kind (AppFuture, Task).
 module internal FutureValue =
-    /// Reads `Task<'T>.Result` without reflection once instantiated for a type.
-    type private Reader =
-        static member Read<'T>(t: Task) : obj = box (t :?> Task<'T>).Result
-
-    let private readers = ConcurrentDictionary<Type, Func<Task, obj>>()
-
-    /// The `T` of the `Task<T>` this type is or derives from (async methods return subclasses of `Task<T>`).
-    let rec taskResultType (t: Type) : Type option =
-        if isNull t then None
-        elif t.IsGenericType && t.GetGenericTypeDefinition() = typedefof<Task<_>> then Some(t.GetGenericArguments()[0])
-        else taskResultType t.BaseType
-
-    let private makeReader (ty: Type) =
-        match taskResultType ty with
-        // A non-generic `Task` from an async method is a `Task<VoidTaskResult>` underneath: its result is nothing.
-        | Some r when r.FullName <> "System.Threading.Tasks.VoidTaskResult" ->
-            typeof<Reader>.GetMethod("Read", BindingFlags.Static ||| BindingFlags.Public ||| BindingFlags.NonPublic).MakeGenericMethod(r).CreateDelegate<Func<Task, obj>>()
-        | _ -> Func<Task, obj>(fun _ -> null)
-
-    let private makeReaderFunc = Func<Type, Func<Task, obj>>(makeReader)
-
     /// The future as a Task.
     let asTask (f: obj) : Task =
         match f with
@@ -46,7 +25,7 @@ module internal FutureValue =
     let result (f: obj) : obj =
         match f with
         | :? AppFuture as a -> a.ResultObject
-        | :? Task as t -> readers.GetOrAdd(t.GetType(), makeReaderFunc).Invoke t
+        | :? Task as t -> Parsl.Runtime.TaskResults.value t
         | _ -> f
 
     /// A completed future's exception, or null if it succeeded.
@@ -181,7 +160,7 @@ module DeepResolver =
         if typeof<AppFuture>.IsAssignableFrom t then
             if t.IsGenericType then t.GetGenericArguments()[0] else typeof<obj>
         elif typeof<Task>.IsAssignableFrom t then
-            match FutureValue.taskResultType t with
+            match Parsl.Runtime.TaskResults.resultType t with
             | Some r -> r
             | None -> typeof<obj>
         elif isSzArray t then (resultType (t.GetElementType())).MakeArrayType()

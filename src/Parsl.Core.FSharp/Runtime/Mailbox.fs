@@ -132,36 +132,55 @@ type internal Mailbox<'T>() =
     let spin = SpinPolicy()
     let signal = LightSemaphore()
     let mutable sleeping = 0
-    // Bit 0: completed. The rest: twice the number of posts between their check of that bit and their enqueue.
-    // One word, so that a post's check and the consumer's "completed, and no post in flight" are each one atomic
-    // step: with a separate flag, a post could pass the check, the consumer end on an empty queue, and the item
-    // be enqueued after it, lost although `Post` said true (pinned by MailboxTests' close property).
-    let mutable state = 0
+    // Bit 0: completed. The rest: twice the number of posts that found bit 0 clear. A post's check and its count are
+    // one atomic add, so the atomic or in `Complete` learns exactly how many items will ever be enqueued, even with
+    // posts between their check and their enqueue; the consumer ends once it has taken that many. With a separate
+    // flag, a post could pass the check, the consumer end on an empty queue, and the item be enqueued after it, lost
+    // although `Post` said true (pinned by MailboxTests' close property). One atomic per post: an earlier version
+    // counted posts in flight up and down, two atomics on a line every producer writes (the thread-pool no-op row
+    // lost several per cent to it).
+    let mutable state = 0L
+    // How many items will ever be enqueued, set by the first `Complete`; -1 before.
+    let mutable expected = -1L
+    // Items taken so far: written by the consumer on every take, so kept on a cache line of its own (slot 8 of its
+    // own array, 64 bytes past the array's header) rather than beside `state`, which every post writes.
+    let taken = Array.zeroCreate<int64> 16
 
     let wake () =
         if Volatile.Read(&sleeping) = 1 && Interlocked.CompareExchange(&sleeping, 0, 1) = 1 then signal.Release()
 
-    /// Completed and no post in flight: nothing can be enqueued any more.
-    let closed () = Volatile.Read(&state) = 1
+    /// Completed and every item that will ever be enqueued taken (consumer only).
+    let ended () =
+        let e = Volatile.Read(&expected)
+        e >= 0L && taken[8] = e
 
     /// Adds an item; false once the mailbox is completed (then the item is never taken).
     member _.Post(item: 'T) =
-        let accepted = Interlocked.Add(&state, 2) &&& 1 = 0
-        if accepted then queue.Enqueue item
-        // A full fence: the enqueue is visible before `sleeping` is read in `wake` (x86 reorders a store with a
-        // later load), so a consumer that set the flag before looking at the queue is either seen or sees the item.
-        Interlocked.Add(&state, -2) |> ignore
-        // Also when refused: a consumer waiting for the posts in flight after `Complete` must hear of this one.
-        wake ()
-        accepted
+        if Interlocked.Add(&state, 2L) &&& 1L = 0L then
+            queue.Enqueue item
+            // A full fence (on the stack: no shared line): the enqueue is visible before `sleeping` is read in `wake`
+            // (x86 reorders a store with a later load), so a consumer that set the flag before looking at the queue
+            // is either seen or sees the item.
+            Interlocked.MemoryBarrier()
+            wake ()
+            true
+        else
+            false
 
     /// No more items will be posted; the consumer drains what is left, then `WaitToRead` returns false.
     member _.Complete() =
-        Interlocked.Or(&state, 1) |> ignore
+        let before = Interlocked.Or(&state, 1L)
+        // An exchange, not a volatile write: a full fence before `sleeping` is read in `wake`, as in `Post`.
+        if before &&& 1L = 0L then Interlocked.Exchange(&expected, before >>> 1) |> ignore
         wake ()
 
     /// Takes an item if there is one (consumer only).
-    member _.TryTake(item: byref<'T>) = queue.TryDequeue(&item)
+    member _.TryTake(item: byref<'T>) =
+        if queue.TryDequeue(&item) then
+            taken[8] <- taken[8] + 1L
+            true
+        else
+            false
 
     /// Blocks until there is an item (true) or the mailbox is completed and empty (false). Consumer only. Every
     /// item for which `Post` returned true is seen before it returns false.
@@ -169,16 +188,15 @@ type internal Mailbox<'T>() =
         let mutable result = 0
         while result = 0 do
             if not queue.IsEmpty || spin.SpinFor(fun () -> not queue.IsEmpty) then result <- 1
-            // `closed` first: once it holds no item can arrive, so an empty queue after it is the end.
-            elif closed () && queue.IsEmpty then result <- 2
+            elif ended () then result <- 2
             else
                 // A full fence, not a volatile write: the store of `sleeping` must not pass the load of the queue
                 // below (x86 reorders a store with a later load), or a producer could miss the flag and we the item.
                 Interlocked.Exchange(&sleeping, 1) |> ignore
-                if not queue.IsEmpty || closed () then
+                if not queue.IsEmpty || ended () then
                     if Interlocked.CompareExchange(&sleeping, 0, 1) <> 1 then signal.Wait(WakeCheck) |> ignore
                 else
-                    // Completed with posts in flight also sleeps here: each of them wakes us when done.
+                    // Completed with posts still to enqueue also sleeps here: each of them wakes us when done.
                     // Bounded: a wake-up is never needed to make progress, only to make it prompt.
                     signal.Wait(WakeCheck) |> ignore
         result = 1

@@ -39,20 +39,7 @@ type internal DataArg = { Data: DataFuture[]; Single: bool }
 [<RequireQualifiedAccess>]
 module StagingTasks =
     /// Awaits a body's result when it is a Task, giving its value (null for a plain Task).
-    let awaitValue (v: obj) : Task<obj> =
-        match v with
-        | :? Task as t ->
-            task {
-                do! t
-                let ty = t.GetType()
-                if ty.IsGenericType then
-                    let p = ty.GetProperty "Result"
-                    if p.PropertyType.FullName = "System.Threading.Tasks.VoidTaskResult" then return null
-                    else return p.GetValue t
-                else
-                    return null
-            }
-        | v -> Task.FromResult v
+    let awaitValue (v: obj) : Task<obj> = TaskResults.await v
 
     /// Copies one file in; the result is the file with its local path.
     let stageIn (s: StageIn) (cancellation: CancellationToken) : Task<File> =

@@ -2,11 +2,38 @@ namespace Parsl.Executors
 
 open System
 open System.Collections.Concurrent
-open System.Reflection
 open System.Threading
 open System.Threading.Tasks
 open Parsl
 open Parsl.Runtime
+
+/// The walltime of one function-app try on the thread pool: when it passes, the try fails with `AppTimeout` and its
+/// token is cancelled. A try with a walltime has two reporters, its body and this timer: `Claim` lets exactly one of
+/// them report. The thread itself cannot be stopped: a body that ignores its token runs on, and what it returns is
+/// dropped.
+[<Sealed; AllowNullLiteral>]
+type internal WalltimeGuard(t: ExecTask, walltime: TimeSpan, cts: CancellationTokenSource, ctx: ExecutorContext) =
+    let mutable claimed = 0
+    let mutable timer: Timer = null
+
+    /// True for the first caller only: that one reports the try.
+    member _.Claim() = Interlocked.Exchange(&claimed, 1) = 0
+
+    /// Starts the timer (before the body runs).
+    member this.Start() =
+        timer <- new Timer((fun g -> (g :?> WalltimeGuard).Expire()), this, walltime, Timeout.InfiniteTimeSpan)
+
+    member private this.Expire() =
+        if this.Claim() then
+            (try cts.Cancel() with :? ObjectDisposedException -> ())
+            let name = match t.Body with Function c -> c.AppName | Shell c -> c.AppName
+            ctx.Report(
+                TryFailed(
+                    t.Id, t.Try,
+                    AppTimeout(sprintf "Function app %s ran past its walltime of %g s (task %d); its CancellationToken was cancelled" name walltime.TotalSeconds t.Id.Value)))
+
+    /// Stops the timer once the body has returned.
+    member _.Dispose() = if not (isNull timer) then timer.Dispose()
 
 /// Runs tries in the client process on `MaxThreads` threads of its own (Parsl's `ThreadPoolExecutor`).
 /// The threads are dedicated, not borrowed from the .NET thread pool: shell apps and blocking bodies would
@@ -33,26 +60,16 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
     let mutable stopping = false
     let shutdownToken = new CancellationTokenSource()
 
-    let rec unwrap (e: exn) =
-        match e with
-        | :? TargetInvocationException as t when not (isNull t.InnerException) -> unwrap t.InnerException
-        | :? AggregateException as a when a.InnerExceptions.Count = 1 -> unwrap a.InnerException
-        | e -> e
-
     let report (t: ExecTask) (result: Result<obj, exn>) =
         match result with
         | Ok v -> ctx.Report(TryDone(t.Id, t.Try, v))
-        | Result.Error e -> ctx.Report(TryFailed(t.Id, t.Try, unwrap e))
+        | Result.Error e -> ctx.Report(TryFailed(t.Id, t.Try, TaskResults.unwrap e))
 
-    /// The value of a completed Task (null for a plain Task).
-    let taskValue (t: Task) : obj =
-        let ty = t.GetType()
-        if ty.IsGenericType then
-            let p = ty.GetProperty "Result"
-            // Task<VoidTaskResult> (a plain Task built by async machinery) has no user value.
-            if p.PropertyType.FullName = "System.Threading.Tasks.VoidTaskResult" then null else p.GetValue t
-        else
-            null
+    /// How an async body's finished Task ends the try.
+    let outcome (t: ExecTask) (p: Task) : Result<obj, exn> =
+        if p.IsCompletedSuccessfully then Ok(TaskResults.value p)
+        elif p.IsCanceled then Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value))
+        else Result.Error p.Exception
 
     let runBody (t: ExecTask) (token: CancellationToken) : obj =
         match t.Body with
@@ -80,9 +97,6 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
 
     and runOne (t: ExecTask) =
         let key = struct (t.Id.Value, t.Try.Value)
-        // A try is reported once: by its body, or by its walltime, whichever comes first.
-        let reported = ref 0
-        let report t r = if Interlocked.Exchange(&reported.contents, 1) = 0 then report t r
         if not cancelRequested.IsEmpty && fst (cancelRequested.TryRemove key) then
             report t (Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)))
         else
@@ -96,35 +110,21 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                     null
             let token = if isNull cts then CancellationToken.None else cts.Token
             // A function app's walltime: the try fails with AppTimeout and its token is cancelled. The thread itself
-            // cannot be stopped: a body that ignores its token runs on, and what it returns is dropped.
-            let timer =
+            // cannot be stopped: a body that ignores its token runs on, and what it returns is dropped. Only a try
+            // with a walltime has two reporters, so only it gets the guard (a cell, a closure and a cleanup closure
+            // on every try cost the no-op row about a tenth of its rate).
+            let guard =
                 match walltimeOf t with
                 | Some w ->
-                    new Timer(
-                        (fun _ ->
-                            if Interlocked.Exchange(&reported.contents, 1) = 0 then
-                                (try cts.Cancel() with :? ObjectDisposedException -> ())
-                                let name = match t.Body with Function c -> c.AppName | Shell c -> c.AppName
-                                ctx.Report(
-                                    TryFailed(
-                                        t.Id, t.Try,
-                                        AppTimeout(sprintf "Function app %s ran past its walltime of %g s (task %d); its CancellationToken was cancelled" name w.TotalSeconds t.Id.Value)))),
-                        null, w, Timeout.InfiniteTimeSpan)
+                    let g = WalltimeGuard(t, w, cts, ctx)
+                    g.Start()
+                    g
                 | None -> null
-            let cleanup () =
-                if not (isNull timer) then timer.Dispose()
-                if not (isNull cts) then
-                    running.TryRemove key |> ignore
-                    cts.Dispose()
             let result =
-                Blocking.Hook <- blockingHook
                 try
-                    try
-                        Ok(runBody t token)
-                    with e ->
-                        Result.Error e
-                finally
-                    Blocking.Hook <- null
+                    Ok(runBody t token)
+                with e ->
+                    Result.Error e
             match result with
             | Ok(:? Task as pending) when not pending.IsCompleted ->
                 // An async body: its thread is free again; report when its Task ends.
@@ -132,22 +132,35 @@ type ThreadPoolExecutor(label: string, maxThreads: int) =
                     pending.ContinueWith(
                         (fun (p: Task) ->
                             try
-                                report t (if p.IsCompletedSuccessfully then Ok(taskValue p) elif p.IsCanceled then Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)) else Result.Error p.Exception)
+                                reportOnce guard t (outcome t p)
                             finally
-                                cleanup ()
+                                finish key guard cts
                                 asyncBodies.TryRemove key |> ignore),
                         TaskScheduler.Default)
                 asyncBodies[key] <- finished
                 // The continuation may have run (and removed nothing) before the line above: do not keep it.
                 if finished.IsCompleted then asyncBodies.TryRemove key |> ignore
             | Ok(:? Task as completed) ->
-                cleanup ()
-                report t (if completed.IsCompletedSuccessfully then Ok(taskValue completed) elif completed.IsCanceled then Result.Error(OperationCanceledException(sprintf "Task %d was cancelled" t.Id.Value)) else Result.Error completed.Exception)
+                finish key guard cts
+                reportOnce guard t (outcome t completed)
             | result ->
-                cleanup ()
-                report t result
+                finish key guard cts
+                reportOnce guard t result
+
+    /// Reports a try's end, unless its walltime has reported it already.
+    and reportOnce (guard: WalltimeGuard) (t: ExecTask) (result: Result<obj, exn>) =
+        if isNull guard || guard.Claim() then report t result
+
+    /// After a try's body: its walltime timer and its token are released.
+    and finish key (guard: WalltimeGuard) (cts: CancellationTokenSource) =
+        if not (isNull guard) then guard.Dispose()
+        if not (isNull cts) then
+            running.TryRemove key |> ignore
+            cts.Dispose()
 
     and work (n: int) (finished: TaskCompletionSource) () =
+        // Set once for the thread's life (it runs nothing but tries), not around every try.
+        Blocking.Hook <- blockingHook
         try
             let mutable go = true
             while go do

@@ -59,11 +59,7 @@ module EndpointDaemon =
             | true, d -> box d
             | _ -> box s
 
-    let rec private unwrap (e: exn) =
-        match e with
-        | :? TargetInvocationException as t when not (isNull t.InnerException) -> unwrap t.InnerException
-        | :? AggregateException as a when a.InnerExceptions.Count = 1 -> unwrap a.InnerException
-        | e -> e
+    let private unwrap (e: exn) = Parsl.Runtime.TaskResults.unwrap e
 
     /// How a failed try travels back; an HTEx backend's remote exception keeps the user's exception type.
     let private failure (e: exn) : WireOutcome =
@@ -293,7 +289,7 @@ module EndpointDaemon =
                                 if done'.IsFaulted then post (failure done'.Exception)
                                 elif done'.IsCanceled then post (Raised("System.OperationCanceledException", "the try was cancelled on the endpoint", "", []))
                                 else
-                                    let v = done'.GetType().GetProperty("Result").GetValue done'
+                                    let v = Parsl.Runtime.TaskResults.value done'
                                     match (try Ok(Serialization.serialize opts ("the result of app " + t.AppName) v) with e -> Error e) with
                                     | Ok b -> post (Value b)
                                     | Error e -> post (Unserializable e.Message)),
