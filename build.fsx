@@ -1,4 +1,4 @@
-// The build script: `dotnet fsi build.fsx -t <Target>` with Build, Test, Bench, Example, Pack.
+// The build script: `dotnet fsi build.fsx -t <Target>` with Generated, Build, Test, Bench, Example, Pack.
 // Test runs every test project under tests/ (Expecto projects with `dotnet run`, xunit projects with
 // `dotnet test`), and ends by printing one line: `N passed, N failed`, also written to artifacts/test-summary.txt.
 #r "nuget: Fake.Core.Target, 5.20.3"
@@ -62,6 +62,29 @@ let shippedProjects () =
 let isXunit (proj: string) = File.ReadAllText(proj).Contains "Microsoft.NET.Test.Sdk"
 
 let stripAnsi (s: string) = Regex.Replace(s, @"\x1B\[[0-9;?]*[A-Za-z]", "")
+
+/// The C# façade's generated files (`App.Arities.g.cs`, `Dfk.Apps.g.cs`) are regenerated into a scratch folder by
+/// their generator and compared with the committed ones: a hand edit of a generated file, or a pattern change that
+/// was not regenerated, stops the build (the C# test GeneratedFilesTests checks the same on every test run).
+let checkGenerated () =
+    let generator = Path.Combine("src", "Parsl.CSharp", "Arities.fsx")
+    let scratch = Directory.CreateTempSubdirectory("parsl-arities-").FullName
+    try
+        run [ "fsi"; generator; scratch ]
+        let stale =
+            [ for f in Directory.GetFiles scratch |> Array.sort do
+                  let committed = Path.Combine(root, "src", "Parsl.CSharp", Path.GetFileName f)
+                  let text (p: string) = File.ReadAllText(p).ReplaceLineEndings "\n"
+                  if not (File.Exists committed) || text committed <> text f then
+                      yield Path.GetRelativePath(root, committed) ]
+        if not stale.IsEmpty then
+            failwithf
+                "%s differ from what %s writes: edit the pattern there, not the file, then run `dotnet fsi %s` and commit the result"
+                (String.Join(", ", stale)) generator generator
+    finally
+        Directory.Delete(scratch, true)
+
+Target.create "Generated" (fun _ -> checkGenerated ())
 
 Target.create "Build" (fun _ -> run [ "build"; "Parsl.slnx"; "-c"; configuration ])
 
@@ -131,6 +154,7 @@ Target.create "Example" (fun _ ->
 Target.create "Default" ignore
 
 open Fake.Core.TargetOperators
+"Generated" ==> "Build" |> ignore
 "Build" ==> "Test" |> ignore
 "Build" ==> "Example" |> ignore
 "Build" ==> "Default" |> ignore
