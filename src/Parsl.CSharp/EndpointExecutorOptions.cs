@@ -71,6 +71,11 @@ public sealed class EndpointExecutorOptions : ExecutorOptions
     /// <summary>How long to keep trying to reach the broker when the kernel loads. Default 30 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>How long the broker may stay unreachable while tasks are in flight before those tasks fail with
+    /// <see cref="Parsl.Executors.BrokerLost"/>; without a bound, a broker that never comes back would leave the run and
+    /// its cleanup waiting forever. <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> waits forever. Default 120 s.</summary>
+    public TimeSpan BrokerLostTimeout { get; set; } = TimeSpan.FromSeconds(120);
+
     internal EndpointOptions ToCore()
     {
         var defaults = EndpointOptionsModule.defaults();
@@ -84,7 +89,7 @@ public sealed class EndpointExecutorOptions : ExecutorOptions
             BrokerCaFile is null ? FSharpOption<string>.None : FSharpOption<string>.Some(BrokerCaFile),
             BrokerServerName is null ? FSharpOption<string>.None : FSharpOption<string>.Some(BrokerServerName));
         var config = MapModule.OfSeq(UserEndpointConfig.Select(kv => Tuple.Create(kv.Key, kv.Value)));
-        return new EndpointOptions(Label, Endpoint ?? "", broker, Token ?? "", TaskGroupId ?? "", BatchSize, config, ConnectTimeout);
+        return new EndpointOptions(Label, Endpoint ?? "", broker, Token ?? "", TaskGroupId ?? "", BatchSize, config, ConnectTimeout, BrokerLostTimeout);
     }
 
     internal override IExecutor Build() => new EndpointExecutor(ToCore());

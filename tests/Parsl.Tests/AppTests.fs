@@ -285,6 +285,35 @@ let configAndLifecycle =
             expectField "Config.Retries" (fun c -> { c with Retries = -1 })
             expectField "Config.Executors" (fun c -> { c with Executors = [ ThreadPoolExecutor("x", 1); ThreadPoolExecutor("x", 2) ] })
         }
+        test "FinalCounts read on another thread while tasks end: never throws, counts only grow, and add up" {
+            use dfk = load (fun c -> { c with Executors = [ ThreadPoolExecutor("threads", 4) ] })
+            let ok = App.func dfk (fun (x: int) -> x)
+            let bad = App.func dfk (fun (x: int) -> if x >= 0 then failwith "deliberate" else x)
+            let n = 3000
+            let mutable finished = false
+            let reader =
+                Task.Run(fun () ->
+                    let mutable last = Map.empty
+                    let mutable reads = 0
+                    while not (Volatile.Read &finished) do
+                        let now = dfk.FinalCounts |> Seq.map (fun (KeyValue(k, v)) -> k, v) |> Map.ofSeq
+                        for KeyValue(k, v) in last do
+                            let v' = defaultArg (now.TryFind k) 0
+                            if v' < v then failwithf "%A went down from %d to %d" k v v'
+                        last <- now
+                        reads <- reads + 1
+                    reads)
+            // Each kind of final state appears for the first time while the reader is reading.
+            let futures = [| for i in 1..n -> if i % 3 = 0 then (bad (Arg.value i)).AsTask else (ok (Arg.value i)).AsTask |]
+            let allEnded = try Task.WaitAll(futures, TimeSpan.FromSeconds 60.0) with _ -> Array.forall (fun (t: Task) -> t.IsCompleted) futures
+            Expect.isTrue allEnded "every task ended within 60 s"
+            Volatile.Write(&finished, true)
+            Expect.isGreaterThan (await reader) 0 "the reader read"
+            let counts = dfk.FinalCounts
+            Expect.equal counts[ExecDone] (n - n / 3) "every success counted"
+            Expect.equal counts[Failed] (n / 3) "every failure counted"
+            Expect.isFalse (counts.ContainsKey DepFail) "no state that did not happen"
+        }
         test "an app naming an unknown label fails when it is made, naming the label" {
             use dfk = load id
             let e = Expect.throwsC (fun () -> App.funcWith dfk { AppOptions.defaults with Executors = [ "gpu" ] } (fun (x: int) -> x) |> ignore) id

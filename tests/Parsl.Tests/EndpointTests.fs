@@ -208,6 +208,14 @@ let wire =
             Expect.contains fields "endpoint.engine.type" "an unknown engine is refused"
         }
 
+        test "BrokerLostTimeout must be positive or infinite, named in the error" {
+            let bad = { EndpointOptions.defaults () with Endpoint = "ep"; Token = "t"; Broker = { (EndpointOptions.defaults ()).Broker with User = "u" }; BrokerLostTimeout = TimeSpan.Zero }
+            let errors = EndpointOptions.validate bad
+            Expect.exists errors (fun e -> e.Field = "EndpointExecutor.BrokerLostTimeout") "zero is refused, naming the field"
+            let infinite = { bad with BrokerLostTimeout = Timeout.InfiniteTimeSpan }
+            Expect.isEmpty (EndpointOptions.validate infinite) "infinite waits forever, and is allowed"
+        }
+
         test "client options are validated once, naming the field" {
             let errors = EndpointOptions.validate { EndpointOptions.defaults () with Endpoint = "bad name"; Token = "" }
             let fields = errors |> List.map (fun e -> e.Field)
@@ -457,6 +465,34 @@ let integration =
                 Harness.shWithErrors (sprintf "bash %s" (harnessScript ())) |> ignore
             Expect.equal code 0 (sprintf "the broker started again: %s" out)
             Expect.equal (futures @ later |> List.map result) [ for i in 1..9 -> i * 10 ] "every task completed"
+        }
+
+        test "the broker gone for good with tries in flight: they fail BrokerLost after BrokerLostTimeout, and cleanup returns" {
+            broker () |> ignore
+            let home, name = configureEndpoint threadPool Map.empty false
+            use _ep = new EndpointProcess(home, name)
+            let dir = tempRunDir ()
+            let ex, dfk = clientWith { clientOptions name with BrokerLostTimeout = TimeSpan.FromSeconds 3.0 }
+            use _ = dfk
+            let app = App.func dfk (gated dir)
+            // Gated: they run on the endpoint until the test ends, so no result can come back.
+            let futures = [ for i in 1..4 -> app (Arg.value i) ]
+            Harness.pollUntil (TimeSpan.FromSeconds 120.0) "tries running on the endpoint" (fun () -> if startedCount dir >= 4 then Some() else None)
+            let code, out = Harness.sh (sprintf "bash %s stop" (harnessScript ()))
+            try
+                Expect.equal (code, out.Trim()) (0, "STOPPED") "the broker stopped"
+                for f in futures do
+                    match failureOf f with
+                    | :? BrokerLost as b ->
+                        Expect.equal b.Endpoint name "the error names the endpoint"
+                        Expect.stringContains b.Message "BrokerLostTimeout" "and the option that bounds the wait"
+                    | e -> failtestf "expected BrokerLost, got %O" e
+                Expect.equal ex.Outstanding 0 "nothing left in flight"
+                waitFor "the kernel's cleanup" ((dfk :> IAsyncDisposable).DisposeAsync().AsTask())
+            finally
+                // The later tests need the broker.
+                let code, _ = Harness.shWithErrors (sprintf "bash %s" (harnessScript ()))
+                if code <> 0 then Harness.shWithErrors (sprintf "bash %s" (harnessScript ())) |> ignore
         }
 
         test "through TLS with a CA made by the test" {

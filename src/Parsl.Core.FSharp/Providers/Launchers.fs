@@ -44,6 +44,20 @@ module internal LauncherScript =
             @ [ launch total file; "wait" ]
             @ debugEcho debug finished)
 
+    /// The MPI-style script (mpiexec, mpirun, GNU parallel): the node's core count, the worker count, the command
+    /// file, then `launch file` starts every copy at once. `before` comes ahead of the command file (the host list).
+    let allAtOnce debug (name: string) (total: int) (command: string) (before: string list) (launch: string -> string list) =
+        let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
+        join (
+            [ "set -e"; "export CORES=$(getconf _NPROCESSORS_ONLN)" ]
+            @ debugEcho debug "$CORES core(s) on this node"
+            @ [ sprintf "WORKERCOUNT=%d" total ]
+            @ scriptDirLines
+            @ before
+            @ writeCommandFile file command "u+x"
+            @ launch file
+            @ debugEcho debug (name + " finished"))
+
     let checkCounts (name: string) tasksPerNode nodesPerBlock =
         if tasksPerNode < 1 then
             invalidArg "tasksPerNode" (sprintf "%s: tasks per node must be at least 1, got %d" name tasksPerNode)
@@ -171,17 +185,8 @@ type MpiExecLauncher(bindCmd: string, overrides: string, debug: bool) =
         member _.Name = "MpiExecLauncher"
         member _.Wrap(command, tasksPerNode, nodesPerBlock) =
             LauncherScript.checkCounts "MpiExecLauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
-            LauncherScript.join (
-                [ "set -e"; "export CORES=$(getconf _NPROCESSORS_ONLN)" ]
-                @ LauncherScript.debugEcho debug "$CORES core(s) on this node"
-                @ [ sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ HostFile.lines "HOSTFILE"
-                @ LauncherScript.writeCommandFile file command "u+x"
-                @ [ sprintf "mpiexec %s none %s -n $WORKERCOUNT --hostfile $HOSTFILE /usr/bin/sh %s" bindCmd overrides file ]
-                @ LauncherScript.debugEcho debug "mpiexec finished")
+            LauncherScript.allAtOnce debug "mpiexec" (tasksPerNode * nodesPerBlock) command (HostFile.lines "HOSTFILE") (fun file ->
+                [ sprintf "mpiexec %s none %s -n $WORKERCOUNT --hostfile $HOSTFILE /usr/bin/sh %s" bindCmd overrides file ])
 
 /// Starts the copies with `mpirun` (Parsl's `MpiRunLauncher`).
 type MpiRunLauncher(bashLocation: string, overrides: string, debug: bool) =
@@ -197,16 +202,8 @@ type MpiRunLauncher(bashLocation: string, overrides: string, debug: bool) =
         member _.Name = "MpiRunLauncher"
         member _.Wrap(command, tasksPerNode, nodesPerBlock) =
             LauncherScript.checkCounts "MpiRunLauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
-            LauncherScript.join (
-                [ "set -e"; "export CORES=$(getconf _NPROCESSORS_ONLN)" ]
-                @ LauncherScript.debugEcho debug "$CORES core(s) on this node"
-                @ [ sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ LauncherScript.writeCommandFile file command "u+x"
-                @ [ sprintf "mpirun -np $WORKERCOUNT %s %s %s" overrides bashLocation file ]
-                @ LauncherScript.debugEcho debug "mpirun finished")
+            LauncherScript.allAtOnce debug "mpirun" (tasksPerNode * nodesPerBlock) command [] (fun file ->
+                [ sprintf "mpirun -np $WORKERCOUNT %s %s %s" overrides bashLocation file ])
 
 /// Spreads the copies over the block's hosts with GNU parallel over SSH (Parsl's `GnuParallelLauncher`):
 /// needs `parallel` on the PATH and password-less SSH between the nodes; hosts come from `$PBS_NODEFILE`.
@@ -217,16 +214,7 @@ type GnuParallelLauncher(debug: bool) =
         member _.Name = "GnuParallelLauncher"
         member _.Wrap(command, tasksPerNode, nodesPerBlock) =
             LauncherScript.checkCounts "GnuParallelLauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$JOBNAME.sh"
-            LauncherScript.join (
-                [ "set -e"; "export CORES=$(getconf _NPROCESSORS_ONLN)" ]
-                @ LauncherScript.debugEcho debug "$CORES core(s) on this node"
-                @ [ sprintf "WORKERCOUNT=%d" total ]
-                @ LauncherScript.scriptDirLines
-                @ HostFile.lines "SSHLOGINFILE"
-                @ LauncherScript.writeCommandFile file command "u+x"
-                @ [ "PFILE=${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_${JOBNAME}.sh.parallel"
-                    sprintf "for COUNT in $(seq 1 $WORKERCOUNT); do echo \"sh %s\"; done > $PFILE" file
-                    sprintf "parallel --env _ --joblog \"$JOBNAME.sh.parallel.log\" --sshloginfile $SSHLOGINFILE --jobs %d < $PFILE" tasksPerNode ]
-                @ LauncherScript.debugEcho debug "parallel finished")
+            LauncherScript.allAtOnce debug "parallel" (tasksPerNode * nodesPerBlock) command (HostFile.lines "SSHLOGINFILE") (fun file ->
+                [ "PFILE=${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_${JOBNAME}.sh.parallel"
+                  sprintf "for COUNT in $(seq 1 $WORKERCOUNT); do echo \"sh %s\"; done > $PFILE" file
+                  sprintf "parallel --env _ --joblog \"$JOBNAME.sh.parallel.log\" --sshloginfile $SSHLOGINFILE --jobs %d < $PFILE" tasksPerNode ])

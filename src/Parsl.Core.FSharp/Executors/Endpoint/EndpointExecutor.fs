@@ -29,7 +29,12 @@ type EndpointOptions =
       /// `user_endpoint_config` adds to or overrides them for that try). Default empty.
       UserEndpointConfig: Map<string, string>
       /// How long to keep trying to reach the broker at start. Default 30 s.
-      ConnectTimeout: TimeSpan }
+      ConnectTimeout: TimeSpan
+      /// How long the broker may stay unreachable while tries are in flight before those tries fail with
+      /// `BrokerLost` (as the HTEx fails a manager's tasks after its heartbeat threshold). Without it, a broker that
+      /// never comes back leaves the run, and its cleanup, waiting forever. `Timeout.InfiniteTimeSpan` waits
+      /// forever. Default 120 s (Parsl's `heartbeat_threshold`).
+      BrokerLostTimeout: TimeSpan }
 
 /// Functions over endpoint options.
 [<RequireQualifiedAccess>]
@@ -51,7 +56,8 @@ module EndpointOptions =
           TaskGroupId = Guid.NewGuid().ToString("N")
           BatchSize = 128
           UserEndpointConfig = Map.empty
-          ConnectTimeout = TimeSpan.FromSeconds 30.0 }
+          ConnectTimeout = TimeSpan.FromSeconds 30.0
+          BrokerLostTimeout = TimeSpan.FromSeconds 120.0 }
 
     /// Every problem, each naming its field and the fix.
     let validate (o: EndpointOptions) : ConfigurationError list =
@@ -72,7 +78,22 @@ module EndpointOptions =
               | Some _ when not o.Broker.Tls -> ConfigurationError(f "Broker.CaFile", "is set but Broker.Tls is false; turn TLS on or drop the CA file")
               | _ -> ()
           if o.BatchSize < 1 then ConfigurationError(f "BatchSize", sprintf "%d must be at least 1; the default is 128" o.BatchSize)
-          if o.ConnectTimeout <= TimeSpan.Zero then ConfigurationError(f "ConnectTimeout", "must be positive; the default is 30 s") ]
+          if o.ConnectTimeout <= TimeSpan.Zero then ConfigurationError(f "ConnectTimeout", "must be positive; the default is 30 s")
+          if o.BrokerLostTimeout <= TimeSpan.Zero && o.BrokerLostTimeout <> Timeout.InfiniteTimeSpan then
+              ConfigurationError(f "BrokerLostTimeout", "must be positive, or infinite to wait for the broker forever; the default is 120 s") ]
+
+/// The broker stayed unreachable for `BrokerLostTimeout` while this try was in flight: the try fails here (the
+/// endpoint may still run it; a result that arrives later is dropped as a duplicate).
+type BrokerLost(label: string, endpoint: string, broker: string, waited: TimeSpan) =
+    inherit ExecutorError(
+        label,
+        sprintf "the broker %s was unreachable for %g s with this try in flight on endpoint '%s'; the try was failed. Check that the broker is running, or raise EndpointExecutor.BrokerLostTimeout to wait longer"
+            broker waited.TotalSeconds endpoint,
+        null)
+    /// The endpoint the try was sent to.
+    member _.Endpoint = endpoint
+    /// How long the broker had been unreachable.
+    member _.Waited = waited
 
 /// A result of the task group that no try of this executor is waiting for: a try submitted by an earlier client
 /// with the same task-group id (Globus Compute's `reload_tasks`).
@@ -117,11 +138,23 @@ type private SentBatch =
 [<Sealed>]
 type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
     let label = options.Label
-    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId * string)>()
     let keyBatch = ConcurrentDictionary<int64, string>()
     // Tries this executor reported (8 bytes each): a later result for one is a duplicate, not an earlier client's.
     let reported = ConcurrentDictionary<int64, byte>()
     let batches = ConcurrentDictionary<string, SentBatch>()
+
+    /// A try has ended: it is remembered as reported, and its batch forgets it (the batch goes with its last try).
+    let settle (key: int64) =
+        reported[key] <- 0uy
+        match keyBatch.TryRemove key with
+        | true, b ->
+            match batches.TryGetValue b with
+            | true, sent -> if Interlocked.Decrement &sent.Remaining <= 0 then batches.TryRemove b |> ignore
+            | _ -> ()
+        | _ -> ()
+
+    // Each try's app name rides along (for logs).
+    let inflight = InFlight<string>(settle)
     let definitions = ConcurrentDictionary<Delegate, string * byte[]>(HashIdentity.Reference)
     let assemblyPaths = ConcurrentDictionary<string, string>()
     let hashes = ConcurrentDictionary<string, string>()
@@ -131,7 +164,6 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
     let welcome = TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously)
     let stop = new CancellationTokenSource()
     let idle = obj ()
-    let mutable idleWaiters: TaskCompletionSource<unit> list = []
     let mutable duplicates = 0
     // Tries handed to the sender and not yet confirmed by the broker, and who waits for that to reach 0.
     let mutable unpublished = 0
@@ -140,35 +172,12 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
     let mutable transport: IEndpointTransport = Unchecked.defaultof<_>
     let mutable subscription: IAsyncDisposable = null
     let mutable sender: Task = Task.CompletedTask
+    let mutable watchdog: Task = Task.CompletedTask
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
     let resultQueue = EndpointWire.resultQueue options.TaskGroupId
 
-    let finished () =
-        if inflight.IsEmpty then
-            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
-            for w in ws do
-                w.TrySetResult() |> ignore
-
-    let settle (key: int64) =
-        match keyBatch.TryRemove key with
-        | true, b ->
-            match batches.TryGetValue b with
-            | true, sent -> if Interlocked.Decrement &sent.Remaining <= 0 then batches.TryRemove b |> ignore
-            | _ -> ()
-        | _ -> ()
-
-    /// Reports a try once; a second outcome for the same try (a re-run after a crash) is counted and dropped.
-    let report (key: int64) (outcome: Result<obj, exn>) =
-        match inflight.TryRemove key with
-        | true, struct (id, tryId, _) ->
-            reported[key] <- 0uy
-            settle key
-            match outcome with
-            | Ok v -> ctx.Report(TryDone(id, tryId, v))
-            | Error e -> ctx.Report(TryFailed(id, tryId, e))
-            finished ()
-            true
-        | _ -> false
+    /// Reports a try once; a second outcome for the same try (a re-run after a crash) is dropped (false).
+    let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome)
 
     let rebuild (typeName: string) (message: string) (stack: string) (data: string list) : exn =
         match typeName, data with
@@ -311,7 +320,7 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
                         | Resend(batch, hs) ->
                             match batches.TryGetValue batch with
                             | true, b ->
-                                let live = b.Tasks |> List.filter (fun p -> inflight.ContainsKey p.Key)
+                                let live = b.Tasks |> List.filter (fun p -> inflight.Contains p.Key)
                                 if not live.IsEmpty then do! sendBatch batch live (assemblyBytes hs)
                             | _ -> ()
                     if fresh.Count > 0 then
@@ -322,6 +331,32 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
                             keyBatch[p.Key] <- batchId
                         do! sendBatch batchId tasks []
                         published tasks.Length
+        }
+
+    /// Fails every try in flight once the broker has been unreachable for `BrokerLostTimeout`: the connection's own
+    /// recovery keeps trying meanwhile, and a broker that comes back in time loses nothing. Looks a few times per
+    /// timeout (at most once a second); ends with the executor.
+    let watchBroker () : Task =
+        task {
+            let limit = options.BrokerLostTimeout
+            let period = TimeSpan.FromTicks(max (TimeSpan.FromMilliseconds 50.0).Ticks (min (TimeSpan.FromSeconds 1.0).Ticks (limit.Ticks / 4L)))
+            let clock = Diagnostics.Stopwatch()
+            try
+                while not stop.IsCancellationRequested do
+                    do! Task.Delay(period, stop.Token)
+                    if transport.IsOpen || inflight.IsEmpty then clock.Reset()
+                    elif not clock.IsRunning then clock.Start()
+                    elif clock.Elapsed >= limit then
+                        let where = sprintf "%s:%d" options.Broker.Host options.Broker.Port
+                        let lost = inflight.Keys
+                        ctx.Log.Error(
+                            "{Label}: the broker {Broker} was unreachable for {Seconds} s; failing the {Count} tries in flight",
+                            label, where, clock.Elapsed.TotalSeconds, lost.Length)
+                        let e = BrokerLost(label, options.Endpoint, where, clock.Elapsed)
+                        for k in lost do
+                            report k (Error e) |> ignore
+                        clock.Reset()
+            with :? OperationCanceledException -> ()
         }
 
     let assemblyRefs () =
@@ -438,6 +473,7 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
                 let! sub = transport.ConsumeAsync(resultQueue, 64, Func<Delivery, Task>(onMessage), ct)
                 subscription <- sub
                 sender <- Task.Run(fun () -> senderLoop ())
+                if options.BrokerLostTimeout <> Timeout.InfiniteTimeSpan then watchdog <- Task.Run(fun () -> watchBroker ())
                 requests.Writer.TryWrite Hello |> ignore
                 ignore this
             }
@@ -449,7 +485,7 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
                 match (try Ok(encode t) with e -> Error e) with
                 | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
                 | Ok(wire, def) ->
-                    inflight[wire.Key] <- struct (t.Id, t.Try, wire.AppName)
+                    inflight.Add(wire.Key, t.Id, t.Try, wire.AppName)
                     Interlocked.Increment &unpublished |> ignore
                     requests.Writer.TryWrite(Send { Key = wire.Key; TaskId = t.Id; TryId = t.Try; Task = wire; Definition = def }) |> ignore
 
@@ -459,14 +495,11 @@ type EndpointExecutor internal (options: EndpointOptions, protocol: int) =
 
         member _.ShutdownAsync(wait) =
             task {
-                if wait && not inflight.IsEmpty then
-                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
-                    finished ()
-                    do! w.Task
+                if wait then do! inflight.WhenEmpty()
                 requests.Writer.TryComplete() |> ignore
                 stop.Cancel()
                 try do! sender with _ -> ()
+                do! watchdog
                 if not (isNull subscription) then
                     try do! subscription.DisposeAsync() with _ -> ()
                 if not (isNull (box transport)) then

@@ -25,7 +25,7 @@ open Parsl.Executors.WorkQueue
 [<Sealed>]
 type WorkQueueExecutor(options: WorkQueueOptions) =
     let label = options.Label
-    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    let inflight = InFlight<unit>()
     let functions = ConcurrentDictionary<Delegate, struct (int * byte[] * InputSource list)>(HashIdentity.Reference)
     let hashes = ConcurrentDictionary<string, string>()
     let shipped = ConcurrentDictionary<string, bool>()
@@ -39,27 +39,11 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let mutable dataDir = ""
     let mutable scaler: WqScalerHandle option = None
     let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
-    let idle = obj ()
-    let mutable idleWaiters: TaskCompletionSource<unit> list = []
-
-    let finished () =
-        if inflight.IsEmpty then
-            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
-            for w in ws do
-                w.TrySetResult() |> ignore
-
     let quote (s: string) =
         if s <> "" && s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) then s
         else "'" + s.Replace("'", "'\\''") + "'"
 
-    let report (key: int64) (outcome: Result<obj, exn>) =
-        match inflight.TryRemove key with
-        | true, struct (id, tryId) ->
-            match outcome with
-            | Ok v -> ctx.Report(TryDone(id, tryId, v))
-            | Error e -> ctx.Report(TryFailed(id, tryId, e))
-            finished ()
-        | _ -> ()
+    let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome) |> ignore
 
     let short (h: string) = h.Substring(0, 16).ToLowerInvariant()
 
@@ -460,7 +444,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 match WqProtocol.request label t.Resources with
                 | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
                 | Ok req ->
-                    inflight[key] <- struct (t.Id, t.Try)
+                    inflight.Add(key, t.Id, t.Try, ())
                     match (try Ok(build t key req) with e -> Error e) with
                     | Error e -> report key (Error e)
                     | Ok task -> m.Post(SubmitTask task)
@@ -472,10 +456,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             task {
                 if wait then
                     // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
-                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
-                    finished ()
-                    do! w.Task
+                    do! inflight.WhenEmpty()
                 match manager with
                 | Some m ->
                     let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
@@ -494,7 +475,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                         try d.Dispose() with _ -> ()
                     | _ -> ()
                 | _ -> ()
-                for KeyValue(k, _) in inflight.ToArray() do
+                for k in inflight.Keys do
                     report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
             }
             :> Task
