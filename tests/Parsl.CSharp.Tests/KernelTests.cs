@@ -210,6 +210,12 @@ public class KernelTests
                 if (IsFSharp(b)) offenders.Add($"{type.Name} : {b.Name}");
                 foreach (var p in Parts(b).Where(Ours)) queue.Enqueue(p);
             }
+            // The interfaces a type shows C# (IExecutor, ILauncher, ...) are part of what C# code calls.
+            foreach (var i in type.GetInterfaces())
+            {
+                if (IsFSharp(i)) offenders.Add($"{type.Name} : {i}");
+                else foreach (var p in Parts(i).Where(Ours)) queue.Enqueue(p);
+            }
             foreach (var m in type.GetMembers(BindingFlags.Public | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly))
             {
                 var name = $"{(type.IsGenericType ? type.Name[..type.Name.IndexOf('`')] : type.Name)}.{m.Name}";
