@@ -36,7 +36,12 @@ type WqScalerHandle internal (channel: Channel<WqScalerRequest>, completion: Tas
     member _.Completion = completion
 
 /// Blocks of Work Queue workers, scaled by Parsl's strategy (`Strategy.decide`, pure): polls the provider for the
-/// blocks' states, asks the strategy, submits or cancels blocks. One actor. A worker takes many tasks, so the
+/// blocks' states, asks the strategy, submits or cancels blocks. One actor. It stays apart from the HTEx's
+/// `BlockPoller`, whose submit and poll steps look the same, because what surrounds them differs: the poller holds a
+/// block at the interchange before cancelling it, runs the block error handler on each block's full `JobStatus`
+/// (exit code, stdout, stderr), and scales in the blocks whose managers report idle; a Work Queue worker says
+/// nothing of its block, so this scaler only counts blocks and scales in when no task is outstanding. The decisions
+/// themselves are already shared (`Strategy.decide`). A worker takes many tasks, so the
 /// strategy counts one task slot per block. Scale-in happens when no task is outstanding (`Simple`): idle-only
 /// scale-in (`HtexAutoScale` while tasks remain) is not done, as a worker does not say which block it is in.
 [<RequireQualifiedAccess>]
