@@ -103,6 +103,17 @@ public sealed class EndpointTests : IClassFixture<BrokerFixture>
     }
 
     [Fact]
+    public async Task BrokerLostTimeout_reaches_the_executor_and_a_zero_one_is_refused_naming_the_field()
+    {
+        var options = new EndpointExecutorOptions { Endpoint = "ep", BrokerUser = "u", Token = "t", BrokerLostTimeout = TimeSpan.FromSeconds(7) };
+        Assert.Equal(TimeSpan.FromSeconds(7), options.ToCore().BrokerLostTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(120), new EndpointExecutorOptions().BrokerLostTimeout);
+        var e = await Assert.ThrowsAsync<ConfigurationError>(() =>
+            LoadAsync(o => o.Executors.Add(new EndpointExecutorOptions { Endpoint = "ep", BrokerUser = "u", Token = "t", BrokerLostTimeout = TimeSpan.Zero })));
+        Assert.Equal("EndpointExecutorOptions.BrokerLostTimeout", e.Field);
+    }
+
+    [Fact]
     public async Task Function_and_shell_apps_run_through_an_endpoint_and_UserEndpointConfig_is_checked()
     {
         using var endpoint = StartEndpoint(out var name);
