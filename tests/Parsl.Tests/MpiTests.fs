@@ -432,7 +432,7 @@ let fakeNodes =
                     NodeFile = Some "/nonexistent/nodes"
                     Htex = { d.Htex with Provider = LocalProvider() } }
             let fields = MpiExecutorOptions.validate bad |> List.map (fun e -> e.Field)
-            Expect.containsAll fields [ "MPIExecutor.MaxWorkersPerBlock"; "MPIExecutor.NodeFile"; "MPIExecutor.Provider" ] "each named"
+            Expect.containsAll fields [ "MpiExecutor.MaxWorkersPerBlock"; "MpiExecutor.NodeFile"; "MpiExecutor.Htex.Provider" ] "each named"
             Expect.isEmpty (MpiExecutorOptions.validate d) "the defaults are valid"
         }
     ]

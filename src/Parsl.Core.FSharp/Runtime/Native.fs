@@ -254,15 +254,13 @@ module internal Native =
         with _ -> []
 
     /// Kills a process group and every process its members started, even those that left the group: MPI launchers put
-    /// each rank in a group or session of its own (Open MPI's `mpiexec` and MPICH's Hydra both do), where a group
-    /// kill does not reach. Members are stopped first, then their descendants as they are found, so that nothing forks
-    /// or is reparented away meanwhile; then all are killed.
+    /// each rank in a group or session of its own (Open MPI's `mpiexec` and MPICH's Hydra both do), where a group kill
+    /// does not reach. The descendants are found through /proc before the group is killed (after, they would be
+    /// reparented and untraceable), and once more after, for any started meanwhile. Nothing is stopped first: a
+    /// killer that is itself killed half-way must not leave processes stopped for good.
     let killGroup (pgid: int) =
-        kill (-pgid, SIGSTOP) |> ignore
         let found = Collections.Generic.HashSet<int>()
-        let mutable grew = true
-        while grew do
-            grew <- false
+        let collect () =
             let table = processTable ()
             let mutable more = true
             while more do
@@ -270,12 +268,16 @@ module internal Native =
                 for pid, ppid, pgrp in table do
                     if pid <> Environment.ProcessId && not (found.Contains pid) && (pgrp = pgid || found.Contains ppid) then
                         found.Add pid |> ignore
-                        kill (pid, SIGSTOP) |> ignore
                         more <- true
-                        grew <- true
+        collect ()
         kill (-pgid, SIGKILL) |> ignore
         for pid in found do
             kill (pid, SIGKILL) |> ignore
+        let before = found.Count
+        collect ()
+        if found.Count > before then
+            for pid in found do
+                kill (pid, SIGKILL) |> ignore
 
     /// Sends `signal` to this process (to end it as a signal it caught would have, once its handlers are gone).
     let signalSelf (signal: int) = kill (Environment.ProcessId, signal) |> ignore

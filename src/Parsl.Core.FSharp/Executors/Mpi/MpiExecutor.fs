@@ -66,7 +66,7 @@ module MpiExecutorOptions =
 
     /// Every problem, each naming its field and the fix.
     let validate (o: MpiExecutorOptions) : ConfigurationError list =
-        let f name = "MPIExecutor." + name
+        let f name = "MpiExecutor." + name
         [ if String.IsNullOrWhiteSpace o.Label then ConfigurationError(f "Label", "is empty; the default is \"MPIExecutor\"")
           if o.MaxWorkersPerBlock < 1 then
               ConfigurationError(f "MaxWorkersPerBlock", sprintf "must be at least 1 (got %d): the tasks that run at once in a block" o.MaxWorkersPerBlock)
@@ -79,10 +79,10 @@ module MpiExecutorOptions =
           | _ -> ()
           if not (isNull (box o.Htex.Provider)) && not (isNull (box o.Htex.Provider.Launcher)) && o.Htex.Provider.Launcher.Name <> "SimpleLauncher" then
               ConfigurationError(
-                  f "Provider",
+                  f "Htex.Provider",
                   sprintf "its launcher is %s; MPIExecutor needs a SimpleLauncher (BasicLaunchers.simple): one manager per block, which launches each task's ranks with %s" o.Htex.Provider.Launcher.Name (MpiLauncher.name o.MpiLauncher))
           match htex o with
-          | Ok h -> yield! HtexOptions.validate h |> List.map (fun e -> ConfigurationError(e.Field.Replace("HighThroughputExecutor.", "MPIExecutor.Htex."), e.Message))
+          | Ok h -> yield! HtexOptions.validate h |> List.map (fun e -> ConfigurationError(e.Field.Replace("HighThroughputExecutor.", "MpiExecutor.Htex."), e.Message))
           | Error fix -> ConfigurationError(f "Htex.WorkerCommand", fix) ]
 
 /// Runs MPI applications (Parsl's `MPIExecutor`): a `HighThroughputExecutor` in MPI mode. Each task gives
@@ -97,7 +97,7 @@ type MPIExecutor(options: MpiExecutorOptions) =
         lazy
             (match htexOptions with
              | Ok h -> HighThroughputExecutor(h)
-             | Error fix -> raise (ConfigurationError("MPIExecutor.Htex.WorkerCommand", fix)))
+             | Error fix -> raise (ConfigurationError("MpiExecutor.Htex.WorkerCommand", fix)))
     let label = options.Label
     let mutable report: ExecutorEvent -> unit = ignore
 
