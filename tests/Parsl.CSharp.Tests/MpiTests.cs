@@ -1,11 +1,58 @@
+using System.Diagnostics;
+using Xunit.Abstractions;
 using static Parsl.CSharp.Tests.TestKernel;
 
 namespace Parsl.CSharp.Tests;
 
-/// <summary>The MPIExecutor from C#: a real manager and workers on this machine, with a node file of fake node names
-/// (the tasks record what they were given; the F# tests run real Open MPI, MPICH and srun).</summary>
-public class MpiTests
+/// <summary>The MPIExecutor from C#: a real manager and workers on this machine, with real MPICH
+/// (tests/harness/mpi.sh) and with a node file of fake node names (those tasks record what they were given).</summary>
+public class MpiTests(ITestOutputHelper output)
 {
+    private const string Hello = """
+        #include <mpi.h>
+        #include <stdio.h>
+        int main(int argc, char **argv) {
+            int rank, size, sum;
+            MPI_Init(&argc, &argv);
+            MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+            MPI_Comm_size(MPI_COMM_WORLD, &size);
+            MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+            printf("rank %d size %d sum %d\n", rank, size, sum);
+            MPI_Finalize();
+            return 0;
+        }
+        """;
+
+    [Fact]
+    public async Task Four_MPICH_ranks_sum_their_ranks_with_MPI_Allreduce()
+    {
+        if (!Harness.Require("mpi", out var why))
+        {
+            output.WriteLine($"SKIPPED: the mpi harness cannot run here: {why}");
+            return;
+        }
+        var dir = TempRunDir();
+        File.WriteAllText(Path.Combine(dir, "hello.c"), Hello);
+        var exe = Path.Combine(dir, "hello");
+        using (var cc = Process.Start(new ProcessStartInfo("mpicc.mpich", ["-o", exe, Path.Combine(dir, "hello.c")]) { RedirectStandardError = true })!)
+        {
+            var err = await cc.StandardError.ReadToEndAsync();
+            await cc.WaitForExitAsync();
+            Assert.True(cc.ExitCode == 0, err);
+        }
+        var mpi = new MpiExecutorOptions { Label = "mpi", MpiProgram = "mpiexec.mpich" };
+        mpi.Htex.HeartbeatPeriod = TimeSpan.FromMilliseconds(200);
+        mpi.Htex.StrategyPeriod = TimeSpan.FromMilliseconds(200);
+        await using var dfk = await LoadAsync(o => o.Executors.Add(mpi));
+        var options = new ShellAppOptions();
+        new MpiResourceSpecification { NumNodes = 1, NumRanks = 4 }.CopyTo(options.Resources);
+        var outFile = Path.Combine(dir, "ranks.out");
+        var run = dfk.ShellApp((string o) => $"$PARSL_MPI_PREFIX {exe} > {o}", options);
+        Assert.Equal(0, await run.Invoke(outFile).Within());
+        var lines = File.ReadAllLines(outFile).Order().ToArray();
+        Assert.Equal(["rank 0 size 4 sum 6", "rank 1 size 4 sum 6", "rank 2 size 4 sum 6", "rank 3 size 4 sum 6"], lines);
+    }
+
     private static (MpiExecutorOptions Options, string Dir) Fake(int workers)
     {
         var dir = TempRunDir();
