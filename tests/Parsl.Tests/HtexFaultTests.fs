@@ -92,7 +92,7 @@ let lostNodes =
             Protocol.decodeFromWorker (Protocol.encodeFromWorker group) = group
             && Protocol.decodeFromWorker (Protocol.encodeFromWorker results) = results)
         testProperty "function app walltimes round-trip through the wire encoding" (fun (key: int64) (wall: int64) (args: byte[]) ->
-            let t = { Key = key; AppName = "a"; Body = Call(1, null, args, max -1L wall) }
+            let t = { WireTask.Key = key; AppName = "a"; Body = Call(1, null, args, max -1L wall); Resources = [] }
             Protocol.decodeToManager (Protocol.encodeToManager (Tasks [ t ])) = Tasks [ t ])
     ]
 

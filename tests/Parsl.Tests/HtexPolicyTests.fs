@@ -113,10 +113,13 @@ let policies =
 
 let protocol =
     testList "HTEx protocol" [
-        testProperty "tasks round-trip through the wire encoding" (fun (key: int64) (app: NonNull<string>) (cmd: NonNull<string>) (wall: int64) (outs: NonNull<string> list) (args: byte[]) ->
+        testProperty "tasks round-trip through the wire encoding" (fun (key: int64) (app: NonNull<string>) (cmd: NonNull<string>) (wall: int64) (outs: NonNull<string> list) (args: byte[]) (res: (NonNull<string> * NonNull<string>) list) ->
+            // MPI: with and without resource values.
+            let res = res |> List.map (fun (k, v) -> k.Get, v.Get)
             let tasks =
-                [ { Key = key; AppName = app.Get; Body = Call(3, null, args, max -1L wall) }
-                  { Key = key; AppName = app.Get; Body = Command(cmd.Get, Some { Path = cmd.Get; Truncate = true }, None, wall, outs |> List.map (fun o -> o.Get)) } ]
+                [ for r in [ []; res ] do
+                    { WireTask.Key = key; AppName = app.Get; Body = Call(3, null, args, max -1L wall); Resources = r }
+                    { WireTask.Key = key; AppName = app.Get; Body = Command(cmd.Get, Some { Path = cmd.Get; Truncate = true }, None, wall, outs |> List.map (fun o -> o.Get)); Resources = r } ]
             Protocol.decodeToManager (Protocol.encodeToManager (Tasks tasks)) = Tasks tasks)
         testProperty "results round-trip through the wire encoding" (fun (key: int64) (t: NonNull<string>) (data: NonNull<string> list) (v: byte[]) ->
             let rs =

@@ -34,6 +34,7 @@ let all =
         WorkQueueTests.tests
         MonitoringTests.tests
         EndpointTests.tests
+        MpiTests.tests
     ]
 
 [<EntryPoint>]

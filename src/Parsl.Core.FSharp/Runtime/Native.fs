@@ -236,7 +236,48 @@ module internal Native =
         if signal = 0 then (status >>> 8) &&& 0xff else -signal
 
     /// Sends SIGKILL to every process in process group `pgid`.
-    let killGroup (pgid: int) = kill (-pgid, SIGKILL) |> ignore
+    // MPI: (pid, parent, process group) of every process, from /proc; empty where there is no /proc.
+    let private processTable () =
+        try
+            IO.Directory.EnumerateDirectories "/proc"
+            |> Seq.choose (fun d ->
+                let name = IO.Path.GetFileName d
+                if name.Length = 0 || not (Char.IsDigit name[0]) then None
+                else
+                    try
+                        let stat = IO.File.ReadAllText(IO.Path.Combine(d, "stat"))
+                        // After the command (which may hold spaces and parentheses): state, ppid, pgrp.
+                        let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+                        Some(int name, int rest[1], int rest[2])
+                    with _ -> None)
+            |> List.ofSeq
+        with _ -> []
+
+    /// Kills a process group and every process its members started, even those that left the group: MPI launchers put
+    /// each rank in a group or session of its own (Open MPI's `mpiexec` and MPICH's Hydra both do), where a group kill
+    /// does not reach. The descendants are found through /proc before the group is killed (after, they would be
+    /// reparented and untraceable), and once more after, for any started meanwhile. Nothing is stopped first: a
+    /// killer that is itself killed half-way must not leave processes stopped for good.
+    let killGroup (pgid: int) =
+        let found = Collections.Generic.HashSet<int>()
+        let collect () =
+            let table = processTable ()
+            let mutable more = true
+            while more do
+                more <- false
+                for pid, ppid, pgrp in table do
+                    if pid <> Environment.ProcessId && not (found.Contains pid) && (pgrp = pgid || found.Contains ppid) then
+                        found.Add pid |> ignore
+                        more <- true
+        collect ()
+        kill (-pgid, SIGKILL) |> ignore
+        for pid in found do
+            kill (pid, SIGKILL) |> ignore
+        let before = found.Count
+        collect ()
+        if found.Count > before then
+            for pid in found do
+                kill (pid, SIGKILL) |> ignore
 
     /// Sends `signal` to this process (to end it as a signal it caught would have, once its handlers are gone).
     let signalSelf (signal: int) = kill (Environment.ProcessId, signal) |> ignore

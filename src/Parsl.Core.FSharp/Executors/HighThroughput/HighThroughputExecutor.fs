@@ -78,6 +78,8 @@ type HighThroughputExecutor(options: HtexOptions) =
         | "Parsl.BadStateException", _ -> BadStateException(label, message, null)
         | "Parsl.MissingOutputs", outputs -> MissingOutputs("the files were not created", outputs)
         | "Parsl.BadStdStreamFile", _ -> BadStdStreamFile(message, null)
+        // MPI: a task the manager's node scheduler refused (more nodes than the block has).
+        | "Parsl.InvalidResourceSpecification", keys -> InvalidResourceSpecification(keys, message)
         | "System.OperationCanceledException", _ -> OperationCanceledException(message)
         | _ -> RemoteException(typeName, message, stack)
 
@@ -436,7 +438,11 @@ type HighThroughputExecutor(options: HtexOptions) =
                             { Key = key
                               AppName = app
                               Order = Policies.order priority (Interlocked.Increment &sequence)
-                              Body = body }
+                              Body = body
+                              // MPI: the resource specification travels as text (Parsl exports each key as PARSL_<KEY>).
+                              Resources =
+                                if t.Resources.Count = 0 then []
+                                else [ for KeyValue(k, v) in t.Resources -> k, Convert.ToString(v, Globalization.CultureInfo.InvariantCulture) ] }
                     // Under a kernel that flushes, the try leaves at its flush (on this thread, with any others).
                     submitRequest request
 

@@ -15,7 +15,9 @@ type QueuedTask =
     { Key: int64
       AppName: string
       Order: QueueOrder
-      Body: WireBody }
+      Body: WireBody
+      /// MPI: the resource values the manager and worker need (see `WireTask.Resources`).
+      Resources: (string * string) list }
 
 /// A connected manager, as Parsl's `MANAGERS` command reports it.
 type ManagerInfo =
@@ -290,7 +292,7 @@ module Interchange =
                                 | Call(fid, _, args, wall) when m.Sent.Add fid -> Call(fid, definitions[fid], args, wall)
                                 | b -> b
                             m.InFlight.Add t.Key |> ignore
-                            batch.Add { Key = t.Key; AppName = t.AppName; Body = body }
+                            batch.Add { Key = t.Key; AppName = t.AppName; Body = body; Resources = t.Resources }
                     if batch.Count > 0 then send m.Peer (Tasks(List.ofSeq batch))
 
         let failQueued (f: int64 -> exn) =

@@ -103,6 +103,13 @@ module Manager =
             s.Log.Flush()
         let host = Environment.MachineName
         let count = workerCount s
+        // MPI: in MPI mode (set by the MPIExecutor in this process's environment) tries take nodes of the block first.
+        let mpi =
+            match Parsl.Executors.Mpi.MpiTaskScheduler.FromEnvironment log with
+            | Ok m -> m
+            | Error why ->
+                log why
+                failwith why
         let affinity = match Policies.parseAffinity s.CpuAffinity with Ok a -> a | Error _ -> NoAffinity
         let tasksetExists = File.Exists "/usr/bin/taskset"
         let perWorker = max 1 (int (ceil (float (count + s.Prefetch) / float count)))
@@ -342,15 +349,27 @@ module Manager =
                         if requested.Add r.Hash then sendMsg (NeedAssembly r.Hash)
             | _ -> ()
 
-        let accept (t: WireTask) =
+        let enqueue (t: WireTask) =
             match t.Body with
-            | Call(fid, def, args, wall) ->
-                if not (isNull def) && not (ready.ContainsKey fid) && not (waiting.ContainsKey fid) then
-                    waiting[fid] <- Serialization.decodeDefinition def
-                    tryComplete fid
-                let t = { t with Body = Call(fid, null, args, wall) }
-                if ready.ContainsKey fid then pending.AddLast t |> ignore else held.Add t
-            | Command _ -> pending.AddLast t |> ignore
+            | Call(fid, _, _, _) when not (ready.ContainsKey fid) -> held.Add t
+            | _ -> pending.AddLast t |> ignore
+
+        let accept (t: WireTask) =
+            let t =
+                match t.Body with
+                | Call(fid, def, args, wall) ->
+                    if not (isNull def) && not (ready.ContainsKey fid) && not (waiting.ContainsKey fid) then
+                        waiting[fid] <- Serialization.decodeDefinition def
+                        tryComplete fid
+                    { t with Body = Call(fid, null, args, wall) }
+                | Command _ -> t
+            // MPI: the try waits for nodes, is refused (more than the block has), or runs with its nodes.
+            match mpi with
+            | Some m ->
+                let runnable, refused = m.Accept t
+                outbox.AddRange refused
+                List.iter enqueue runnable
+            | None -> enqueue t
 
         let dispatch () =
             if pending.Count > 0 then
@@ -451,6 +470,9 @@ module Manager =
                         resolved[h] <- target
                         for fid in List.ofSeq waiting.Keys do
                             tryComplete fid
+                | Some(CancelTry k) when mpi.IsSome && mpi.Value.IsWaiting k ->
+                    // MPI: waiting for nodes, held by no worker; its release (from the outbox) withdraws it.
+                    outbox.Add(cancelledOutcome k)
                 | Some(CancelTry k) ->
                     match pending |> Seq.tryFind (fun t -> t.Key = k) with
                     | Some t ->
@@ -479,6 +501,13 @@ module Manager =
 
         let flushOutbox () =
             if not stopping then
+                // MPI: every try that ends passes through the outbox (a result, a lost worker, a cancel): its nodes
+                // return, and tries that now fit are queued for the workers.
+                match mpi with
+                | Some m ->
+                    for r in outbox do
+                        List.iter enqueue (m.Release r.Key)
+                | None -> ()
                 dispatch ()
                 if outbox.Count > 0 then
                     sendMsg (Results(List.ofSeq outbox))

@@ -22,7 +22,10 @@ type WireTask =
     { /// The task id (high 32 bits) and try id (low 32 bits).
       Key: int64
       AppName: string
-      Body: WireBody }
+      Body: WireBody
+      /// MPI: the task's resource specification as text (empty for most tasks, and then absent on the wire); the worker
+      /// exports each as `PARSL_<KEY>` while the try runs, as Parsl does.
+      Resources: (string * string) list }
 
 /// How a try ended, on the wire.
 type WireOutcome =
@@ -141,21 +144,39 @@ module Protocol =
     let private writeBytes (w: byref<MessagePackWriter>) (b: byte[]) =
         if isNull b then w.WriteNil() else w.Write(ReadOnlySpan<byte>(b))
 
+    // MPI: the resource values, as a map after the body's fields (only when there are some).
+    let private writeResources (w: byref<MessagePackWriter>) (rs: (string * string) list) =
+        w.WriteMapHeader rs.Length
+        for k, v in rs do
+            w.Write k
+            w.Write v
+
+    let private readResources (r: byref<MessagePackReader>) =
+        let n = r.ReadMapHeader()
+        let mutable acc = []
+        for _ in 1..n do
+            let k = r.ReadString()
+            let v = r.ReadString()
+            acc <- (k, v) :: acc
+        List.rev acc
+
     /// Writes one task.
     let writeTask (w: byref<MessagePackWriter>) (t: WireTask) =
         match t.Body with
         | Call(id, def, args, wall) ->
-            // The walltime only when there is one: the common task stays as it was on the wire.
-            w.WriteArrayHeader(if wall >= 0L then 7 else 6)
+            // The walltime only when there is one (or resources follow): the common task stays as it was on the wire.
+            let more = not t.Resources.IsEmpty
+            w.WriteArrayHeader(if more then 8 elif wall >= 0L then 7 else 6)
             w.Write t.Key
             w.Write t.AppName
             w.Write 0
             w.Write id
             writeBytes &w def
             writeBytes &w args
-            if wall >= 0L then w.Write wall
+            if wall >= 0L || more then w.Write wall
+            if more then writeResources &w t.Resources
         | Command(cmd, out, err, wall, outputs) ->
-            w.WriteArrayHeader 8
+            w.WriteArrayHeader(if t.Resources.IsEmpty then 8 else 9)
             w.Write t.Key
             w.Write t.AppName
             w.Write 1
@@ -166,6 +187,7 @@ module Protocol =
             w.WriteArrayHeader outputs.Length
             for o in outputs do
                 w.Write o
+            if not t.Resources.IsEmpty then writeResources &w t.Resources
 
     /// Reads one task.
     let readTask (r: byref<MessagePackReader>) : WireTask =
@@ -178,7 +200,8 @@ module Protocol =
             let def = readBytes &r
             let args = readBytes &r
             let wall = if fields > 6 then r.ReadInt64() else -1L
-            { Key = key; AppName = app; Body = Call(id, def, args, wall) }
+            let resources = if fields > 7 then readResources &r else []
+            { Key = key; AppName = app; Body = Call(id, def, args, wall); Resources = resources }
         | _ ->
             let cmd = r.ReadString()
             let out = readStrOpt &r
@@ -189,7 +212,8 @@ module Protocol =
             for _ in 1..n do
                 outputs <- r.ReadString() :: outputs
             let outputs = List.rev outputs
-            { Key = key; AppName = app; Body = Command(cmd, out, err, wall, outputs) }
+            let resources = if fields > 8 then readResources &r else []
+            { Key = key; AppName = app; Body = Command(cmd, out, err, wall, outputs); Resources = resources }
 
     /// Writes one result.
     let writeResult (w: byref<MessagePackWriter>) (x: WireResult) =

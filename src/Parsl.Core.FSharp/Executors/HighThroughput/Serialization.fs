@@ -419,7 +419,8 @@ module Serialization =
             let task =
                 { Key = 0L
                   AppName = "warm"
-                  Body = Call(0, null, args, -1L) }
+                  Body = Call(0, null, args, -1L)
+                  Resources = [] }
             let shell =
                 { task with Body = Command("true", Some { Path = "out"; Truncate = true }, None, -1L, [ "f" ]) }
             Protocol.decodeToWorker (Protocol.encodeToWorker (Run [ task; shell ])) |> ignore

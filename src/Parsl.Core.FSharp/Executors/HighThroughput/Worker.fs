@@ -197,7 +197,13 @@ module Worker =
                 for t in tasks do
                     lock outLock (fun () -> runningKey.Value <- t.Key)
                     if not (isNull radio) then radio.Begin t.Key
+                    // MPI: the try's resource values (PARSL_MPI_PREFIX, PARSL_NUM_RANKS, ...) are in the environment
+                    // while it runs, for a shell app's command and a function app alike (Parsl's `_init_mpi_env`).
+                    for k, v in t.Resources do
+                        Environment.SetEnvironmentVariable("PARSL_" + k.ToUpperInvariant(), v)
                     let outcome = runOne t
+                    for k, _ in t.Resources do
+                        Environment.SetEnvironmentVariable("PARSL_" + k.ToUpperInvariant(), null)
                     if not (isNull radio) then radio.End t.Key
                     lock outLock (fun () ->
                         runningKey.Value <- 0L

@@ -257,7 +257,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 | _ -> ()
             let callPath = Path.Combine(dir, "call")
             let resultPath = Path.Combine(dir, "result")
-            let wire = { Key = key; AppName = call.AppName; Body = Call(fid, def, Serialization.serializeArgs opts.Value args, (match call.Walltime with Some w -> max 1L (int64 w.TotalMilliseconds) | None -> -1L)) }
+            let wire = { Key = key; AppName = call.AppName; Body = Call(fid, def, Serialization.serializeArgs opts.Value args, (match call.Walltime with Some w -> max 1L (int64 w.TotalMilliseconds) | None -> -1L)); Resources = [] }
             do
                 use f = File.Create callPath
                 Frames.write f (Protocol.encodeToWorker (Run [ wire ]))
