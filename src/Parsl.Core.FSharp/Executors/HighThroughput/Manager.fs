@@ -596,7 +596,7 @@ module Manager =
         /// Who is at the other end of a local connection, from the kernel (SO_PEERCRED, read by the acceptor), not from
         /// what it says: only a worker process this manager started (or a process it started, for a wrapping
         /// WorkerCommand) is read from, so another user on the node cannot pose as a worker and read tasks.
-        let rec onConnected (conn: Socket) (lineage: int list) =
+        let onConnected (conn: Socket) (lineage: int list) =
             match slots |> Array.tryFind (fun w -> not (isNull w.Process) && List.contains w.Process.Id lineage) with
             | Some slot ->
                 let link = Link conn
@@ -758,6 +758,11 @@ module Manager =
                 if obj.ReferenceEquals(link, slot.Conn) then
                     for x in ms do
                         onWorkerMessage slot x
+                else
+                    // Read after its worker's exit was handled (its connection outlived the grace period): the tries
+                    // have failed already, but a shell app it started must not outlive it.
+                    let late = [ for x in ms do match x with GroupStarted(k, pgid) -> yield k, pgid | Done _ -> () ]
+                    if not late.IsEmpty then io.Post(KillGroups(rank, late))
             | WorkerClosed(rank, link) ->
                 let slot = slots[rank]
                 if obj.ReferenceEquals(link, slot.Conn) then
