@@ -99,7 +99,9 @@ module Worker =
         warm.Start()
         let host = Environment.MachineName
         // Everything written to the manager goes out under this lock: the main thread's result batches, a shell
-        // app's process group, and a walltime's verdict from its timer's thread.
+        // app's process group, and a walltime's verdict from its timer's thread. (The worker is not an actor with
+        // handlers: its one thread is inside the user's code when a deadline fires, so what they share is only the
+        // output stream and the running try's key and group, held for a write each, never across a try.)
         let outLock = obj ()
         let results = List<WireResult>()
         let flush () =
