@@ -143,15 +143,18 @@ let parse (argv: string[]) : Result<Mode, string> =
         | None -> Error "give --manager (on a node) or --worker (started by a manager)"
 
 let private runWorker (rank: int) (generation: int) (address: string) =
-    Worker.prime ()
-    match (try Ok(Worker.connect address rank generation) with e -> Error e) with
-    | Ok channel ->
-        use channel = channel
-        Worker.run channel channel
-    | Error e ->
-        // The manager that started this worker is gone (or never listened): nothing to do.
-        eprintfn "worker %d: cannot reach its manager at %s: %s" rank address e.Message
-        2
+    let primer = Worker.prime ()
+    try
+        match (try Ok(Worker.connect address rank generation) with e -> Error e) with
+        | Ok channel ->
+            use channel = channel
+            Worker.run channel channel
+        | Error e ->
+            // The manager that started this worker is gone (or never listened): nothing to do.
+            eprintfn "worker %d: cannot reach its manager at %s: %s" rank address e.Message
+            2
+    finally
+        primer.Join()
 
 let private runManager (settings: ManagerSettings) =
     // Socket completions run on the socket engine's own thread instead of being handed to the thread pool:

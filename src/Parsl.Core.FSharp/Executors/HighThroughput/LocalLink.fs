@@ -114,6 +114,14 @@ module LocalSocket =
             int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
         with _ -> -1
 
+    /// `pid`, its parent, and so on up (at most 16 generations up, not past init): to check a peer's descent once,
+    /// away from the code that owns the list of processes it may descend from.
+    let lineage (pid: int) =
+        let rec up p depth acc =
+            if p <= 1 || depth >= 16 then List.rev (p :: acc)
+            else up (parentOf p) (depth + 1) (p :: acc)
+        up pid 0 []
+
     /// Whether `pid` is `root` or a descendant of it (within 16 generations).
     let startedBy (root: int) (pid: int) =
         let mutable p = pid

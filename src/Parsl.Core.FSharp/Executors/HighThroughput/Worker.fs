@@ -55,11 +55,10 @@ module Worker =
             else null
         | v -> v
 
-    /// Connects to the manager and says which worker slot (rank and start generation) this process is; the
-    /// manager takes this hello as "up". Returns the connection's stream.
     /// Starts MessagePack's one-time set-up (its assembly, the resolvers' tables) on a thread of its own, to run
-    /// while this process connects to its manager instead of after.
-    let prime () =
+    /// while this process connects to its manager instead of after. The caller owns the thread: it joins it before
+    /// the process ends (it takes milliseconds; the join only makes sure it is not cut off half-way).
+    let prime () : Thread =
         let run () =
             try
                 let o = Serialization.options (fun _ -> false)
@@ -67,8 +66,12 @@ module Worker =
                 for v in [ box 0; box "" ] do
                     Serialization.deserialize o (Serialization.serialize o "a value" v) |> ignore
             with _ -> ()
-        Thread(run, IsBackground = true, Name = "prime").Start()
+        let t = Thread(run, IsBackground = true, Name = "prime")
+        t.Start()
+        t
 
+    /// Connects to the manager and says which worker slot (rank and start generation) this process is; the
+    /// manager takes this hello as "up". Returns the connection's stream.
     let connect (name: string) (rank: int) (generation: int) : Stream =
         // The manager listens just after starting this process: a refusal in the first second means "not yet".
         let deadline = DateTime.UtcNow.AddSeconds 1.0
@@ -96,7 +99,9 @@ module Worker =
         warm.Start()
         let host = Environment.MachineName
         // Everything written to the manager goes out under this lock: the main thread's result batches, a shell
-        // app's process group, and a walltime's verdict from its timer's thread.
+        // app's process group, and a walltime's verdict from its timer's thread. (The worker is not an actor with
+        // handlers: its one thread is inside the user's code when a deadline fires, so what they share is only the
+        // output stream and the running try's key and group, held for a write each, never across a try.)
         let outLock = obj ()
         let results = List<WireResult>()
         let flush () =
