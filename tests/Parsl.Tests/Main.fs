@@ -8,6 +8,7 @@ let all =
         KernelProperties.tests
         MailboxTests.tests
         OwnedMailboxTests.tests
+        LocalLinkTests.tests
         ThreadPoolExecutorTests.tests
         ShellTests.tests
         DeepResolverTests.tests

@@ -4,7 +4,8 @@ module Parsl.Tests.OwnedMailboxTests
 // finds the mailbox unowned. Real threads, released together from a barrier so that they overlap; FsCheck draws the
 // schedules (how many posters, how many items each, where each pauses, each drain's budget, which posters only
 // queue). Checked: handlers never run on two threads at once, every item is handled exactly once and in its
-// poster's order, every round's settled value reaches `released` once, nothing is left queued.
+// poster's order, every round's settled value reaches `released` once, and nothing is left queued once the posters
+// that drain have returned (a poster that found an owner relies on it: the owner looks again after letting go).
 
 open System
 open System.Collections.Concurrent
@@ -95,6 +96,10 @@ let private run (posters: Poster list) =
             if i % poster.PauseEvery = 0 then
                 if poster.Yield then Thread.Yield() |> ignore else Thread.SpinWait 100
     runTogether (posters |> List.mapi body)
+    // Every poster that drains returned: an item it queued was handled by it or by the owner it found. Only what
+    // queue-only posters left may still be queued (the kernel's `Queue` waits for its next `Flush` in the same way).
+    if posters |> List.forall (fun p -> not p.QueueOnly) then
+        Expect.isTrue box.IsEmpty "nothing is left queued once every poster has returned"
     drainAll Int32.MaxValue
     Expect.equal overlaps 0 "handlers never ran on two threads at once"
     Expect.isTrue box.IsEmpty "nothing is left queued"

@@ -276,6 +276,9 @@ type Link(socket: Socket) =
     /// Whether the reader started by `StartReader` has ended (true when none was started).
     member _.ReaderEnded = isNull readerThread || not readerThread.IsAlive
 
+    /// Whether a send flusher is running now (for tests).
+    member internal _.FlusherRunning = let t = flusherThread in not (isNull t) && t.IsAlive
+
     /// Closes the connection; sends still in the backlog are dropped. Waits for the send flusher, if one runs, to end
     /// (at once: the shutdown wakes its wait); not for the reader, which may be the caller or wait on the caller's lock.
     member _.Close() =
