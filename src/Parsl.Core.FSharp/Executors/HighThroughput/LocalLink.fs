@@ -276,6 +276,9 @@ type Link(socket: Socket) =
     /// Whether the reader started by `StartReader` has ended (true when none was started).
     member _.ReaderEnded = isNull readerThread || not readerThread.IsAlive
 
+    /// Whether `Close` has been called (for tests).
+    member internal _.IsClosed = Volatile.Read &closed
+
     /// Whether a send flusher is running now (for tests).
     member internal _.FlusherRunning = let t = flusherThread in not (isNull t) && t.IsAlive
 
