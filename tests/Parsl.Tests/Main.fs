@@ -8,6 +8,8 @@ let all =
         KernelProperties.tests
         MailboxTests.tests
         InlineOwnerTests.tests
+        OwnedMailboxTests.tests
+        LocalLinkTests.tests
         ThreadPoolExecutorTests.tests
         ShellTests.tests
         DeepResolverTests.tests
