@@ -7,6 +7,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl
 open Parsl.Runtime
+open Parsl.Node.Runtime
 
 /// Runs tries in the client process on `MaxThreads` threads of its own (Parsl's `ThreadPoolExecutor`).
 /// The threads are dedicated, not borrowed from the .NET thread pool: shell apps and blocking bodies would

@@ -12,7 +12,9 @@ open System.Threading.Channels
 open System.Threading.Tasks
 open Parsl
 open Parsl.Executors
+open Parsl.Node
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Providers
 
 /// A batch whose message is acknowledged once all of its results are published.

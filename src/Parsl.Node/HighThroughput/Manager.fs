@@ -1,4 +1,4 @@
-namespace Parsl.Executors.HighThroughput
+namespace Parsl.Node.HighThroughput
 
 open System
 open System.Collections.Concurrent
@@ -602,7 +602,7 @@ module Manager =
         let killGroups (slot: WorkerSlot) =
             for KeyValue(k, pgid) in List.ofSeq slot.Groups do
                 log (sprintf "killing process group %d of try %d, left by worker %d" pgid k slot.Rank)
-                Parsl.Runtime.Native.killGroup pgid
+                Parsl.Node.Runtime.Native.killGroup pgid
             slot.Groups.Clear()
 
         // Workers that cannot start (a WorkerCommand they cannot run with, a broken runtime) are restarted after
