@@ -83,7 +83,7 @@ let private measure (print: string -> unit) (ready: string) (tls: bool) =
         Measure.figure print (sprintf "endpoint (%s) round trip, chain of %d" kind hops) (sw.Elapsed.TotalMilliseconds * 1000.0 / float hops) "µs"
     finally
         if not daemon.HasExited then
-            Parsl.Runtime.Native.kill (daemon.Id, 15) |> ignore
+            Parsl.Node.Runtime.Native.kill (daemon.Id, 15) |> ignore
             if not (daemon.WaitForExit 30000) then daemon.Kill true
 
 /// Starts the broker, measures plain then TLS, stops the broker.

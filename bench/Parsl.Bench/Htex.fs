@@ -7,6 +7,7 @@ open System.IO
 open Parsl
 open Parsl.Executors
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Providers
 
 let private options () =

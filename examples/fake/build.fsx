@@ -6,6 +6,7 @@
 #r "nuget: Fake.Core.Target, 5.20.3"
 #r "nuget: Serilog, 4.4.0"
 #r "nuget: Serilog.Sinks.File, 7.0.0"
+#r "../../src/Parsl.Core.FSharp/bin/Release/net10.0/Parsl.Node.dll"
 #r "../../src/Parsl.Core.FSharp/bin/Release/net10.0/Parsl.Core.FSharp.dll"
 
 open System

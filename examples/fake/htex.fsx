@@ -10,6 +10,7 @@
 #r "nuget: Serilog.Sinks.File, 7.0.0"
 #r "nuget: NetMQ, 4.0.4.5"
 #r "nuget: MessagePack, 2.5.307"
+#r "../../src/Parsl.Core.FSharp/bin/Release/net10.0/Parsl.Node.dll"
 #r "../../src/Parsl.Core.FSharp/bin/Release/net10.0/Parsl.Core.FSharp.dll"
 
 open System

@@ -198,8 +198,8 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
             Label, Provider?.Build()!, Address, Opt(WorkerPort), Tuple.Create(WorkerPortRangeStart, WorkerPortRangeEnd),
             Opt(MaxWorkersPerNode), CoresPerWorker, Opt(MemPerWorker), PrefetchCapacity, HeartbeatPeriod,
             HeartbeatThreshold, Opt(DrainPeriod), PollPeriod, Encrypted, SameHostSocket,
-            ManagerSelector == ManagerSelection.BlockId ? Parsl.Executors.HighThroughput.ManagerSelector.BlockIdSelector
-                : Parsl.Executors.HighThroughput.ManagerSelector.RandomSelector,
+            ManagerSelector == ManagerSelection.BlockId ? Parsl.Node.HighThroughput.ManagerSelector.BlockIdSelector
+                : Parsl.Node.HighThroughput.ManagerSelector.RandomSelector,
             ListModule.OfSeq(AvailableAccelerators), CpuAffinity,
             !BlockErrorHandler ? Parsl.Jobs.BlockErrorHandler.Off
                 : BlockErrorWindow is { } window ? Parsl.Jobs.BlockErrorHandler.NewWindowed(window)

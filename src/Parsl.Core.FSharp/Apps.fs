@@ -7,6 +7,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
+open Parsl.Node
 open Parsl.Data
 
 /// An argument of an app call: a value, a future whose result is the value (a dependency), or several
@@ -233,7 +234,7 @@ module App =
     let funcWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'R) : Arg<'A> -> AppFuture<'R> =
         let app = prepare dfk opts f 1
         let name = fst app
-        let del = Func<'A, 'R>(f)
+        let del = AppDelegates.func1 f
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0])))
         fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot |] build noJoin
 
@@ -244,7 +245,7 @@ module App =
     let func2With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> 'R) : Arg<'A> -> Arg<'B> -> AppFuture<'R> =
         let app = prepare dfk opts f 2
         let name = fst app
-        let del = Func<'A, 'B, 'R>(fun a b -> f a b)
+        let del = AppDelegates.func2 f
         let build = functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1])))
         fun (a: Arg<'A>) (b: Arg<'B>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot; b.Slot |] build noJoin
 
@@ -255,7 +256,7 @@ module App =
     let func3With (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> 'B -> 'C -> 'R) =
         let app = prepare dfk opts f 3
         let name = fst app
-        let del = Func<'A, 'B, 'C, 'R>(fun a b c -> f a b c)
+        let del = AppDelegates.func3 f
         let build =
             functionCall name del false (fun a _ -> box (f (unbox<'A> a[0]) (unbox<'B> a[1]) (unbox<'C> a[2])))
         fun (a: Arg<'A>) (b: Arg<'B>) (c: Arg<'C>) ->
@@ -268,7 +269,7 @@ module App =
     let asyncWith (dfk: DataFlowKernel) (opts: AppOptions) (f: 'A -> CancellationToken -> Task<'R>) : Arg<'A> -> AppFuture<'R> =
         let app = prepare dfk opts f 1
         let name = fst app
-        let del = Func<'A, CancellationToken, Task<'R>>(fun a ct -> f a ct)
+        let del = AppDelegates.async1 f
         let build = functionCall name del true (fun a ct -> box (f (unbox<'A> a[0]) ct))
         fun (a: Arg<'A>) -> submitWith<'R> dfk name (snd app) FunctionApp opts [| a.Slot |] build noJoin
 

@@ -197,7 +197,7 @@ let private stop (home: string) (name: string) =
         0
     | Some pid ->
         use p = Diagnostics.Process.GetProcessById pid
-        Parsl.Runtime.Native.kill (pid, 15) |> ignore
+        Parsl.Node.Runtime.Native.kill (pid, 15) |> ignore
         if p.WaitForExit(TimeSpan.FromSeconds 60.0) then
             printfn "stopped endpoint %s (pid %d)" name pid
             0

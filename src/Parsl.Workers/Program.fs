@@ -1,6 +1,6 @@
 /// The executable started on compute nodes: `--manager` runs a manager (one per node), `--worker` one
 /// worker process (started by the manager). Argument parsing (System.CommandLine) and wiring only; the logic
-/// lives in Parsl.Core.FSharp (`Manager.run`, `Worker.run`).
+/// lives in Parsl.Node (`Manager.run`, `Worker.run`); this executable never loads the kernel (Parsl.Core.FSharp).
 module Parsl.Workers.Program
 
 open System
@@ -8,7 +8,7 @@ open System.CommandLine
 open System.CommandLine.Parsing
 open System.Globalization
 open System.IO
-open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 // System.CommandLine, not Argu: the manager parses its line on the way to a block's first result, and Argu's
 // parse took 0.3-0.4 s of reflection on this 2-core machine (System.CommandLine: 30-60 ms, measured in fsi).

@@ -6,7 +6,7 @@ module Parsl.Workers.WqRun
 
 open System
 open System.IO
-open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 /// Runs one call file; returns the process exit code (0 once a result is written, even for an app's exception).
 let private runCall (argv: string[]) : int =

@@ -168,7 +168,7 @@ let private contents (sandbox: Lazy<Sandbox>) =
         let s = sandbox.Value
         let packages = Directory.GetFiles(s.Feed, "*.nupkg")
         let ids = packages |> Array.map (fun p -> Path.GetFileName p) |> Array.sort
-        for id in [ "Parsl.CSharp"; "Parsl.Core.FSharp"; "Parsl.Workers"; "Parsl.Hosting"; "Parsl.Dashboard"; "Parsl.Cli"; "Parsl.Endpoint" ] do
+        for id in [ "Parsl.CSharp"; "Parsl.Core.FSharp"; "Parsl.Node"; "Parsl.Workers"; "Parsl.Hosting"; "Parsl.Dashboard"; "Parsl.Cli"; "Parsl.Endpoint" ] do
             Expect.contains ids (sprintf "%s.%s.nupkg" id s.Version) (sprintf "%s is packed with the one version" id)
             Expect.isTrue (File.Exists(Path.Combine(s.Feed, sprintf "%s.%s.snupkg" id s.Version))) (sprintf "%s has symbols" id)
         for p in packages do
@@ -188,6 +188,9 @@ let private contents (sandbox: Lazy<Sandbox>) =
             if name.StartsWith "Parsl.Workers." then
                 Expect.isTrue (names.Contains "buildTransitive/Parsl.Workers.targets") "the worker's build targets"
                 Expect.isTrue (names.Contains "lib/net10.0/Parsl.Workers.runtimeconfig.json") "the worker's runtimeconfig"
+                // A compute node needs the node side only: the worker's package depends on Parsl.Node, not the kernel.
+                Expect.stringContains nuspec "id=\"Parsl.Node\"" "the worker depends on Parsl.Node"
+                Expect.isFalse (nuspec.Contains "id=\"Parsl.Core.FSharp\"") "the worker does not depend on the kernel"
 
 /// The tests, sharing one sandbox (packed once).
 let tests (sandbox: Lazy<Sandbox>) =

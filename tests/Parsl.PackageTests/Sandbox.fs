@@ -106,7 +106,7 @@ let delete (s: Sandbox) =
         Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.LocalApplicationData, "parsl-net", "workers")
     if Directory.Exists workers then
         for d in Directory.GetDirectories workers do
-            let core = FileInfo(Path.Combine(d, "Parsl.Core.FSharp.dll"))
+            let core = FileInfo(Path.Combine(d, "Parsl.Node.dll"))
             if not (isNull core.LinkTarget) && core.LinkTarget.StartsWith s.Root then
                 try Directory.Delete(d, true) with _ -> ()
     try Directory.Delete(s.Root, true) with _ -> ()

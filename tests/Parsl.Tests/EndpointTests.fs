@@ -12,8 +12,10 @@ open Expecto
 open FsCheck
 open Parsl
 open Parsl.Executors
+open Parsl.Node
 open Parsl.Executors.Endpoint
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Tests.TestUtil
 open Parsl.Tests.EndpointApps
 
@@ -69,14 +71,14 @@ type EndpointProcess(home: string, name: string) =
     member _.Ready = ready
     /// SIGKILL: no cleanup, no acknowledgement of what is in flight.
     member _.Kill9() =
-        Parsl.Runtime.Native.kill (p.Id, 9) |> ignore
+        Parsl.Node.Runtime.Native.kill (p.Id, 9) |> ignore
         p.WaitForExit(30000) |> ignore
     member _.Process = p
     member _.Output = rest
     interface IDisposable with
         member _.Dispose() =
             if not p.HasExited then
-                Parsl.Runtime.Native.kill (p.Id, 15) |> ignore
+                Parsl.Node.Runtime.Native.kill (p.Id, 15) |> ignore
                 if not (p.WaitForExit 30000) then (try p.Kill true with _ -> ())
             p.Dispose()
 
@@ -411,7 +413,7 @@ let integration =
                 failtestf "the client did not submit: %s" (if childErr.Wait 5000 then childErr.Result else "")
             Expect.equal (line.Result.Trim()) "SUBMITTED 6" "the client submitted"
             Harness.pollUntil (TimeSpan.FromSeconds 120.0) "tries running on the endpoint" (fun () -> if startedCount dir >= 4 then Some() else None)
-            Parsl.Runtime.Native.kill (child.Id, 9) |> ignore
+            Parsl.Node.Runtime.Native.kill (child.Id, 9) |> ignore
             child.WaitForExit()
             File.WriteAllText(Path.Combine(dir, "gate"), "")
             let ex, dfk = clientWith { clientOptions name with TaskGroupId = group }

@@ -13,6 +13,7 @@ open FsCheck
 open Parsl
 open Parsl.Executors
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Jobs
 open Parsl.Providers
 open Parsl.Tests.TestUtil

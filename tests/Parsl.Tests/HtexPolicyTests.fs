@@ -6,6 +6,7 @@ open FsCheck
 open Parsl
 open Parsl.Jobs
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 /// A record that travels as a typeless value (extension, type name, fields).
 type Tagged = { Html: string; Count: int }

@@ -10,6 +10,7 @@ open Parsl
 open Parsl.Data
 open Parsl.Executors
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Tests.TestUtil
 open Parsl.Tests.Servers
 

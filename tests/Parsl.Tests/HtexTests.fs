@@ -6,6 +6,7 @@ open Expecto
 open Parsl
 open Parsl.Executors
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Providers
 open Parsl.Tests.TestUtil
 open System.Runtime.InteropServices

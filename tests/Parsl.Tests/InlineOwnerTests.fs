@@ -12,7 +12,7 @@ open System.Threading
 open Expecto
 open FsCheck
 open FsCheck.FSharp
-open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 let private limit = TimeSpan.FromSeconds 30.
 

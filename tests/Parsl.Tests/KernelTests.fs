@@ -321,7 +321,7 @@ let private cancellation =
 let semaphore =
     testList "light semaphore" [
         test "every release is taken exactly once by waiting threads, and none is lost" {
-            let sem = Parsl.Runtime.LightSemaphore()
+            let sem = Parsl.Node.Runtime.LightSemaphore()
             let consumers = 4
             let each = 5_000
             let missed = ref 0
@@ -343,7 +343,7 @@ let semaphore =
             Expect.isFalse (sem.Wait 0) "and no release was taken twice or left over"
         }
         test "a wait with nothing released times out and returns false" {
-            let sem = Parsl.Runtime.LightSemaphore()
+            let sem = Parsl.Node.Runtime.LightSemaphore()
             let sw = Diagnostics.Stopwatch.StartNew()
             Expect.isFalse (sem.Wait 50) "nothing to take"
             Expect.isGreaterThanOrEqual sw.ElapsedMilliseconds 45L "it waited (about) the time asked"

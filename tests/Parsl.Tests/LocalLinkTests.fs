@@ -9,7 +9,7 @@ module Parsl.Tests.LocalLinkTests
 open System
 open System.Threading
 open Expecto
-open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 let private limit = TimeSpan.FromSeconds 30.
 

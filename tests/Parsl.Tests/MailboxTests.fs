@@ -13,6 +13,7 @@ open Expecto
 open FsCheck
 open FsCheck.FSharp
 open Parsl.Runtime
+open Parsl.Node.Runtime
 
 /// How long any thread of a test may take: far beyond what the work needs, even on a loaded machine.
 let private limit = TimeSpan.FromSeconds 30.

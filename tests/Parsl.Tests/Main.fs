@@ -26,6 +26,7 @@ let all =
         HtexStagingTests.tests
         HtexSecurityTests.tests
         HtexFaultTests.tests
+        NodeAssemblyTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests

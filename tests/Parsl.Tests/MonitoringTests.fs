@@ -11,6 +11,7 @@ open FsCheck
 open Microsoft.Data.Sqlite
 open Parsl
 open Parsl.Monitoring
+open Parsl.Node.Monitoring
 open Parsl.Tests.TestUtil
 
 /// A kernel with monitoring on (changed by `m`) and its own run directory.
@@ -344,9 +345,9 @@ let formats =
                 { Task = 0; Try = 0; TimestampUtc = t; Pid = 42; MemoryPercent = 1.5; ChildrenCount = 2; TimeUser = 0.25; TimeSystem = 0.125
                   MemoryVirtual = 1e9; MemoryResident = abs rss.Get; DiskRead = 3.0; DiskWrite = 4.0; Status = "sleeping"; CpuNum = 1.0
                   CtxSwitchesVoluntary = 5.0; CtxSwitchesInvoluntary = 6.0 }
-            RadioLine.parse (RadioLine.sample key s) = Some(Resources [ { s with Task = task.Get; Try = tryId.Get } ])
-            && RadioLine.parse (RadioLine.running key "h" "0" t) = Some(TryRunning(task.Get, tryId.Get, "h", "0", t))
-            && RadioLine.parse "S\tgarbage" = None)
+            RadioReader.parse (RadioLine.sample key s) = Some(Resources [ { s with Task = task.Get; Try = tryId.Get } ])
+            && RadioReader.parse (RadioLine.running key "h" "0" t) = Some(TryRunning(task.Get, tryId.Get, "h", "0", t))
+            && RadioReader.parse "S\tgarbage" = None)
         test "Parsl's text has six fractional digits" {
             Expect.equal ((ParslFormat.time (DateTime(2024, 3, 4, 5, 6, 7, DateTimeKind.Utc))).Length) 26 "YYYY-MM-DD HH:MM:SS.ffffff"
         }

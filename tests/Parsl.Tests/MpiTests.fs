@@ -471,14 +471,14 @@ let escapes =
         test "a walltime kills what the command started in sessions and groups of its own, as MPI launchers start ranks" {
             let pids = tmpFile "escaped.pids"
             // setsid puts each sleep in a new session and group, where a kill of the command's group does not reach.
-            let call: Parsl.Executors.ShellCall =
+            let call: Parsl.Node.ShellCall =
                 { AppName = "escapes"
                   BuildCommand = fun () -> sprintf "for i in 1 2 3; do setsid sleep 600 & echo $! >> %s; done; wait" pids
                   Stdout = None
                   Stderr = None
                   Walltime = Some(TimeSpan.FromSeconds 3.0)
                   Outputs = [] }
-            let ran = Threading.Tasks.Task.Run(fun () -> try Parsl.Runtime.Shell.run call Threading.CancellationToken.None |> ignore; None with e -> Some e)
+            let ran = Threading.Tasks.Task.Run(fun () -> try Parsl.Node.Runtime.Shell.run call Threading.CancellationToken.None |> ignore; None with e -> Some e)
             match await ran with
             | Some(:? AppTimeout) -> ()
             | other -> failtestf "expected AppTimeout, got %A" other

@@ -11,7 +11,9 @@ open Expecto
 open FsCheck
 open Parsl
 open Parsl.Executors
+open Parsl.Node
 open Parsl.Runtime
+open Parsl.Node.Runtime
 open Parsl.Tests.TestUtil
 
 let private call cmd : ShellCall =

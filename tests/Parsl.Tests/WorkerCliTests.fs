@@ -5,6 +5,7 @@ module Parsl.Tests.WorkerCliTests
 open System.Diagnostics
 open Expecto
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 /// Runs the worker executable copied next to the tests; its exit code, stdout and stderr.
 let private worker (args: string list) =

@@ -3,6 +3,7 @@ namespace Parsl.Monitoring
 open System
 open Parsl.Providers
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 /// The HTEx's managers and blocks as monitoring rows (pure).
 [<RequireQualifiedAccess>]

@@ -9,6 +9,7 @@ open System.Threading.Channels
 open System.Threading.Tasks
 open Microsoft.Data.Sqlite
 open Parsl
+open Parsl.Node.Monitoring
 
 /// A task changed state: what subscribers of `DataFlowKernel.Monitoring` receive.
 [<Sealed; AllowNullLiteral>]

@@ -2,6 +2,7 @@ namespace Parsl.Monitoring
 
 open System
 open Parsl
+open Parsl.Node.Monitoring
 
 /// A manager as an executor reports it (one `node` row).
 type NodeSnapshot =
@@ -21,27 +22,6 @@ type BlockSnapshot =
       JobId: string option
       /// Parsl's `JobState` name (`PENDING`, `RUNNING`, `COMPLETED`, `SCALED_IN`, ...).
       Status: string }
-
-/// One resource sample of a try's process tree (one `resource` row; Parsl's psutil columns).
-type ResourceSample =
-    { Task: int
-      Try: int
-      TimestampUtc: DateTime
-      Pid: int
-      /// Resident memory over the host's total, in percent.
-      MemoryPercent: float
-      ChildrenCount: int
-      /// CPU seconds in user and system mode, summed over the tree.
-      TimeUser: float
-      TimeSystem: float
-      MemoryVirtual: float
-      MemoryResident: float
-      DiskRead: float
-      DiskWrite: float
-      Status: string
-      CpuNum: float
-      CtxSwitchesVoluntary: float
-      CtxSwitchesInvoluntary: float }
 
 /// An executor that can tell monitoring about its managers and blocks (the HTEx). Polled by the monitor.
 type IMonitoredExecutor =

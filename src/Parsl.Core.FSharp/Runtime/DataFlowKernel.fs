@@ -8,6 +8,7 @@ open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
 open Parsl.Runtime
+open Parsl.Node.Runtime
 open Parsl.Data
 
 /// One argument of an app call, before resolution.

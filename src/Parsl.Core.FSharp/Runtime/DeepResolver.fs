@@ -4,6 +4,7 @@ open System
 open System.Collections.Concurrent
 open System.Reflection
 open System.Threading.Tasks
+open Parsl.Node.Runtime
 
 /// Results and exceptions of futures of either kind (AppFuture, Task).
 module internal FutureValue =
@@ -25,7 +26,7 @@ module internal FutureValue =
     let result (f: obj) : obj =
         match f with
         | :? AppFuture as a -> a.ResultObject
-        | :? Task as t -> Parsl.Runtime.TaskResults.value t
+        | :? Task as t -> TaskResults.value t
         | _ -> f
 
     /// A completed future's exception, or null if it succeeded.
@@ -49,6 +50,7 @@ open System.Reflection
 open System.Threading.Tasks
 open Microsoft.FSharp.Reflection
 open Parsl
+open Parsl.Node.Runtime
 
 /// Typed readers and builders of containers, instantiated by reflection once per type and cached as delegates.
 /// A builder takes the unwrapped children and the original container (whose comparer it keeps when the
@@ -160,7 +162,7 @@ module DeepResolver =
         if typeof<AppFuture>.IsAssignableFrom t then
             if t.IsGenericType then t.GetGenericArguments()[0] else typeof<obj>
         elif typeof<Task>.IsAssignableFrom t then
-            match Parsl.Runtime.TaskResults.resultType t with
+            match TaskResults.resultType t with
             | Some r -> r
             | None -> typeof<obj>
         elif isSzArray t then (resultType (t.GetElementType())).MakeArrayType()

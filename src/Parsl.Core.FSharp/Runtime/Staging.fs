@@ -6,90 +6,14 @@ open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
 open Parsl.Runtime
+open Parsl.Node.Runtime
 open Parsl.Data
-
-/// A file to copy into the task's file system before an app runs: plain data, so it can travel to a worker.
-type StageIn =
-    { File: File
-      /// Where the copy goes.
-      Dest: string }
-
-/// A file to copy out of the task's file system after an app ran.
-type StageOut =
-    { File: File
-      /// Where the app wrote it.
-      Source: string }
-
-/// An app call's body with in-task staging around it (plain data apart from the user's delegate).
-type InTaskCall =
-    { StageIns: StageIn[]
-      StageOuts: StageOut[]
-      /// The user's function and its arguments (a trailing CancellationToken is supplied when it takes one).
-      Inner: Delegate
-      InnerArgs: obj[]
-      InnerTakesCancellation: bool }
 
 /// An argument declared as an output of the call (`Arg.output`): the app writes it, and it is staged out.
 type internal OutputArg = { Output: File }
 
 /// Arguments that are files other calls produce (`Arg.data`, `Arg.files`): dependencies, staged in.
 type internal DataArg = { Data: DataFuture[]; Single: bool }
-
-/// The transfers a staging task or an in-task wrapper performs.
-[<RequireQualifiedAccess>]
-module StagingTasks =
-    /// Awaits a body's result when it is a Task, giving its value (null for a plain Task).
-    let awaitValue (v: obj) : Task<obj> = TaskResults.await v
-
-    /// Copies one file in; the result is the file with its local path.
-    let stageIn (s: StageIn) (cancellation: CancellationToken) : Task<File> =
-        task {
-            match s.File.Scheme with
-            | "http"
-            | "https" -> do! StagingIO.httpGet s.File.Url s.Dest cancellation
-            | "ftp" -> do! StagingIO.ftpGet s.File.Url s.Dest cancellation
-            | "zip" ->
-                match File.zipSplit s.File with
-                | Ok(archive, inner) -> do! StagingIO.zipExtract s.File.Url archive inner s.Dest cancellation
-                | Result.Error e -> raise e
-            | other -> raise (StagingError(s.File.Url, sprintf "no transfer for the scheme '%s'" other, null))
-            return s.File.WithLocalPath s.Dest
-        }
-
-    /// Copies one file out; the result is the file.
-    let stageOut (s: StageOut) (cancellation: CancellationToken) : Task<File> =
-        task {
-            match s.File.Scheme with
-            | "zip" ->
-                match File.zipSplit s.File with
-                | Ok(archive, inner) -> do! StagingIO.zipAdd s.File.Url archive inner s.Source cancellation
-                | Result.Error e -> raise e
-            | "file" -> ()
-            | other -> raise (StagingError(s.File.Url, sprintf "no transfer out for the scheme '%s'" other, null))
-            return s.File
-        }
-
-    /// Runs an app body with its in-task staging: inputs copied in first, outputs copied out after it returns.
-    let runInTask (call: InTaskCall) (invoke: obj[] -> CancellationToken -> obj) (cancellation: CancellationToken) : Task<obj> =
-        task {
-            for s in call.StageIns do
-                let! _ = stageIn s cancellation
-                ()
-            for o in call.StageOuts do
-                System.IO.Directory.CreateDirectory(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath o.Source)) |> ignore
-            let! v = awaitValue (invoke call.InnerArgs cancellation)
-            for o in call.StageOuts do
-                let! _ = stageOut o cancellation
-                ()
-            return v
-        }
-
-    /// The shippable entry point of an in-task staged call: the user's delegate is called with `DynamicInvoke`
-    /// (executors in other processes call this; the thread pool uses the direct invoker).
-    let runShipped (call: InTaskCall) (cancellation: CancellationToken) : Task<obj> =
-        let invoke (args: obj[]) (ct: CancellationToken) =
-            call.Inner.DynamicInvoke(if call.InnerTakesCancellation then Array.append args [| box ct |] else args)
-        runInTask call invoke cancellation
 
 /// Staging at submit time (Parsl's `DataManager`): files among an app's arguments are staged in, declared
 /// outputs (and `File` stdout/stderr) staged out, by separate kernel tasks or inside the app's own task.
@@ -145,7 +69,7 @@ module internal Staging =
     /// A separate stage-in task (Parsl's `_http_stage_in` and friends) on the app's executor.
     let private stageInTask (dfk: DataFlowKernel) (label: string) (s: StageIn) (after: AppFuture option) : AppFuture<File> =
         let name = sprintf "_%s_stage_in" (if s.File.Scheme = "https" then "http" else s.File.Scheme)
-        let del = Func<StageIn, CancellationToken, Task<File>>(fun s ct -> StagingTasks.stageIn s ct)
+        let del = StagingTasks.stageInDelegate ()
         let slot =
             match after with
             | None -> Plain(box s)
@@ -156,7 +80,7 @@ module internal Staging =
     /// A separate stage-out task, after the app.
     let private stageOutTask (dfk: DataFlowKernel) (label: string) (s: StageOut) (after: AppFuture) : AppFuture<File> =
         let name = sprintf "_%s_stage_out" s.File.Scheme
-        let del = Func<StageOut, CancellationToken, Task<File>>(fun s ct -> StagingTasks.stageOut s ct)
+        let del = StagingTasks.stageOutDelegate ()
         dfk.SubmitWith<File>(name, FunctionApp, [ label ], [| Gather([| box after |], fun _ -> box s) |],
                              stagingCall name del (fun a ct -> StagingTasks.stageOut (unbox a) ct), Resources.empty, noJoin, None)
 
@@ -261,7 +185,7 @@ module internal Staging =
                               InnerTakesCancellation = call.TakesCancellation }
                         Function
                             { call with
-                                Function = Func<InTaskCall, CancellationToken, Task<obj>>(fun c ct -> StagingTasks.runShipped c ct)
+                                Function = StagingTasks.runShippedDelegate ()
                                 Args = [| box wrapped |]
                                 TakesCancellation = true
                                 Invoke = fun _ ct -> box (StagingTasks.runInTask wrapped call.Invoke ct) }

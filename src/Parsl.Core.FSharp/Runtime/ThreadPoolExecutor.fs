@@ -6,6 +6,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl
 open Parsl.Runtime
+open Parsl.Node.Runtime
 
 /// The walltime of one function-app try on the thread pool: when it passes, the try fails with `AppTimeout` and its
 /// token is cancelled. A try with a walltime has two reporters, its body and this timer: `Claim` lets exactly one of

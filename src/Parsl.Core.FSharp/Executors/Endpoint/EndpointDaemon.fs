@@ -12,8 +12,11 @@ open System.Threading.Channels
 open System.Threading.Tasks
 open Parsl
 open Parsl.Executors
+open Parsl.Node
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Providers
+open Parsl.Node.Runtime
 
 /// A batch whose message is acknowledged once all of its results are published.
 type private BatchState = { Delivery: Delivery; mutable Remaining: int }
@@ -59,7 +62,7 @@ module EndpointDaemon =
             | true, d -> box d
             | _ -> box s
 
-    let private unwrap (e: exn) = Parsl.Runtime.TaskResults.unwrap e
+    let private unwrap (e: exn) = TaskResults.unwrap e
 
     /// How a failed try travels back; an HTEx backend's remote exception keeps the user's exception type.
     let private failure (e: exn) : WireOutcome =
@@ -289,7 +292,7 @@ module EndpointDaemon =
                                 if done'.IsFaulted then post (failure done'.Exception)
                                 elif done'.IsCanceled then post (Raised("System.OperationCanceledException", "the try was cancelled on the endpoint", "", []))
                                 else
-                                    let v = Parsl.Runtime.TaskResults.value done'
+                                    let v = TaskResults.value done'
                                     match (try Ok(Serialization.serialize opts ("the result of app " + t.AppName) v) with e -> Error e) with
                                     | Ok b -> post (Value b)
                                     | Error e -> post (Unserializable e.Message)),

@@ -7,7 +7,9 @@ open System.Threading
 open System.Threading.Channels
 open System.Threading.Tasks
 open Parsl
+open Parsl.Node
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Executors.Endpoint
 
 /// The options of an `EndpointExecutor`.

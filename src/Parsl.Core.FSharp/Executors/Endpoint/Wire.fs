@@ -4,7 +4,8 @@ open System
 open System.Buffers
 open MessagePack
 open Parsl
-open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
+open Parsl.Node
 
 /// How to reach the broker.
 type BrokerOptions =

@@ -8,6 +8,7 @@ open System.Threading.Tasks
 open Parsl
 open Parsl.Jobs
 open Parsl.Providers
+open Parsl.Node.HighThroughput
 
 /// One block, as the executor reports it (Parsl's `status()` entries).
 type BlockInfo =

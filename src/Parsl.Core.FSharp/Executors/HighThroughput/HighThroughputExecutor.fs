@@ -11,7 +11,9 @@ open System.Threading.Tasks
 open NetMQ
 open Parsl
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Providers
+open Parsl.Node
 
 /// Runs tries on worker processes started in blocks by a provider (Parsl's `HighThroughputExecutor`).
 ///
@@ -354,7 +356,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                     [ yield! diagnostics
                       yield!
                           (match radio with
-                           | Some(dir, interval) -> "env" :: [ for k, v in Parsl.Monitoring.ResourceRadio.Variables(dir, interval, blockId) -> k + "=" + v ]
+                           | Some(dir, interval) -> "env" :: [ for k, v in Parsl.Node.Monitoring.ResourceRadio.Variables(dir, interval, blockId) -> k + "=" + v ]
                            | None -> [])
                       yield! worker
                       "--manager"

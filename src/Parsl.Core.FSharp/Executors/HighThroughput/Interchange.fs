@@ -34,6 +34,8 @@ open NetMQ
 open NetMQ.Sockets
 open Parsl
 open Parsl.Runtime
+open Parsl.Node.HighThroughput
+open Parsl.Node
 
 /// A try waiting in the interchange: its bytes were made once on the client and are forwarded as they are.
 type QueuedTask =

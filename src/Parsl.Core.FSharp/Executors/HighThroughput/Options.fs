@@ -4,6 +4,7 @@ open System
 open Parsl
 open Parsl.Jobs
 open Parsl.Providers
+open Parsl.Node.HighThroughput
 
 /// The options of a `HighThroughputExecutor`, with Parsl's names and defaults (`HtexOptions.defaults ()`).
 /// Build them from the defaults with `{ HtexOptions.defaults () with MaxWorkersPerNode = Some 4 }`.

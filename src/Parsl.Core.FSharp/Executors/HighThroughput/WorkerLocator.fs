@@ -7,6 +7,7 @@ open System.Reflection.Metadata
 open System.Reflection.PortableExecutable
 open System.Security.Cryptography
 open System.Text
+open Parsl.Node.HighThroughput
 
 /// A type of this assembly, to find where it was loaded from.
 type internal WorkerDllMarker = class end
@@ -139,7 +140,7 @@ module WorkerLocator =
             // Folders whose packages are gone (a cleared NuGet cache) are removed on the way; best effort.
             for other in Directory.GetDirectories baseDir do
                 try
-                    let core = FileInfo(Path.Combine(other, "Parsl.Core.FSharp.dll"))
+                    let core = FileInfo(Path.Combine(other, "Parsl.Node.dll"))
                     if not (isNull core.LinkTarget) && not (File.Exists(core.LinkTarget)) then Directory.Delete(other, true)
                 with _ -> ()
             let staging = dir + ".tmp-" + string Environment.ProcessId

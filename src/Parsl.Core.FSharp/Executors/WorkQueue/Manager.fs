@@ -11,6 +11,7 @@ open System.Threading.Channels
 open System.Threading.Tasks
 open Parsl
 open Parsl.Executors.WorkerLink
+open Parsl.Node
 
 /// A file sent to the worker before the task runs.
 type InputSource =
@@ -465,7 +466,7 @@ module WqManager =
                 abortAll.Cancel()
                 workers.Clear()
                 for e in List.ofSeq entries.Values do
-                    finish e (Error(KernelShutdownError(TaskId(fst (Parsl.Executors.HighThroughput.Protocol.ofKey e.Task.Key)))))
+                    finish e (Error(KernelShutdownError(TaskId(fst (Parsl.Node.HighThroughput.Protocol.ofKey e.Task.Key)))))
                 let pending = lock connectionsLock (fun () -> connections.ToArray())
                 try do! Task.WhenAll pending with _ -> ()
                 try do! Task.WhenAll(accept, ticker) with _ -> ()
@@ -562,7 +563,7 @@ module WqManager =
                         | QueryWorkers q -> q.TrySetResult [] |> ignore
                         | StopManager q -> q.TrySetResult() |> ignore
                         | SubmitTask t ->
-                            try t.Complete(Error(KernelShutdownError(TaskId(fst (Parsl.Executors.HighThroughput.Protocol.ofKey t.Key)))))
+                            try t.Complete(Error(KernelShutdownError(TaskId(fst (Parsl.Node.HighThroughput.Protocol.ofKey t.Key)))))
                             with _ -> ()
                         | Joined(_, l, _) -> l.Abort()
                         | _ -> ()

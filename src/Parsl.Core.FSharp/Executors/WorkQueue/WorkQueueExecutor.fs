@@ -10,7 +10,9 @@ open System.Threading.Tasks
 open Parsl
 open Parsl.Data
 open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 open Parsl.Executors.WorkQueue
+open Parsl.Node
 
 /// Runs tries on CCTools Work Queue workers (`work_queue_worker`, protocol 9 or 11) through a manager of our own
 /// in this process (Parsl's `WorkQueueExecutor`).

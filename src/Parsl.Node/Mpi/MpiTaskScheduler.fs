@@ -2,7 +2,7 @@ namespace Parsl.Executors.Mpi
 
 open System
 open System.Collections.Generic
-open Parsl.Executors.HighThroughput
+open Parsl.Node.HighThroughput
 
 /// The node scheduler inside a manager in MPI mode (Parsl's `MPITaskScheduler`): tries arrive with their MPI shape,
 /// take nodes or wait, leave with the values their worker exports (`PARSL_MPI_NODELIST`, `PARSL_MPI_PREFIX`, ...),

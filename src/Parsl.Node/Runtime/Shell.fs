@@ -1,11 +1,11 @@
-namespace Parsl.Runtime
+namespace Parsl.Node.Runtime
 
 open System
 open System.ComponentModel
 open System.IO
 open System.Threading
 open Parsl
-open Parsl.Executors
+open Parsl.Node
 
 /// Runs shell apps (Parsl's `remote_side_bash_executor`): `/bin/bash -c <command>` in its own process group,
 /// so that a walltime or a cancellation kills the command and everything it started in the background.

@@ -1,4 +1,4 @@
-namespace Parsl.Executors.HighThroughput
+namespace Parsl.Node.HighThroughput
 
 open System
 open System.Buffers

@@ -1,4 +1,4 @@
-namespace Parsl.Runtime
+namespace Parsl.Node.Runtime
 
 #nowarn "9" // native pointers: the futex timeout is a timespec on the stack.
 

@@ -1,4 +1,4 @@
-namespace Parsl.Executors.HighThroughput
+namespace Parsl.Node.HighThroughput
 
 open System
 open System.Buffers
@@ -442,7 +442,7 @@ module Serialization =
         a.IsDynamic
         || String.IsNullOrEmpty a.Location
         || a.Location.StartsWith(runtimeDir, StringComparison.Ordinal)
-        || name = "FSharp.Core" || name = "Parsl.Core.FSharp" || name = "Parsl.Workers" || name.StartsWith "MessagePack" || name = "NetMQ"
+        || name = "FSharp.Core" || name = "Parsl.Core.FSharp" || name = "Parsl.Node" || name = "Parsl.Workers" || name.StartsWith "MessagePack" || name = "NetMQ"
         || name = "AsyncIO" || name = "NaCl" || name.StartsWith "Serilog" || name.StartsWith "Microsoft.NET.StringTools"
         || name = "System.Private.ServiceModel"
 

@@ -1,4 +1,4 @@
-namespace Parsl.Monitoring
+namespace Parsl.Node.Monitoring
 
 open System
 open System.Collections.Generic
@@ -6,7 +6,8 @@ open System.Globalization
 open System.IO
 open System.Threading
 
-/// The lines a worker writes about its tries, and their parsing (pure). One line per fact, tab-separated:
+/// The lines a worker writes about its tries (pure; the client's `RadioReader.parse` reads them). One line per fact,
+/// tab-separated:
 ///   R key host block ticks        the try's body started (`running`)
 ///   E key ticks                   it ended (`running_ended`)
 ///   S key ticks pid mem% children user system vms rss read write status cpu voluntary involuntary
@@ -29,33 +30,6 @@ module RadioLine =
             [| "S"; string key; string s.TimestampUtc.Ticks; string s.Pid; g s.MemoryPercent; string s.ChildrenCount; g s.TimeUser
                g s.TimeSystem; g s.MemoryVirtual; g s.MemoryResident; g s.DiskRead; g s.DiskWrite; s.Status; g s.CpuNum
                g s.CtxSwitchesVoluntary; g s.CtxSwitchesInvoluntary |])
-
-    let private ofKey (k: int64) = int (k >>> 32), int (k &&& 0xFFFFFFFFL)
-
-    /// The record a line stands for; None for a line that is not one (a torn or foreign file is skipped).
-    let parse (line: string) : MonitoringRecord option =
-        let f = line.Split '\t'
-        let num (s: string) = Double.Parse(s, inv)
-        try
-            match f with
-            | [| "R"; key; host; block; ticks |] ->
-                let task, tryId = ofKey (int64 key)
-                Some(TryRunning(task, tryId, host, (if block = "" then null else block), DateTime(int64 ticks, DateTimeKind.Utc)))
-            | [| "E"; key; ticks |] ->
-                let task, tryId = ofKey (int64 key)
-                Some(TryRunningEnded(task, tryId, DateTime(int64 ticks, DateTimeKind.Utc)))
-            | _ when f.Length = 16 && f[0] = "S" ->
-                let task, tryId = ofKey (int64 f[1])
-                Some(
-                    Resources
-                        [ { Task = task; Try = tryId; TimestampUtc = DateTime(int64 f[2], DateTimeKind.Utc); Pid = int f[3]
-                            MemoryPercent = num f[4]; ChildrenCount = int f[5]; TimeUser = num f[6]; TimeSystem = num f[7]
-                            MemoryVirtual = num f[8]; MemoryResident = num f[9]; DiskRead = num f[10]; DiskWrite = num f[11]
-                            Status = f[12]; CpuNum = num f[13]; CtxSwitchesVoluntary = num f[14]; CtxSwitchesInvoluntary = num f[15] } ]
-                )
-            | _ -> None
-        with _ ->
-            None
 
 /// One process's counters from /proc.
 type internal ProcSample =
@@ -247,24 +221,3 @@ type ResourceRadio internal (dir: string, interval: TimeSpan, block: string) =
             requests.CompleteAdding()
             thread.Join()
             requests.Dispose()
-
-/// The client's side of the filesystem radio: reads the files workers wrote, oldest first, and deletes them.
-[<RequireQualifiedAccess>]
-module RadioReader =
-    /// Creates the radio's directories (private to the user).
-    let create (dir: string) =
-        for d in [ dir; Path.Combine(dir, "tmp"); Path.Combine(dir, "new") ] do
-            Directory.CreateDirectory(d, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute) |> ignore
-
-    /// The records in the files written so far.
-    let drain (dir: string) : MonitoringRecord list =
-        let folder = Path.Combine(dir, "new")
-        if not (Directory.Exists folder) then []
-        else
-            [ for f in Directory.GetFiles folder |> Array.sort do
-                  let text = try Some(File.ReadAllLines f) with _ -> None
-                  match text with
-                  | Some ls ->
-                      (try File.Delete f with _ -> ())
-                      yield! ls |> Seq.choose RadioLine.parse
-                  | None -> () ]

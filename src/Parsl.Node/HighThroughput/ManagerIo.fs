@@ -1,4 +1,4 @@
-namespace Parsl.Executors.HighThroughput
+namespace Parsl.Node.HighThroughput
 
 open System
 open System.Collections.Concurrent
@@ -136,7 +136,7 @@ type internal ManagerIo(cacheDir: string, sharedFileSystem: bool, managerId: str
         | KillGroups(rank, groups) ->
             for k, pgid in groups do
                 log (sprintf "killing process group %d of try %d, left by worker %d" pgid k rank)
-                Parsl.Runtime.Native.killGroup pgid
+                Parsl.Node.Runtime.Native.killGroup pgid
         | Locate(fid, refs) -> reply (Located(fid, refs |> List.map (fun r -> r, (try localCopy r with _ -> None))))
         | Store(h, bytes) ->
             let stored =

@@ -1,4 +1,4 @@
-namespace Parsl.Executors.HighThroughput
+namespace Parsl.Node.HighThroughput
 
 open System
 open System.Collections.Concurrent
@@ -10,8 +10,8 @@ open System.Runtime.Loader
 open System.Threading
 open System.Threading.Tasks
 open Parsl
-open Parsl.Executors
-open Parsl.Runtime
+open Parsl.Node
+open Parsl.Node.Runtime
 
 /// The worker process's loop (Parsl's `worker` in `process_worker_pool.py`): reads batches of tries from
 /// its manager's local socket, runs them one after another, and writes their results back in batches.
@@ -190,7 +190,7 @@ module Worker =
                 | Error e -> describe e
 
         // Monitoring's radio, when the launch command turned it on: `running`, `running_ended` and samples per try.
-        use radio = match Parsl.Monitoring.ResourceRadio.FromEnvironment() with Some r -> r | None -> null
+        use radio = match Parsl.Node.Monitoring.ResourceRadio.FromEnvironment() with Some r -> r | None -> null
         let clock = Stopwatch.StartNew()
         let mutable go = true
         while go do

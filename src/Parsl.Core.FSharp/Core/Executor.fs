@@ -5,19 +5,7 @@ open System.Collections.Generic
 open System.Threading
 open System.Threading.Tasks
 open Parsl
-
-/// Where a shell app's standard stream goes.
-type StdStream =
-    /// Append to this file (Parsl's plain path: mode `a+`).
-    | Append of path: string
-    /// Truncate this file first (Parsl's `(path, 'w')`).
-    | Truncate of path: string
-
-    /// The file's path.
-    member this.Path =
-        match this with
-        | Append p
-        | Truncate p -> p
+open Parsl.Node
 
 /// A function app's call, ready to run: the user's delegate, its argument values, and a fast local invoker.
 type FunctionCall =
@@ -33,18 +21,6 @@ type FunctionCall =
       /// At this limit the try fails with `AppTimeout` and the token passed to the body is cancelled (Parsl's
       /// `walltime` of python apps). None: no limit.
       Walltime: TimeSpan option }
-
-/// A shell app's call, ready to run.
-type ShellCall =
-    { AppName: string
-      /// Builds the command line (the user's function with resolved arguments). May throw: that fails the task.
-      BuildCommand: unit -> string
-      Stdout: StdStream option
-      Stderr: StdStream option
-      /// Kill the process group and raise `AppTimeout` after this long.
-      Walltime: TimeSpan option
-      /// Files that must exist afterwards (`MissingOutputs` otherwise).
-      Outputs: string list }
 
 /// What an executor runs.
 type TaskBody =

@@ -1,4 +1,4 @@
-namespace Parsl.Runtime
+namespace Parsl.Node.Runtime
 
 #nowarn "9" // native pointers: the glibc calls below take and fill raw memory.
 

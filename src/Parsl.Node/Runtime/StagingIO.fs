@@ -1,4 +1,4 @@
-namespace Parsl.Runtime
+namespace Parsl.Node.Runtime
 
 open System
 open System.IO

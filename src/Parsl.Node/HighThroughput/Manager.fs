@@ -1,4 +1,4 @@
-namespace Parsl.Executors.HighThroughput
+namespace Parsl.Node.HighThroughput
 
 open System
 open System.Collections.Concurrent
@@ -907,7 +907,7 @@ module Manager =
             for slot in slots do
                 for KeyValue(k, pgid) in slot.Groups do
                     log (sprintf "killing process group %d of try %d, left by worker %d" pgid k slot.Rank)
-                    Parsl.Runtime.Native.killGroup pgid
+                    Parsl.Node.Runtime.Native.killGroup pgid
                 slot.Groups.Clear()
             for t in timers do
                 t.Dispose()
