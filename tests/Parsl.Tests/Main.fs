@@ -32,6 +32,7 @@ let all =
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
         WorkQueueTests.tests
+        TaskVineTests.tests
         MonitoringTests.tests
         EndpointTests.tests
     ]
