@@ -36,8 +36,49 @@ let private children (pid: int) =
 
 let private alive (pid: int) = Directory.Exists(sprintf "/proc/%d" pid) && not ((try File.ReadAllText(sprintf "/proc/%d/stat" pid) with _ -> "") .Contains ") Z ")
 
+/// Every vine_worker process running now (pid, command line).
+let private vineWorkers () =
+    [ for d in Directory.GetDirectories "/proc" do
+        match Int32.TryParse(Path.GetFileName d) with
+        | true, pid ->
+            let cmd = try (File.ReadAllText(Path.Combine(d, "cmdline"))).Replace('\000', ' ') with _ -> ""
+            if cmd.Contains "vine_worker" then pid, cmd
+        | _ -> () ]
+
+let private slurm () =
+    Harness.require "slurm" |> ignore
+    let name = HtexSlurmTests.label "tv-slurm"
+    let work = Path.Combine(Path.GetTempPath(), "parsl-tv-slurm-" + Guid.NewGuid().ToString("N"))
+    Directory.CreateDirectory work |> ignore
+    let provider =
+        new SlurmProvider(
+            { Slurm.defaults with
+                Exclusive = false
+                Walltime = "00:05:00"
+                CmdTimeout = TimeSpan.FromSeconds 30.0
+                StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
+    let tv, dfk =
+        withVine (fun o ->
+            { o with
+                Label = name
+                Provider = Some(provider :> IExecutionProvider)
+                WorkerExecutable = vine ()
+                WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
+    let () =
+        use _ = dfk
+        let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
+        let job = await (jobOf (Arg.value 0)).Task
+        Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
+        Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
+        Expect.equal (ready tv).Length 1 "one worker, from the block"
+    HtexSlurmTests.waitQueueEmpty name
+    try Directory.Delete(work, true) with _ -> ()
+
 let tests =
     testList "TaskVine" [
+      testSequencedGroup "provider-daemons" <| testList "on Slurm" [
+          testCase "a vine_worker started in a Slurm block connects and runs tasks" slurm
+      ]
       testList "protocol (pure)" [
         testProperty "every VINE_RESULT code becomes a TaskVineTaskFailure carrying that code" <| fun (i: NonNegativeInt) ->
             let code = VineProtocol.codes[i.Get % VineProtocol.codes.Length]
@@ -167,6 +208,26 @@ let tests =
             let sent = (ready tv).Head.BytesSent - before
             Expect.isGreaterThanOrEqual sent mb20 "the file was sent"
             Expect.isLessThan sent (mb20 + 1024L * 1024L) (sprintf "once, not 20 times (%d bytes sent)" sent)
+
+        testCase "workers as Local blocks: their logs are under the run directory, and shutdown leaves no worker" <| fun () ->
+            let work = tempRunDir ()
+            let tv, dfk =
+                withVine (fun o ->
+                    { o with
+                        Provider = Some(LocalProvider { LocalProvider.Defaults with StatusPollingInterval = TimeSpan.FromMilliseconds 200.0 } :> IExecutionProvider)
+                        StrategyPeriod = TimeSpan.FromMilliseconds 200.0
+                        WorkerExecutable = vine ()
+                        WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
+            let mine () = vineWorkers () |> List.filter (fun (_, cmd) -> cmd.Contains work)
+            let pids =
+                use _ = dfk
+                let f = App.func dfk (fun (x: int) -> x * 3)
+                Expect.equal (await (f (Arg.value 5)).Task) 15 "ran in the block's worker"
+                let workers = mine () |> List.map fst
+                Expect.isNonEmpty workers "the block's worker runs"
+                Expect.isTrue (File.Exists(Path.Combine(tv.RunDirectory, "workers", "block-0.log"))) "its log is under the run directory"
+                workers @ List.collect children workers
+            waitFor 30.0 "the block's worker and its transfer server to end" (fun () -> not (List.exists alive pids))
 
         testCase "serverless: a long-lived .NET library on the worker serves function calls" <| fun () ->
             let tv, dfk = withVine (fun o -> { o with FunctionExecMode = FunctionExecMode.Serverless; Env = Map [ "PARSL_TV_TEST", "lib-env" ] })
