@@ -209,6 +209,23 @@ let tests =
             Expect.isGreaterThanOrEqual sent mb20 "the file was sent"
             Expect.isLessThan sent (mb20 + 1024L * 1024L) (sprintf "once, not 20 times (%d bytes sent)" sent)
 
+        testCase "an output read by a later task stays on the worker: it is not sent back" <| fun () ->
+            let tv, dfk = withVine id
+            use _ = dfk
+            use _w = worker tv []
+            let dir = tempRunDir ()
+            let mb5 = 5 * 1024 * 1024
+            let write = App.func dfk (fun (f: File) -> File.WriteAllBytes(f.Filepath, Array.create mb5 42uy); f)
+            let read = App.func dfk (fun (f: File) -> (File.ReadAllBytes f.Filepath) |> Array.sumBy int64)
+            let out = File.Of(Path.Combine(dir, "inter.bin"))
+            let made = write (Arg.value out)
+            let madeFile = await made.Task
+            Expect.equal (FileInfo(Path.Combine(dir, "inter.bin")).Length) (int64 mb5) "the output came back here too"
+            let before = (ready tv).Head.BytesSent
+            Expect.equal (await (read (Arg.value madeFile)).Task) (42L * int64 mb5) "the later task read it"
+            let sent = (ready tv).Head.BytesSent - before
+            Expect.isLessThan sent (1024L * 1024L) (sprintf "the 5 MB file was not sent back to the worker (%d bytes sent)" sent)
+
         testCase "workers as Local blocks: their logs are under the run directory, and shutdown leaves no worker" <| fun () ->
             let work = tempRunDir ()
             let tv, dfk =

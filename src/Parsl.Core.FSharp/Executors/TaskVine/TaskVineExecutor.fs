@@ -29,6 +29,9 @@ type TaskVineExecutor(options: TaskVineOptions) =
     let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
     let shipping = RunnerShipping("TaskVineExecutor", label, options.RunnerDirectory, options.SharedFs)
     let fileHashes = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
+    /// Outputs of earlier tasks still in their worker's cache, by the local copy they were fetched to: a later task
+    /// given that file names the worker's copy, so it is not sent back.
+    let kept = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
     let mutable ctx = Unchecked.defaultof<ExecutorContext>
     let mutable manager: VineManagerHandle option = None
     let mutable runner: VineInput list = []
@@ -98,10 +101,15 @@ type TaskVineExecutor(options: TaskVineOptions) =
     /// file given to many tasks crosses to a worker once, and a changed file is a new name.
     let fileInput (local: string) (sandbox: string) : VineInput =
         let fi = FileInfo local
-        let h = fileHashes.GetOrAdd(struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc), (fun _ -> Serialization.hashFile fi.FullName))
-        { File = { CacheName = sprintf "parsl-file-%s-%s" (h.Substring(0, 16).ToLowerInvariant()) fi.Name; SandboxName = sandbox; Level = CacheLevel.Workflow }
-          LocalPath = fi.FullName
-          Mode = 0o644 }
+        match kept.TryGetValue(struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc)) with
+        | true, name ->
+            // The worker that wrote it still holds it under this name; any other worker is sent this local copy.
+            { File = { CacheName = name; SandboxName = sandbox; Level = CacheLevel.Workflow }; LocalPath = fi.FullName; Mode = 0o644 }
+        | _ ->
+            let h = fileHashes.GetOrAdd(struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc), (fun _ -> Serialization.hashFile fi.FullName))
+            { File = { CacheName = sprintf "parsl-file-%s-%s" (h.Substring(0, 16).ToLowerInvariant()) fi.Name; SandboxName = sandbox; Level = CacheLevel.Workflow }
+              LocalPath = fi.FullName
+              Mode = 0o644 }
 
     let spec (cmd: string) appName (req: ResourceRequest) wall : VineTaskSpec =
         { TaskId = 0L
@@ -134,6 +142,11 @@ type TaskVineExecutor(options: TaskVineOptions) =
               Complete =
                 fun r ->
                     let outcome = match r with Ok o -> (try complete o with e -> Error e) | Error e -> Error e
+                    if Result.isOk outcome then
+                        for o in outputs do
+                            if o.File.Level = CacheLevel.Workflow && File.Exists o.Path then
+                                let fi = FileInfo o.Path
+                                kept[struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc)] <- o.File.CacheName
                     report key outcome
                     try Directory.Delete(dir, true) with _ -> () }
         match t.Body with
@@ -153,12 +166,14 @@ type TaskVineExecutor(options: TaskVineOptions) =
                 if options.SharedFs || f.Scheme <> "file" then f
                 else
                     n <- n + 1
-                    let local = f.Filepath
+                    // A File that came back from a task carries the worker's sandbox path: its path here is the URL's.
+                    let local = f.CleanCopy().Filepath
                     let name = sprintf "f%d-%s" n f.FileName
                     if File.Exists local then ins.Add(fileInput local name)
                     else
+                        // Fetched here, and also kept in the worker's cache for a later task that reads it.
                         outs.Add
-                            { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Level = CacheLevel.TaskLevel }
+                            { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Level = CacheLevel.Workflow }
                               Path = Path.GetFullPath local
                               Append = false }
                     f.WithLocalPath name
