@@ -75,6 +75,11 @@ public sealed class TaskVineExecutorOptions : ExecutorOptions
     /// place instead of staged. Default false.</summary>
     public bool SharedFs { get; set; }
 
+    /// <summary>A cached file that another worker already holds is fetched from that worker's transfer server
+    /// instead of being sent from here (Parsl's <c>enable_peer_transfers</c>). The worker's transfer server listens on
+    /// all interfaces without a password, so this is off by default. Default false.</summary>
+    public bool PeerTransfers { get; set; }
+
     /// <summary>Each task's category is its app's name; false puts every task in <c>parsl-default</c>. Default true.</summary>
     public bool Autocategory { get; set; } = true;
 
@@ -125,7 +130,7 @@ public sealed class TaskVineExecutorOptions : ExecutorOptions
             FunctionExecMode == TaskVineFunctionMode.Serverless ? Parsl.Executors.TaskVine.FunctionExecMode.Serverless : Parsl.Executors.TaskVine.FunctionExecMode.Regular,
             InitCommand,
             MapModule.OfSeq(Env.Select(kv => Tuple.Create(kv.Key, kv.Value))),
-            SharedFs, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,
+            SharedFs, PeerTransfers, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,
             DotnetCommand ?? d.DotnetCommand, RunnerDirectory ?? d.RunnerDirectory));
     }
 }

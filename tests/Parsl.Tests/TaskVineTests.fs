@@ -226,6 +226,42 @@ let tests =
             let sent = (ready tv).Head.BytesSent - before
             Expect.isLessThan sent (1024L * 1024L) (sprintf "the 5 MB file was not sent back to the worker (%d bytes sent)" sent)
 
+        testCase "with peer transfers, a kept output goes worker to worker, not through the manager" <| fun () ->
+            let tv, dfk = withVine (fun o -> { o with PeerTransfers = true })
+            use _ = dfk
+            let dir = tempRunDir ()
+            let mb5 = 5 * 1024 * 1024
+            use first = new WorkerProcess(vine (), tv.Port.Value, [ "--password"; tv.PasswordPath; "--cores"; "1" ])
+            let write = App.func dfk (fun (f: File) -> File.WriteAllBytes(f.Filepath, Array.create mb5 7uy); f)
+            let read = App.func dfk (fun (f: File) -> (File.ReadAllBytes f.Filepath) |> Array.sumBy int64)
+            let made = await (write (Arg.value (File.Of(Path.Combine(dir, "inter.bin"))))).Task
+            // The first worker is kept busy until the read is done, so the read runs on the second.
+            let release = Path.Combine(dir, "release")
+            let hold = App.shell dfk (fun (_: int) -> sprintf "while [ ! -f %s ]; do sleep 0.1; done" release)
+            let held = hold (Arg.value 0)
+            waitFor 60.0 "the first worker to be busy" (fun () -> (ready tv) |> List.exists (fun w -> w.Running > 0))
+            use _second = new WorkerProcess(vine (), tv.Port.Value, [ "--password"; tv.PasswordPath; "--cores"; "1" ])
+            waitFor 60.0 "the second worker to join" (fun () -> (ready tv).Length = 2)
+            Expect.equal (await (read (Arg.value made)).Task) (7L * int64 mb5) "the later task read it on the other worker"
+            File.WriteAllText(release, "")
+            Expect.equal (await held.Task) 0 "the hold ended"
+            let second = ready tv |> List.maxBy (fun w -> w.Id)
+            Expect.isGreaterThanOrEqual second.PeerBytes (int64 mb5) "the file was fetched from the first worker's transfer server"
+            Expect.equal first.Process.HasExited false "the first worker served it"
+
+        testCase "with SharedFs, Files are used in place: nothing is staged" <| fun () ->
+            let tv, dfk = withVine (fun o -> { o with SharedFs = true })
+            use _ = dfk
+            use _w = worker tv []
+            let dir = tempRunDir ()
+            let input = Path.Combine(dir, "in.txt")
+            File.WriteAllText(input, "shared")
+            let copy = App.func dfk (fun (i: File, o: File) -> File.WriteAllText(o.Filepath, File.ReadAllText(i.Filepath) + "!"); o.Filepath)
+            let path = await (copy (Arg.value (File.Of input, File.Of(Path.Combine(dir, "out.txt"))))).Task
+            Expect.equal path (Path.Combine(dir, "out.txt")) "the app saw the client's own path"
+            Expect.equal (File.ReadAllText path) "shared!" "and wrote there directly"
+            Expect.isEmpty (Directory.GetDirectories(Path.Combine(tv.RunDirectory, "transfers")) |> Array.collect Directory.GetFiles) "nothing came back through the manager"
+
         testCase "workers as Local blocks: their logs are under the run directory, and shutdown leaves no worker" <| fun () ->
             let work = tempRunDir ()
             let tv, dfk =

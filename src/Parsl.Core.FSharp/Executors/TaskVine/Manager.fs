@@ -57,7 +57,9 @@ type VineWorkerInfo =
       Library: bool
       Running: int
       /// Bytes of files this manager sent to it (`put`).
-      BytesSent: int64 }
+      BytesSent: int64
+      /// Bytes it was told to fetch from other workers' transfer servers (`puturl`, peer transfers).
+      PeerBytes: int64 }
 
 /// What the manager needs.
 type VineManagerSettings =
@@ -73,6 +75,8 @@ type VineManagerSettings =
       TransferDir: string
       /// The library task started on each worker as it joins (serverless mode): its description and inputs.
       Library: (VineTaskSpec * VineInput list) option
+      /// A cached file another worker holds is fetched from that worker's transfer server, not sent from here.
+      PeerTransfers: bool
       Log: Serilog.ILogger }
 
 /// Requests to the manager's loop.
@@ -125,9 +129,14 @@ module VineManager =
           /// The id of our library task there (serverless mode), 0 for none.
           mutable LibraryTask: int64
           mutable BytesSent: int64
+          mutable PeerBytes: int64
+          /// Where the worker's peers reach its transfer server (its address as seen here).
+          mutable TransferHost: string
           Running: HashSet<int64>
           /// Files the worker holds (or is receiving) at workflow level.
           Cached: HashSet<string>
+          /// Files the worker said it holds (`cache-update`): only these are fetched from it by peers.
+          Confirmed: HashSet<string>
           /// Outputs asked for with `get`, in order: the worker answers in order.
           Gets: Queue<struct (int64 * string)> }
 
@@ -305,12 +314,29 @@ module VineManager =
             byKey.Remove e.Task.Key |> ignore
             try e.Task.Complete outcome with ex -> s.Log.Error(ex, "{Label}: completing task {Key} failed", s.Label, e.Task.Key)
 
+        let mutable transfers = 0L
+        /// Brings an input into the worker's cache: workflow-level files once per worker (from a peer that holds
+        /// it, with peer transfers on, else from here); task-level ones with every task that names them.
         let put (w: Worker) (i: VineInput) =
-            // Workflow-level files go to a worker once; task-level ones with every task that names them.
-            if i.File.Level = CacheLevel.TaskLevel || w.Cached.Add i.File.CacheName then
+            let level = i.File.Level
+            if level = CacheLevel.TaskLevel || not (w.Cached.Contains i.File.CacheName) then
+                w.Cached.Add i.File.CacheName |> ignore
                 let size = FileInfo(i.LocalPath).Length
-                w.BytesSent <- w.BytesSent + size
-                w.Link.Send(FileBody(Text.Encoding.UTF8.GetBytes(VineProtocol.putHeader i.File.CacheName i.File.Level size i.Mode), i.LocalPath))
+                let peer =
+                    if s.PeerTransfers && level <> CacheLevel.TaskLevel then
+                        workers.Values |> Seq.tryFind (fun p -> p.Id <> w.Id && p.TransferPort > 0 && p.Confirmed.Contains i.File.CacheName)
+                    else None
+                match peer with
+                | Some p ->
+                    w.PeerBytes <- w.PeerBytes + size
+                    transfers <- transfers + 1L
+                    let url = sprintf "worker://%s:%d/%s" p.TransferHost p.TransferPort i.File.CacheName
+                    w.Link.SendLine(
+                        sprintf "puturl %s %s %d %d 0%s peer-%d"
+                            (VineProtocol.encodeName url) (VineProtocol.encodeName i.File.CacheName) (int level) size (Convert.ToString(i.Mode, 8)) transfers)
+                | None ->
+                    w.BytesSent <- w.BytesSent + size
+                    w.Link.Send(FileBody(Text.Encoding.UTF8.GetBytes(VineProtocol.putHeader i.File.CacheName level size i.Mode), i.LocalPath))
 
         /// Frees the task's place on its worker and its sandbox and task-level files there.
         let release (w: Worker) (e: Entry) =
@@ -437,10 +463,15 @@ module VineManager =
                     w.Ready <- true
                     s.Log.Information("{Label}: worker {Id} ready: {Cores} cores, {Memory} MB, {Disk} MB disk", s.Label, w.Id, w.Total.Cores, w.Total.Memory, w.Total.Disk)
                     startLibrary w
-            | TransferPort(_, p) -> w.TransferPort <- p
-            | CacheUpdate(name, _, _) -> w.Cached.Add name |> ignore
+            | TransferPort(host, p) ->
+                w.TransferPort <- p
+                host |> Option.iter (fun h -> w.TransferHost <- h)
+            | CacheUpdate(name, _, _) ->
+                w.Cached.Add name |> ignore
+                w.Confirmed.Add name |> ignore
             | CacheInvalid(name, _) ->
                 w.Cached.Remove name |> ignore
+                w.Confirmed.Remove name |> ignore
                 s.Log.Warning("{Label}: worker {Id} could not cache {Name}: {Message}", s.Label, w.Id, name, Text.Encoding.UTF8.GetString payload)
             | Complete(code, exitCode, _, _, _, _, taskId) when taskId = w.LibraryTask ->
                 // The library ended (it should not): calls now run as ordinary tasks there.
@@ -519,8 +550,11 @@ module VineManager =
                                               TransferPort = 0
                                               LibraryTask = 0L
                                               BytesSent = 0L
+                                              PeerBytes = 0L
+                                              TransferHost = (match link.Remote.LastIndexOf ':' with -1 -> link.Remote | i -> link.Remote.Substring(0, i))
                                               Running = HashSet()
                                               Cached = HashSet()
+                                              Confirmed = HashSet()
                                               Gets = Queue() }
                                         s.Log.Information("{Label}: worker {Id} joined from {Host} ({Remote}), TaskVine {Version}", s.Label, id, host, link.Remote, version)
                                     | Joined(_, link, _) -> link.Abort()
@@ -582,7 +616,8 @@ module VineManager =
                                                   TransferPort = w.TransferPort
                                                   Library = w.LibraryTask > 0L
                                                   Running = w.Running.Count
-                                                  BytesSent = w.BytesSent } ]
+                                                  BytesSent = w.BytesSent
+                                                  PeerBytes = w.PeerBytes } ]
                                         |> ignore
                                     | StopManager reply ->
                                         go <- false

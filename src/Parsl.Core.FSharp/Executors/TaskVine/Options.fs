@@ -46,6 +46,11 @@ type TaskVineOptions =
       Env: Map<string, string>
       /// Workers see the client's files at the same paths: `File`s are used in place, not staged. Default false.
       SharedFs: bool
+      /// A cached file (a `File` input, an output kept on its worker) that another worker already holds is fetched
+      /// from that worker's transfer server instead of being sent from here (Parsl's `enable_peer_transfers`). The
+      /// transfer server of `vine_worker` listens on all interfaces and asks for no password, so this is off by
+      /// default: turn it on where the workers' network is private. Default false.
+      PeerTransfers: bool
       /// Each task's category is its app's name; else "parsl-default". Default true.
       Autocategory: bool
       /// Dispatches of a task before its worker's loss fails it with `WorkerLost`. The default 1 leaves retrying to
@@ -81,6 +86,7 @@ module TaskVineOptions =
           InitCommand = ""
           Env = Map.empty
           SharedFs = false
+          PeerTransfers = false
           Autocategory = true
           MaxRetries = 1
           KeepalivePeriod = TimeSpan.FromSeconds 30.0

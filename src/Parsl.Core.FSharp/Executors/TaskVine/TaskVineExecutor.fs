@@ -327,6 +327,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
                           MaxRetries = options.MaxRetries
                           TransferDir = Path.Combine(root, "transfers")
                           Library = library
+                          PeerTransfers = options.PeerTransfers
                           Log = context.Log }
                 manager <- Some m
                 match options.Provider with
