@@ -80,8 +80,10 @@ type TaskVineExecutor(options: TaskVineOptions) =
                         sprintf "the .NET task runner of app %s on %s wrote no result (exit code %d; is `%s` on the worker's PATH?): %s"
                             appName o.Host o.ExitCode options.DotnetCommand (text o.Output)))
 
-    let shellResult (call: ShellCall) (outputs: string list) (o: VineOutcome) : Result<obj, exn> =
-        if o.Code = 2 && o.ExitCode <> 0 then Error(BashExitFailure(call.AppName, o.ExitCode))
+    let shellResult (call: ShellCall) (limited: bool) (outputs: string list) (o: VineOutcome) : Result<obj, exn> =
+        if limited && o.Code = 0 && o.ExitCode = 137 then
+            Error(TaskVineMaxRunTime(56, VineProtocol.explain 56 + " (stopped by the task's own timeout)"))
+        elif o.Code = 2 && o.ExitCode <> 0 then Error(BashExitFailure(call.AppName, o.ExitCode))
         elif o.Code <> 0 && o.Code <> 2 then Error(VineProtocol.failure o.Code o.ExitCode (text o.Output))
         elif o.ExitCode <> 0 then Error(BashExitFailure(call.AppName, o.ExitCode))
         else
@@ -213,8 +215,13 @@ type TaskVineExecutor(options: TaskVineOptions) =
                           Path = Path.GetFullPath s.Path
                           Append = (match s with Append _ -> true | Truncate _ -> false) }
                     sprintf " %s %s" op name
+            let wall = wallSeconds req call.Walltime
+            // The worker kills a task at its wall time through the task's process group, which it makes after the
+            // fork; under load the task may exec first and stay in the worker's group, out of reach (seen here). So
+            // a shell app with a limit also runs under `timeout`, a little later, as a backstop.
+            let limited = if wall > 0L then sprintf "timeout -s KILL %d " (wall + 2L) else ""
             let line =
-                "/bin/bash -c " + quote cmd
+                limited + "/bin/bash -c " + quote cmd
                 + redirect ">" call.Stdout "parsl.stdout"
                 + redirect "2>" call.Stderr "parsl.stderr"
             let outputs =
@@ -225,7 +232,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
                               Path = Path.GetFullPath p
                               Append = false }
                     Path.GetFullPath p ]
-            make (spec line call.AppName req call.Walltime) [] (List.ofSeq outs) None (shellResult call outputs)
+            make (spec line call.AppName req call.Walltime) [] (List.ofSeq outs) None (shellResult call (wall > 0L) outputs)
 
     /// Parsl's defaults.
     new() = TaskVineExecutor(TaskVineOptions.defaults ())
