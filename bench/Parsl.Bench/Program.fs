@@ -12,6 +12,7 @@ let main argv =
     if want "htex" || Array.contains "netmq" argv then Transport.run (printfn "%s")
     if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
     if Array.contains "wq" argv then WorkQueue.run (printfn "%s")
+    if Array.contains "vine" argv then TaskVine.run (printfn "%s")
     if want "monitoring" then Monitoring.run (printfn "%s")
     if Array.contains "endpoint" argv then Endpoint.run (printfn "%s")
     if Array.contains "mpi" argv then Mpi.run (printfn "%s")

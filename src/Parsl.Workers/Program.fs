@@ -184,6 +184,7 @@ let main argv =
     match argv with
     | WorkerLine(rank, generation, address) -> runWorker rank generation address
     | _ when argv.Length > 0 && argv[0].StartsWith "wq-" -> WqRun.main argv
+    | _ when argv.Length > 0 && argv[0] = "vine-library" -> VineRun.main argv
     | _ ->
         // One line per mode.
         match parse argv with

@@ -36,6 +36,55 @@ let private runCall (argv: string[]) : int =
         eprintfn "usage: Parsl.Workers wq-run CALL RESULT | Parsl.Workers wq-serve"
         64
 
+/// One long-lived runner loop (the HTEx worker's, fed through in-process pipes) that runs calls found in sandboxes:
+/// the user's assemblies are loaded once, and a call costs no `dotnet` start. Calls run one at a time. Shared by Work
+/// Queue's coprocess (`wq-serve`) and TaskVine's library (`vine-library`).
+[<Sealed>]
+type LongLivedRunner() =
+    let home = Directory.GetCurrentDirectory()
+    let toWorker = new Pipes.AnonymousPipeServerStream(Pipes.PipeDirection.Out)
+    let workerIn = new Pipes.AnonymousPipeClientStream(Pipes.PipeDirection.In, toWorker.ClientSafePipeHandle)
+    let fromWorker = new Pipes.AnonymousPipeServerStream(Pipes.PipeDirection.In)
+    let workerOut = new Pipes.AnonymousPipeClientStream(Pipes.PipeDirection.Out, fromWorker.ClientSafePipeHandle)
+    let loop = Threading.Thread((fun () -> Worker.run workerIn workerOut |> ignore), IsBackground = true, Name = "runner")
+    do loop.Start()
+    // Function ids are the client's; two runs would reuse them. Ids here are per definition content.
+    let ids = Collections.Generic.Dictionary<string, int>()
+
+    /// The working directory the runner started in.
+    member _.Home = home
+
+    /// Runs the call in `sandbox/parsl.call` and writes `sandbox/parsl.result`; "ok", or what went wrong.
+    member _.Run(sandbox: string) : string =
+        try
+            let frame =
+                use f = File.OpenRead(Path.Combine(sandbox, "parsl.call"))
+                Frames.read f
+            let (Run tasks) = Protocol.decodeToWorker frame.Value
+            let fix (t: WireTask) =
+                match t.Body with
+                | Call(_, def, args, wall) when not (isNull def) ->
+                    let refs, body = Serialization.decodeDefinition def
+                    let refs = refs |> List.map (fun r -> { r with Path = Path.GetFullPath(Path.Combine(sandbox, r.Path)) })
+                    let key = Convert.ToHexString(Security.Cryptography.SHA256.HashData body)
+                    let id = match ids.TryGetValue key with | true, i -> i | _ -> (let i = ids.Count + 1 in ids[key] <- i; i)
+                    { t with Body = Call(id, Serialization.rewriteDefinition refs body, args, wall) }
+                | _ -> t
+            // The app sees its sandbox as the working directory, as in a task of its own.
+            Directory.SetCurrentDirectory sandbox
+            try
+                Frames.write toWorker (Protocol.encodeToWorker (Run(List.map fix tasks)))
+                toWorker.Flush()
+                match Frames.read fromWorker with
+                | Some result ->
+                    use out = File.Create(Path.Combine(sandbox, "parsl.result"))
+                    Frames.write out result
+                    "ok"
+                | None -> "the runner's loop ended"
+            finally
+                Directory.SetCurrentDirectory home
+        with e -> e.Message
+
 /// `Parsl.Workers wq-serve`: the long-lived runner a Work Queue worker keeps as its coprocess (`--coprocess`,
 /// protocol 10+). It tells the worker its name and port on stdout, then serves the worker's calls on loopback: each
 /// names a task id, whose sandbox (`t.<id>` under the worker's directory, this process's working directory) holds the
@@ -66,17 +115,9 @@ let serve () : int =
     watch.Start()
     // The worker reads nothing more from our stdout: what apps print goes to stderr, so a full pipe never blocks them.
     Console.SetOut(Console.Error)
-    let home = Directory.GetCurrentDirectory()
-    use toWorker = new Pipes.AnonymousPipeServerStream(Pipes.PipeDirection.Out)
-    use workerIn = new Pipes.AnonymousPipeClientStream(Pipes.PipeDirection.In, toWorker.ClientSafePipeHandle)
-    use fromWorker = new Pipes.AnonymousPipeServerStream(Pipes.PipeDirection.In)
-    use workerOut = new Pipes.AnonymousPipeClientStream(Pipes.PipeDirection.Out, fromWorker.ClientSafePipeHandle)
-    let loop = Threading.Thread((fun () -> Worker.run workerIn workerOut |> ignore), IsBackground = true, Name = "runner")
-    loop.Start()
-    // Function ids are the client's; two runs would reuse them. Ids here are per definition content.
-    let ids = Collections.Generic.Dictionary<string, int>()
+    let runner = new LongLivedRunner()
     let runOne (taskId: string) =
-        let sandbox = Path.Combine(home, "t." + taskId)
+        let sandbox = Path.Combine(runner.Home, "t." + taskId)
         try
             // The environment is read from the sandbox's `infile` (written by the worker from the authenticated
             // manager), not from the connection: whoever connects to this loopback port is not trusted.
@@ -84,32 +125,7 @@ let serve () : int =
             if env.Trim().StartsWith "{" then
                 for kv in Text.Json.JsonDocument.Parse(env).RootElement.EnumerateObject() do
                     Environment.SetEnvironmentVariable(kv.Name, kv.Value.GetString())
-            let frame =
-                use f = File.OpenRead(Path.Combine(sandbox, "parsl.call"))
-                Frames.read f
-            let (Run tasks) = Protocol.decodeToWorker frame.Value
-            let fix (t: WireTask) =
-                match t.Body with
-                | Call(_, def, args, wall) when not (isNull def) ->
-                    let refs, body = Serialization.decodeDefinition def
-                    let refs = refs |> List.map (fun r -> { r with Path = Path.GetFullPath(Path.Combine(sandbox, r.Path)) })
-                    let key = Convert.ToHexString(Security.Cryptography.SHA256.HashData body)
-                    let id = match ids.TryGetValue key with | true, i -> i | _ -> (let i = ids.Count + 1 in ids[key] <- i; i)
-                    { t with Body = Call(id, Serialization.rewriteDefinition refs body, args, wall) }
-                | _ -> t
-            // The app sees its sandbox as the working directory, as in a task of its own.
-            Directory.SetCurrentDirectory sandbox
-            try
-                Frames.write toWorker (Protocol.encodeToWorker (Run(List.map fix tasks)))
-                toWorker.Flush()
-                match Frames.read fromWorker with
-                | Some result ->
-                    use out = File.Create(Path.Combine(sandbox, "parsl.result"))
-                    Frames.write out result
-                    "ok"
-                | None -> "the runner's loop ended"
-            finally
-                Directory.SetCurrentDirectory home
+            runner.Run sandbox
         with e -> "wq-serve: " + e.Message
     while true do
         use client = listener.AcceptTcpClient()

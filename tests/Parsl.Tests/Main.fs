@@ -36,6 +36,7 @@ let all =
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
         WorkQueueTests.tests
+        TaskVineTests.tests
         MonitoringTests.tests
         EndpointTests.tests
         MpiTests.tests

@@ -161,3 +161,43 @@ type LineLink(client: TcpClient, lineMax: int, timeout: TimeSpan) =
 
     interface IDisposable with
         member this.Dispose() = this.Abort()
+
+/// CCTools' password authentication (`link_auth_password`), spoken the same by Work Queue and TaskVine workers
+/// before anything else: each side sends `auth password sha1`, a nonce, then the SHA1 of the password and the
+/// other's nonce, then `ok`. Nothing the peer sends is parsed as a worker message before this succeeds.
+[<RequireQualifiedAccess>]
+module LinkAuth =
+    /// The line that starts password authentication, both ways.
+    let ident = Parsl.Executors.WorkQueue.WqProtocol.authIdent
+
+    /// `SHA1(password + " " + nonce)` in lower-case hex: what each side proves it holds the password with.
+    let response (password: string) (nonce: string) = Parsl.Executors.WorkQueue.WqProtocol.authResponse password nonce
+
+    /// Runs the manager's side on a fresh link: None when the worker proved it holds `password`, else why not.
+    let manager (link: LineLink) (password: string) : Task<string option> =
+        task {
+            let read () =
+                task {
+                    match! link.ReadLineAsync() with
+                    | Some l -> return l
+                    | None -> return raise (EndOfStreamException "the worker closed the connection")
+                }
+            link.SendLine ident
+            let! first = read ()
+            if first <> ident then
+                return Some "the worker did not authenticate (it has no password; give it one with --password)"
+            else
+                let nonce = Convert.ToHexString(Security.Cryptography.RandomNumberGenerator.GetBytes 32).ToLowerInvariant()
+                link.SendLine nonce
+                let! peerNonce = read ()
+                link.SendLine(response password peerNonce)
+                let! answer = read ()
+                let expected = response password nonce
+                if Security.Cryptography.CryptographicOperations.FixedTimeEquals(Encoding.ASCII.GetBytes answer, Encoding.ASCII.GetBytes expected) then
+                    link.SendLine "ok"
+                    let! theirs = read ()
+                    return (if theirs = "ok" then None else Some "the worker did not accept this manager's password")
+                else
+                    link.SendLine "failure"
+                    return Some "the worker's password is wrong"
+        }

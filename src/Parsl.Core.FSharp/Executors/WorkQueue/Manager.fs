@@ -173,28 +173,11 @@ module WqManager =
                 let mutable ok = true
                 match s.Password with
                 | Some password ->
-                    link.SendLine WqProtocol.authIdent
-                    let! ident = read ()
-                    if ident <> WqProtocol.authIdent then
+                    match! LinkAuth.manager link password with
+                    | None -> ()
+                    | Some why ->
                         ok <- false
-                        reject "the worker did not authenticate (it has no password; give it one with --password)"
-                    else
-                        let nonce = Convert.ToHexString(RandomNumberGenerator.GetBytes 32).ToLowerInvariant()
-                        link.SendLine nonce
-                        let! peerNonce = read ()
-                        link.SendLine(WqProtocol.authResponse password peerNonce)
-                        let! answer = read ()
-                        let expected = WqProtocol.authResponse password nonce
-                        if CryptographicOperations.FixedTimeEquals(Text.Encoding.ASCII.GetBytes answer, Text.Encoding.ASCII.GetBytes expected) then
-                            link.SendLine "ok"
-                            let! theirs = read ()
-                            if theirs <> "ok" then
-                                ok <- false
-                                reject "the worker did not accept this manager's password"
-                        else
-                            link.SendLine "failure"
-                            ok <- false
-                            reject "the worker's password is wrong"
+                        reject why
                 | None -> ()
                 if ok then
                     let! first = read ()

@@ -28,10 +28,7 @@ open Parsl.Node
 type WorkQueueExecutor(options: WorkQueueOptions) =
     let label = options.Label
     let inflight = InFlight<unit>()
-    let functions = ConcurrentDictionary<Delegate, struct (int * byte[] * InputSource list)>(HashIdentity.Reference)
-    let hashes = ConcurrentDictionary<string, string>()
-    let shipped = ConcurrentDictionary<string, bool>()
-    let mutable nextFunction = 0
+    let shipping = Parsl.Executors.WorkerLink.RunnerShipping("WorkQueueExecutor", label, options.RunnerDirectory, options.SharedFs)
     let mutable ctx = Unchecked.defaultof<ExecutorContext>
     let mutable manager: WqManagerHandle option = None
     let mutable runner: InputSource list = []
@@ -40,7 +37,6 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let mutable passwordPath = ""
     let mutable dataDir = ""
     let mutable scaler: WqScalerHandle option = None
-    let opts = lazy (Serialization.options (fun n -> shipped.ContainsKey n))
     let quote (s: string) =
         if s <> "" && s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) then s
         else "'" + s.Replace("'", "'\\''") + "'"
@@ -49,92 +45,8 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
 
     let short (h: string) = h.Substring(0, 16).ToLowerInvariant()
 
-    /// The runner's files: Parsl.Workers.dll, its runtime config and every assembly its deps.json names.
-    let runnerFiles () : InputSource list =
-        let dir = options.RunnerDirectory
-        let deps = Path.Combine(dir, "Parsl.Workers.deps.json")
-        let names =
-            [ "Parsl.Workers.dll"; "Parsl.Workers.runtimeconfig.json"; "Parsl.Workers.deps.json"
-              if File.Exists deps then
-                  use doc = JsonDocument.Parse(File.ReadAllText deps)
-                  for target in doc.RootElement.GetProperty("targets").EnumerateObject() do
-                      for lib in target.Value.EnumerateObject() do
-                          match lib.Value.TryGetProperty "runtime" with
-                          | true, rt ->
-                              for asset in rt.EnumerateObject() do
-                                  Path.GetFileName asset.Name
-                          | _ -> ()
-              else
-                  // A published application has no deps file of the worker's own (only the application's): send
-                  // every assembly beside it, so that FSharp.Core and the rest are on the worker (cached once).
-                  for f in Directory.GetFiles(dir, "*.dll") do
-                      Path.GetFileName f ]
-            |> List.distinct
-            |> List.filter (fun n -> File.Exists(Path.Combine(dir, n)))
-        [ for n in names ->
-            let p = Path.Combine(dir, n)
-            let h = hashes.GetOrAdd(p, Serialization.hashFile)
-            { File = { CacheName = sprintf "parsl-runner-%s-%s" (short h) n; SandboxName = n; Cached = true }
-              LocalPath = p
-              Mode = 0o644 } ]
-
-    /// The function's definition (assembly paths pointed at the sandbox's copies unless `SharedFs`) and the
-    /// assemblies to send with it.
-    let define (appName: string) (f: Delegate) =
-        match functions.TryGetValue f with
-        | true, d -> d
-        | _ ->
-            if HighThroughputExecutor.CompiledInMemory 3 (box f) then
-                raise (
-                    SerializationError(
-                        sprintf "app %s cannot run on WorkQueueExecutor '%s': its function was compiled in memory (a dotnet fsi script or Reflection.Emit), so workers cannot load it; define it in a compiled project, or run the app on a ThreadPoolExecutor" appName label,
-                        null))
-            let asms =
-                AppDomain.CurrentDomain.GetAssemblies()
-                |> Seq.filter (fun a -> not (Serialization.isProvided a))
-                |> Seq.map (fun a ->
-                    let h = hashes.GetOrAdd(a.Location, Serialization.hashFile)
-                    shipped[a.GetName().Name] <- true
-                    a, h)
-                |> List.ofSeq
-            let refs =
-                [ for a, h in asms ->
-                    { FullName = a.FullName
-                      Path = (if options.SharedFs then a.Location else sprintf "parsl-asm-%s.dll" (short h))
-                      Hash = h } ]
-            let inputs =
-                if options.SharedFs then []
-                else
-                    // One file per content: an assembly loaded twice (two load contexts) is sent once.
-                    [ for a, h in List.distinctBy snd asms ->
-                        let n = sprintf "parsl-asm-%s.dll" (short h)
-                        { File = { CacheName = n; SandboxName = n; Cached = true }; LocalPath = a.Location; Mode = 0o644 } ]
-            let def = Serialization.encodeDefinition opts.Value refs f
-            let d = struct (Interlocked.Increment &nextFunction, def, inputs)
-            functions.GetOrAdd(f, d)
-
-    /// The app's exception as itself when its type loads here (Parsl #1703: not a wrapper), else `RemoteException`.
-    let rebuild (typeName: string) (message: string) (stack: string) (data: string list) : exn =
-        match typeName, data with
-        | "Parsl.BashExitFailure", [ app; code ] -> BashExitFailure(app, int code)
-        | "Parsl.AppTimeout", _ -> AppTimeout(message)
-        | "Parsl.MissingOutputs", outputs -> MissingOutputs("the files were not created", outputs)
-        | _ ->
-            let t =
-                AppDomain.CurrentDomain.GetAssemblies()
-                |> Seq.tryPick (fun a -> match a.GetType(typeName, false) with null -> None | t -> Some t)
-            let made =
-                match t with
-                | Some t when typeof<exn>.IsAssignableFrom t ->
-                    match t.GetConstructor [| typeof<string> |] with
-                    | null -> None
-                    | c -> (try Some(c.Invoke [| box message |] :?> exn) with _ -> None)
-                | _ -> None
-            match made with
-            | Some e ->
-                e.Data["RemoteStackTrace"] <- stack
-                e
-            | None -> RemoteException(typeName, message, stack) :> exn
+    let cached (f: Parsl.Executors.WorkerLink.ShippedFile) : InputSource =
+        { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Cached = true }; LocalPath = f.LocalPath; Mode = 0o644 }
 
     let text (b: byte[]) =
         let s = Text.Encoding.UTF8.GetString b
@@ -149,19 +61,9 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     sprintf "the .NET task runner of app %s on %s wrote no result (exit code %d; is `%s` on the worker's PATH?): %s"
                         appName o.Host o.ExitCode options.DotnetCommand (text o.Output)))
         else
-            let frame =
-                use f = File.OpenRead resultPath
-                Frames.read f
-            match frame |> Option.map Protocol.decodeFromWorker with
-            | Some(Done [ r ]) ->
-                match r.Outcome with
-                | Value bytes ->
-                    try Ok(Serialization.deserialize opts.Value bytes)
-                    with ex -> Error(SerializationError(sprintf "the result of app %s could not be deserialized on the client: %s" appName ex.Message, ex))
-                | Raised(t, m, st, data) -> Error(rebuild t m st data)
-                | Unserializable m -> Error(SerializationError(m, null))
-                | WorkerDied(w, h) -> Error(WorkerLost(w, h))
-            | _ -> Error(SerializationError(sprintf "the result file of app %s is not a runner's result" appName, null))
+            match shipping.ReadResult(appName, resultPath) with
+            | Some r -> r
+            | None -> Error(WorkQueueTaskFailure(o.Code, sprintf "the result file of app %s is gone" appName))
 
     let shellResult (call: ShellCall) (outputs: string list) (o: WqOutcome) : Result<obj, exn> =
         if o.Code <> 0 then Error(WqProtocol.failure o.Code o.ExitCode (text o.Output))
@@ -232,7 +134,8 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     try Directory.Delete(dir, true) with _ -> () }
         match t.Body with
         | Function call ->
-            let struct (fid, def, asms) = define call.AppName call.Function
+            let struct (fid, def, asms) = shipping.Define(call.AppName, call.Function)
+            let asms = asms |> List.map cached
             let args =
                 if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
                     Array.sub call.Args 0 (call.Args.Length - 1)
@@ -259,10 +162,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 | _ -> ()
             let callPath = Path.Combine(dir, "call")
             let resultPath = Path.Combine(dir, "result")
-            let wire = { Key = key; AppName = call.AppName; Body = Call(fid, def, Serialization.serializeArgs opts.Value args, (match call.Walltime with Some w -> max 1L (int64 w.TotalMilliseconds) | None -> -1L)); Resources = [] }
-            do
-                use f = File.Create callPath
-                Frames.write f (Protocol.encodeToWorker (Run [ wire ]))
+            shipping.WriteCall(callPath, key, call.AppName, fid, def, args, call.Walltime)
             let callIn = { File = { CacheName = prefix + "-call"; SandboxName = "parsl.call"; Cached = false }; LocalPath = callPath; Mode = 0o600 }
             let resultOut = { File = { CacheName = prefix + "-result"; SandboxName = "parsl.result"; Cached = false }; Path = resultPath; Append = false }
             let cmd = sprintf "%s Parsl.Workers.dll wq-run parsl.call parsl.result" (quote options.DotnetCommand)
@@ -381,12 +281,12 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 Directory.CreateDirectory dataDir |> ignore
                 if not (OperatingSystem.IsWindows()) then
                     File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
-                runner <- runnerFiles ()
+                runner <- shipping.RunnerFiles() |> List.map cached
                 // What the worker's coprocess child reads and forwards to the runner (which reads the call file itself).
                 // It carries `Env` (a task's environment does not reach a process that is already running).
                 let infile = Path.Combine(root, "coprocess-infile")
                 File.WriteAllText(infile, JsonSerializer.Serialize(dict [ for KeyValue(k, v) in options.Env -> k, v ]))
-                let h = short (hashes.GetOrAdd(infile, Serialization.hashFile))
+                let h = short (shipping.Hash infile)
                 coprocessInfile <- { File = { CacheName = "parsl-coprocess-env-" + h; SandboxName = "infile"; Cached = true }; LocalPath = infile; Mode = 0o644 }
                 // `work_queue_worker --coprocess` takes a program, not a command line: this script starts the runner.
                 coprocessScript <- Path.Combine(root, "parsl-wq-coprocess")

@@ -1,0 +1,404 @@
+namespace Parsl.Executors
+
+open System
+open System.Collections.Concurrent
+open System.Collections.Generic
+open System.IO
+open System.Threading.Tasks
+open Parsl
+open Parsl.Data
+open Parsl.Executors.HighThroughput
+open Parsl.Executors.WorkerLink
+open Parsl.Executors.WorkQueue
+open Parsl.Executors.TaskVine
+open Parsl.Node.HighThroughput
+open Parsl.Node
+
+/// Runs tries on CCTools TaskVine workers (`vine_worker`, protocol 13) through a manager of our own in this process
+/// (Parsl's `TaskVineExecutor`).
+///
+///   kernel ──Submit──▶ executor: task description, files ──▶ manager (TCP, this process) ──▶ vine_workers
+///   kernel ◀──TryDone/TryFailed── executor ◀── result, fetched outputs ◀── manager ◀── complete (pushed)
+///
+/// Function apps run as `dotnet Parsl.Workers.dll wq-run call result` in the task's sandbox (the runner Work Queue
+/// uses), or, in `Serverless` mode, as calls to a long-lived .NET library on each worker (`vine-library`). The runner,
+/// the user's assemblies and Parsl `File` inputs are cached on each worker at workflow level: sent once per worker.
+/// Shell apps are the worker's own command lines. Resource keys: `cores`, `memory` (MB), `disk` (MB), `gpus`,
+/// `priority`, `running_time_min`.
+[<Sealed>]
+type TaskVineExecutor(options: TaskVineOptions) =
+    let label = options.Label
+    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    let shipping = RunnerShipping("TaskVineExecutor", label, options.RunnerDirectory, options.SharedFs)
+    let fileHashes = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
+    /// Outputs of earlier tasks still in their worker's cache, by the local copy they were fetched to: a later task
+    /// given that file names the worker's copy, so it is not sent back.
+    let kept = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
+    let mutable ctx = Unchecked.defaultof<ExecutorContext>
+    let mutable manager: VineManagerHandle option = None
+    let mutable runner: VineInput list = []
+    let mutable passwordPath = ""
+    let mutable root = ""
+    let mutable dataDir = ""
+    let mutable scaler: WqScalerHandle option = None
+    let idle = obj ()
+    let mutable idleWaiters: TaskCompletionSource<unit> list = []
+
+    let finished () =
+        if inflight.IsEmpty then
+            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
+            for w in ws do
+                w.TrySetResult() |> ignore
+
+    let quote (s: string) =
+        if s <> "" && s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) then s
+        else "'" + s.Replace("'", "'\\''") + "'"
+
+    let report (key: int64) (outcome: Result<obj, exn>) =
+        match inflight.TryRemove key with
+        | true, struct (id, tryId) ->
+            match outcome with
+            | Ok v -> ctx.Report(TryDone(id, tryId, v))
+            | Error e -> ctx.Report(TryFailed(id, tryId, e))
+            finished ()
+        | _ -> ()
+
+    let cached (f: ShippedFile) : VineInput =
+        { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Level = CacheLevel.Workflow }; LocalPath = f.LocalPath; Mode = 0o644 }
+
+    let text (b: byte[]) =
+        let s = if isNull b then "" else Text.Encoding.UTF8.GetString b
+        if s.Length > 2000 then "…" + s.Substring(s.Length - 2000) else s
+
+    let functionResult (appName: string) (resultPath: string) (o: VineOutcome) : Result<obj, exn> =
+        if o.Code <> 0 then Error(VineProtocol.failure o.Code o.ExitCode (text o.Output))
+        else
+            match shipping.ReadResult(appName, resultPath) with
+            | Some r -> r
+            | None ->
+                Error(
+                    TaskVineTaskFailure(
+                        o.Code,
+                        sprintf "the .NET task runner of app %s on %s wrote no result (exit code %d; is `%s` on the worker's PATH?): %s"
+                            appName o.Host o.ExitCode options.DotnetCommand (text o.Output)))
+
+    let shellResult (call: ShellCall) (limited: bool) (outputs: string list) (o: VineOutcome) : Result<obj, exn> =
+        if limited && o.Code = 0 && o.ExitCode = 137 then
+            Error(TaskVineMaxRunTime(56, VineProtocol.explain 56 + " (stopped by the task's own timeout)"))
+        elif o.Code = 2 && o.ExitCode <> 0 then Error(BashExitFailure(call.AppName, o.ExitCode))
+        elif o.Code <> 0 && o.Code <> 2 then Error(VineProtocol.failure o.Code o.ExitCode (text o.Output))
+        elif o.ExitCode <> 0 then Error(BashExitFailure(call.AppName, o.ExitCode))
+        else
+            let missing = outputs |> List.filter (fun p -> not (File.Exists p) && not (Directory.Exists p))
+            if missing.IsEmpty && o.Code = 0 then Ok(box 0)
+            else Error(MissingOutputs("the files were not created", (if missing.IsEmpty then outputs else missing)))
+
+    let wallSeconds (r: ResourceRequest) (shell: TimeSpan option) =
+        [ match r.RunningTimeMin with Some m -> int64 (Math.Ceiling(m * 60.0)) | None -> ()
+          match shell with Some w -> max 1L (int64 (Math.Ceiling w.TotalSeconds)) | None -> () ]
+        |> function [] -> 0L | xs -> List.min xs
+
+    let command (c: string) =
+        if String.IsNullOrWhiteSpace options.InitCommand then c else options.InitCommand + "; " + c
+
+    /// A Parsl `File` input, cached on each worker at workflow level under a name that carries its content hash: a
+    /// file given to many tasks crosses to a worker once, and a changed file is a new name.
+    let fileInput (local: string) (sandbox: string) : VineInput =
+        let fi = FileInfo local
+        match kept.TryGetValue(struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc)) with
+        | true, name ->
+            // The worker that wrote it still holds it under this name; any other worker is sent this local copy.
+            { File = { CacheName = name; SandboxName = sandbox; Level = CacheLevel.Workflow }; LocalPath = fi.FullName; Mode = 0o644 }
+        | _ ->
+            let h = fileHashes.GetOrAdd(struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc), (fun _ -> Serialization.hashFile fi.FullName))
+            { File = { CacheName = sprintf "parsl-file-%s-%s" (h.Substring(0, 16).ToLowerInvariant()) fi.Name; SandboxName = sandbox; Level = CacheLevel.Workflow }
+              LocalPath = fi.FullName
+              Mode = 0o644 }
+
+    let spec (cmd: string) appName (req: ResourceRequest) wall : VineTaskSpec =
+        { TaskId = 0L
+          Command = cmd
+          NeedsLibrary = None
+          ProvidesLibrary = None
+          Category = (if options.Autocategory then appName else "parsl-default")
+          Cores = 0.0
+          Memory = 0L
+          Disk = 0L
+          Gpus = 0L
+          WallTime = wallSeconds req wall
+          Env = [ for KeyValue(k, v) in options.Env -> k, v ]
+          Inputs = []
+          Outputs = [] }
+
+    let build (t: ExecTask) (key: int64) (req: ResourceRequest) : VineTask =
+        let dir = Path.Combine(dataDir, string key)
+        Directory.CreateDirectory dir |> ignore
+        let prefix = sprintf "t%d-%d" t.Id.Value t.Try.Value
+        let withFiles (s: VineTaskSpec) (inputs: VineInput list) (outputs: VineOutput list) =
+            { s with Inputs = inputs |> List.map (fun i -> i.File); Outputs = outputs |> List.map (fun o -> o.File) }
+        let make (s: VineTaskSpec) inputs outputs (viaLibrary: (VineTaskSpec * VineInput list) option) (complete: VineOutcome -> Result<obj, exn>) =
+            { Key = key
+              Spec = withFiles { s with Command = command s.Command } inputs outputs
+              Request = req
+              Inputs = inputs
+              Outputs = outputs
+              ViaLibrary = viaLibrary |> Option.map (fun (c, ins) -> withFiles c ins outputs, ins)
+              Complete =
+                fun r ->
+                    let outcome = match r with Ok o -> (try complete o with e -> Error e) | Error e -> Error e
+                    if Result.isOk outcome then
+                        for o in outputs do
+                            if o.File.Level = CacheLevel.Workflow && File.Exists o.Path then
+                                let fi = FileInfo o.Path
+                                kept[struct (fi.FullName, fi.Length, fi.LastWriteTimeUtc)] <- o.File.CacheName
+                    report key outcome
+                    try Directory.Delete(dir, true) with _ -> () }
+        match t.Body with
+        | Function call ->
+            let struct (fid, def, asms) = shipping.Define(call.AppName, call.Function)
+            let asms = asms |> List.map cached
+            let args =
+                if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
+                    Array.sub call.Args 0 (call.Args.Length - 1)
+                else Array.copy call.Args
+            // Parsl `File`s among the arguments: inputs that exist are put in the worker's cache (once per worker),
+            // the others come back as outputs; the app sees the sandbox's copy. With SharedFs they are used in place.
+            let ins = List<VineInput>()
+            let outs = List<VineOutput>()
+            let mutable n = 0
+            let stage (f: File) =
+                if options.SharedFs || f.Scheme <> "file" then f
+                else
+                    n <- n + 1
+                    // A File that came back from a task carries the worker's sandbox path: its path here is the URL's.
+                    let local = f.CleanCopy().Filepath
+                    let name = sprintf "f%d-%s" n f.FileName
+                    if File.Exists local then ins.Add(fileInput local name)
+                    else
+                        // Fetched here, and also kept in the worker's cache for a later task that reads it.
+                        outs.Add
+                            { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Level = CacheLevel.Workflow }
+                              Path = Path.GetFullPath local
+                              Append = false }
+                    f.WithLocalPath name
+            for i in 0 .. args.Length - 1 do
+                match args[i] with
+                | :? File as f -> args[i] <- box (stage f)
+                | :? (File[]) as fs -> args[i] <- box (Array.map stage fs)
+                | _ -> ()
+            let callPath = Path.Combine(dir, "call")
+            let resultPath = Path.Combine(dir, "result")
+            shipping.WriteCall(callPath, key, call.AppName, fid, def, args, call.Walltime)
+            let callIn = { File = { CacheName = prefix + "-call"; SandboxName = "parsl.call"; Level = CacheLevel.TaskLevel }; LocalPath = callPath; Mode = 0o600 }
+            let resultOut = { File = { CacheName = prefix + "-result"; SandboxName = "parsl.result"; Level = CacheLevel.TaskLevel }; Path = resultPath; Append = false }
+            let cmd = sprintf "%s Parsl.Workers.dll wq-run parsl.call parsl.result" (quote options.DotnetCommand)
+            // With a library on the worker (Serverless), the same call goes to it: no runner files, no `dotnet` start.
+            let viaLibrary =
+                if options.FunctionExecMode = FunctionExecMode.Serverless then
+                    Some({ spec "run" call.AppName req None with NeedsLibrary = Some VineProtocol.libraryName; Env = [] }, asms @ [ callIn ] @ List.ofSeq ins)
+                else None
+            make
+                (spec cmd call.AppName req None)
+                (runner @ asms @ [ callIn ] @ List.ofSeq ins)
+                (resultOut :: List.ofSeq outs)
+                viaLibrary
+                (functionResult call.AppName resultPath)
+        | Shell call ->
+            let cmd = call.BuildCommand()
+            if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
+            let outs = List<VineOutput>()
+            let redirect (op: string) (s: StdStream option) (name: string) =
+                match s with
+                | None -> ""
+                | Some s when options.SharedFs -> sprintf " %s%s %s" op (match s with Append _ -> ">" | Truncate _ -> "") (quote s.Path)
+                | Some s ->
+                    outs.Add
+                        { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Level = CacheLevel.TaskLevel }
+                          Path = Path.GetFullPath s.Path
+                          Append = (match s with Append _ -> true | Truncate _ -> false) }
+                    sprintf " %s %s" op name
+            let wall = wallSeconds req call.Walltime
+            // The worker kills a task at its wall time through the task's process group, which it makes after the
+            // fork; under load the task may exec first and stay in the worker's group, out of reach (seen here). So
+            // a shell app with a limit also runs under `timeout`, a little later, as a backstop.
+            let limited = if wall > 0L then sprintf "timeout -s KILL %d " (wall + 2L) else ""
+            let line =
+                limited + "/bin/bash -c " + quote cmd
+                + redirect ">" call.Stdout "parsl.stdout"
+                + redirect "2>" call.Stderr "parsl.stderr"
+            let outputs =
+                [ for p in call.Outputs ->
+                    if not options.SharedFs && not (Path.IsPathRooted p) then
+                        outs.Add
+                            { File = { CacheName = sprintf "%s-out-%s" prefix (p.Replace('/', '_')); SandboxName = p; Level = CacheLevel.TaskLevel }
+                              Path = Path.GetFullPath p
+                              Append = false }
+                    Path.GetFullPath p ]
+            make (spec line call.AppName req call.Walltime) [] (List.ofSeq outs) None (shellResult call (wall > 0L) outputs)
+
+    /// Parsl's defaults.
+    new() = TaskVineExecutor(TaskVineOptions.defaults ())
+
+    /// The options.
+    member _.Options = options
+
+    /// The port workers connect to (after start).
+    member _.Port = manager |> Option.map (fun m -> m.Port)
+
+    /// Tries queued or running (Parsl's `outstanding()`).
+    member _.Outstanding = inflight.Count
+
+    /// Connections refused so far (wrong or missing password, unknown protocol).
+    member _.RejectedConnections = manager |> Option.map (fun m -> m.RejectedCount) |> Option.defaultValue 0
+
+    /// The workers connected now.
+    member _.WorkersAsync() : Task<VineWorkerInfo list> =
+        match manager with
+        | Some m ->
+            let q = TaskCompletionSource<VineWorkerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
+            m.Post(QueryWorkers q)
+            q.Task
+        | None -> Task.FromResult []
+
+    /// The password file workers must be given (`vine_worker --password FILE`): `PasswordFile`, or the one made for
+    /// this run under its run directory (after start).
+    member _.PasswordPath = passwordPath
+
+    /// This executor's folder in the run directory (after start): transfers, worker logs of its blocks.
+    member _.RunDirectory = root
+
+    /// The blocks started so far: block id, job id, state.
+    member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
+        match scaler with
+        | Some sc ->
+            let q = TaskCompletionSource<_>(TaskCreationOptions.RunContinuationsAsynchronously)
+            sc.Post(ScalerBlocks q)
+            q.Task
+        | None -> Task.FromResult []
+
+    /// The command a block runs to start one worker. Its log goes to `workers/block-<id>.log` under this executor's
+    /// folder in the run directory (not to loose folders in the working directory).
+    member this.WorkerCommand(blockId: string) =
+        let port = defaultArg this.Port options.Port
+        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
+          yield quote options.WorkerExecutable
+          if passwordPath <> "" then yield! [ "--password"; quote passwordPath ]
+          yield! [ "--debug-file"; quote (Path.Combine(root, "workers", sprintf "block-%s.log" blockId)) ]
+          yield "--parent-death"
+          yield! options.WorkerOptions |> List.map quote
+          yield quote options.Address
+          yield string port ]
+        |> String.concat " "
+
+    interface IExecutor with
+        member _.Label = label
+        member _.Validate() = TaskVineOptions.validate options
+        member _.CheckResources spec =
+            match WqProtocol.request label spec with
+            | Ok _ -> None
+            | Error e -> Some e
+
+        member this.StartAsync(context, _) =
+            task {
+                ctx <- context
+                root <- Path.Combine(context.RunDir, label)
+                dataDir <- Path.Combine(root, "function_data")
+                Directory.CreateDirectory dataDir |> ignore
+                Directory.CreateDirectory(Path.Combine(root, "workers")) |> ignore
+                if not (OperatingSystem.IsWindows()) then
+                    File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+                runner <- shipping.RunnerFiles() |> List.map cached
+                passwordPath <-
+                    match options.PasswordFile with
+                    | Some p -> Path.GetFullPath p
+                    | None ->
+                        let p = Path.Combine(root, "worker.password")
+                        File.WriteAllText(p, "")
+                        if not (OperatingSystem.IsWindows()) then
+                            File.SetUnixFileMode(p, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
+                        File.WriteAllText(p, Convert.ToHexString(Security.Cryptography.RandomNumberGenerator.GetBytes 24).ToLowerInvariant())
+                        p
+                let password = Some(File.ReadAllText passwordPath)
+                let library =
+                    if options.FunctionExecMode = FunctionExecMode.Serverless then
+                        let none: ResourceRequest = { Cores = None; MemoryMB = None; DiskMB = None; Gpus = None; Priority = 0.0; RunningTimeMin = None }
+                        let cmd = sprintf "%s Parsl.Workers.dll vine-library" (quote options.DotnetCommand)
+                        Some({ spec (command cmd) VineProtocol.libraryName none None with Inputs = runner |> List.map (fun i -> i.File) }, runner)
+                    else None
+                let m =
+                    VineManager.start
+                        { Label = label
+                          Address = options.Address
+                          Port = options.Port
+                          Password = password
+                          KeepalivePeriod = options.KeepalivePeriod
+                          KeepaliveTimeout = options.KeepaliveTimeout
+                          MaxRetries = options.MaxRetries
+                          TransferDir = Path.Combine(root, "transfers")
+                          Library = library
+                          PeerTransfers = options.PeerTransfers
+                          Log = context.Log }
+                manager <- Some m
+                match options.Provider with
+                | Some p ->
+                    p.Initialize { ScriptDir = Path.Combine(context.RunDir, "submit_scripts"); Log = context.Log }
+                    scaler <-
+                        Some(
+                            WqBlockScaler.start
+                                { Label = label
+                                  Provider = p
+                                  Kind = options.Strategy
+                                  Period = options.StrategyPeriod
+                                  MaxIdleTime = options.MaxIdleTime
+                                  LaunchCommand = this.WorkerCommand
+                                  Outstanding = fun () -> inflight.Count
+                                  Log = context.Log })
+                | None -> ()
+            }
+            :> Task
+
+        member _.Submit t =
+            match manager with
+            | None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
+            | Some m ->
+                let key = Protocol.key t.Id.Value t.Try.Value
+                match WqProtocol.request label t.Resources with
+                | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
+                | Ok req ->
+                    inflight[key] <- struct (t.Id, t.Try)
+                    match (try Ok(build t key req) with e -> Error e) with
+                    | Error e -> report key (Error e)
+                    | Ok task -> m.Post(SubmitTask task)
+
+        member _.Cancel(id, tryId) =
+            manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))
+
+        member _.ShutdownAsync(wait) =
+            task {
+                if wait then
+                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
+                    finished ()
+                    do! w.Task
+                match manager with
+                | Some m ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    m.Post(StopManager stopped)
+                    do! stopped.Task
+                    do! m.Completion
+                | None -> ()
+                match scaler, options.Provider with
+                | Some sc, Some p ->
+                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    sc.Post(StopScaler stopped)
+                    do! stopped.Task
+                    do! sc.Completion
+                    match box p with
+                    | :? IDisposable as d ->
+                        try d.Dispose() with _ -> ()
+                    | _ -> ()
+                | _ -> ()
+                for KeyValue(k, _) in inflight.ToArray() do
+                    report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
+            }
+            :> Task
