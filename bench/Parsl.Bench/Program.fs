@@ -1,4 +1,4 @@
-/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|noop]`: prints one figure per line.
+/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|noop|scale [managers=N slots=S procs=P tasks=T lost=L]]`: prints one figure per line.
 module Parsl.Bench.Program
 
 [<EntryPoint>]
@@ -14,4 +14,5 @@ let main argv =
     if Array.contains "wq" argv then WorkQueue.run (printfn "%s")
     if want "monitoring" then Monitoring.run (printfn "%s")
     if Array.contains "endpoint" argv then Endpoint.run (printfn "%s")
+    if Array.contains "scale" argv then Scale.run argv (printfn "%s")
     0
