@@ -23,6 +23,7 @@ let all =
         HtexStagingTests.tests
         HtexSecurityTests.tests
         HtexFaultTests.tests
+        HtexScaleTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests
