@@ -7,6 +7,7 @@ let all =
         KernelTests.tests
         KernelProperties.tests
         MailboxTests.tests
+        OwnedMailboxTests.tests
         ThreadPoolExecutorTests.tests
         ShellTests.tests
         DeepResolverTests.tests

@@ -35,8 +35,8 @@ type BlockPollerSettings =
       LaunchCommand: string -> string
       /// Tries queued or running.
       Outstanding: unit -> int
-      /// The interchange (it may still be starting when the first block is launched: this waits for it).
-      Interchange: unit -> InterchangeHandle
+      /// The interchange (it may still be starting when the first block is launched: the poller awaits it).
+      Interchange: Task<InterchangeHandle>
       /// Puts the executor in a bad state (every pending task fails with this error).
       SetBad: exn -> unit
       IsBad: unit -> bool
@@ -104,8 +104,9 @@ module BlockPoller =
         let cancel (chosen: Block list) =
             task {
                 if not chosen.IsEmpty then
-                    let hold = TaskCompletionSource<unit>()
-                    s.Interchange().Post(HoldBlocks(chosen |> List.map (fun b -> b.Id), hold))
+                    let hold = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
+                    let! ic = s.Interchange
+                    ic.Post(HoldBlocks(chosen |> List.map (fun b -> b.Id), hold))
                     do! hold.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
                     let jobs = chosen |> List.choose (fun b -> b.JobId)
                     if not jobs.IsEmpty then
@@ -119,8 +120,9 @@ module BlockPoller =
 
         let scaleIn n (onlyIdle: TimeSpan option) =
             task {
-                let q = TaskCompletionSource<ManagerInfo list>()
-                s.Interchange().Post(QueryManagers q)
+                let q = TaskCompletionSource<ManagerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
+                let! ic = s.Interchange
+                ic.Post(QueryManagers q)
                 let! managers = q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
                 let info (b: Block) =
                     let ms = managers |> List.filter (fun m -> m.BlockId = b.Id && m.Active)
@@ -145,8 +147,9 @@ module BlockPoller =
                     let polled = live () |> List.filter (fun b -> b.JobId.IsSome)
                     if not polled.IsEmpty then
                         let! statuses = s.Provider.StatusAsync(polled |> List.map (fun b -> b.JobId.Value), CancellationToken.None)
-                        let q = TaskCompletionSource<string list>()
-                        s.Interchange().Post(QueryBlocks q)
+                        let q = TaskCompletionSource<string list>(TaskCreationOptions.RunContinuationsAsynchronously)
+                        let! ic = s.Interchange
+                        ic.Post(QueryBlocks q)
                         let! connected = q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
                         for b, st in List.zip polled statuses do
                             // A block that ended without ever connecting is MISSING (Parsl's HTEx `status()`).
@@ -175,11 +178,14 @@ module BlockPoller =
                         b.Id, (if b.Status.State = ScalingFailed then { b.Status with State = Failed } else b.Status))
                     |> List.ofSeq
                 let! served =
-                    if statuses |> List.exists (snd >> ErrorHandlers.isFailure) then
-                        let q = TaskCompletionSource<string list>()
-                        s.Interchange().Post(QueryServedBlocks q)
-                        q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
-                    else Task.FromResult []
+                    task {
+                        if statuses |> List.exists (snd >> ErrorHandlers.isFailure) then
+                            let q = TaskCompletionSource<string list>(TaskCreationOptions.RunContinuationsAsynchronously)
+                            let! ic = s.Interchange
+                            ic.Post(QueryServedBlocks q)
+                            return! q.Task.WaitAsync(TimeSpan.FromSeconds 10.0)
+                        else return []
+                    }
                 let judged = ErrorHandlers.withoutLostNodes (Set.ofList served) statuses
                 match ErrorHandlers.decide s.Options.BlockErrorHandler s.Provider.InitBlocks judged with
                 | Healthy -> ()

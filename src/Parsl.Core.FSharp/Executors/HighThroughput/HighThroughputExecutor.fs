@@ -35,7 +35,10 @@ type HighThroughputExecutor(options: HtexOptions) =
     let mutable ctx = Unchecked.defaultof<ExecutorContext>
     let mutable interchange: InterchangeHandle option = None
     let mutable poller: BlockPollerHandle option = None
-    let mutable bad: exn option = None
+    // The executor's bad-state error (null: none). Set once, from whichever thread reports the verdict, and read by the
+    // kernel's thread (`Submit`) and the block poller: written with a compare-and-swap, read volatile.
+    let mutable bad: exn = null
+    let badState () = Option.ofObj (Volatile.Read(&bad))
     let mutable launch: string -> string = fun _ -> ""
     // Monitoring's radio directory and sampling interval, when resource monitoring is on.
     let mutable radio: (string * TimeSpan) option = None
@@ -101,8 +104,7 @@ type HighThroughputExecutor(options: HtexOptions) =
             ctx.Log.Error(ex, "{Label}: a manager of block {Block} was refused", label, blockId)
             poller |> Option.iter (fun p -> p.Post(FailBlock(blockId, ex)))
         | Fatal ex ->
-            if bad.IsNone then
-                bad <- Some ex
+            if isNull (Interlocked.CompareExchange(&bad, ex, null)) then
                 ctx.Log.Error(ex, "{Label}: bad state", label)
                 interchange |> Option.iter (fun i -> i.Post(FailAll(fun _ -> ex)))
 
@@ -231,7 +233,7 @@ type HighThroughputExecutor(options: HtexOptions) =
     member _.LaunchCommand(blockId: string) = launch blockId
 
     /// The executor's bad-state error, if it is in one.
-    member _.BadState = bad
+    member _.BadState = badState ()
 
     /// Asks the interchange; `none` when it was never started.
     member private _.Ask<'T>(request: TaskCompletionSource<'T> -> InterchangeRequest, none: 'T) : Task<'T> =
@@ -384,11 +386,11 @@ type HighThroughputExecutor(options: HtexOptions) =
                           Options = options
                           LaunchCommand = launch
                           Outstanding = fun () -> inflight.Count
-                          Interchange = fun () -> started.Task.Result
+                          Interchange = started.Task
                           SetBad = setBad
-                          IsBad = fun () -> bad.IsSome
+                          IsBad = fun () -> badState().IsSome
                           Log = context.Log })
-            let ic =
+            let started' =
                 try
                     let curve, token = makeKeys ()
                     Interchange.start
@@ -405,23 +407,34 @@ type HighThroughputExecutor(options: HtexOptions) =
                           MaxMessageSize = options.MaxMessageSize
                           Log = context.Log
                           Report = fun e -> try handle e with ex -> context.Log.Error(ex, "{Label}: result handling failed", label) }
-                with e ->
-                    started.TrySetException e |> ignore
-                    listener |> Option.iter (fun l -> l.Dispose())
-                    // The block launched above must not outlive a start that failed.
-                    poller |> Option.iter (fun p ->
+                    |> Ok
+                with e -> Error(Runtime.ExceptionServices.ExceptionDispatchInfo.Capture e)
+            ignore this
+            match started' with
+            | Ok ic ->
+                interchange <- Some ic
+                started.TrySetResult ic |> ignore
+                Task.CompletedTask
+            | Error failure ->
+                started.TrySetException failure.SourceException |> ignore
+                listener |> Option.iter (fun l -> l.Dispose())
+                task {
+                    // The block launched above must not outlive a start that failed: the poller cancels it (awaited,
+                    // for at most 30 s, so that a provider that hangs does not hang the kernel's start).
+                    match poller with
+                    | Some p ->
                         let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
                         p.Post(StopPoller stopped)
-                        stopped.Task.Wait(TimeSpan.FromSeconds 30.0) |> ignore)
+                        let! _ = Task.WhenAny(stopped.Task, Task.Delay(TimeSpan.FromSeconds 30.0))
+                        ()
+                    | None -> ()
                     poller <- None
-                    reraise ()
-            interchange <- Some ic
-            started.TrySetResult ic |> ignore
-            ignore this
-            Task.CompletedTask
+                    failure.Throw()
+                }
+                :> Task
 
         member _.Submit t =
-            match bad, interchange with
+            match badState (), interchange with
             | Some ex, _ -> ctx.Report(TryFailed(t.Id, t.Try, ex))
             | _, None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
             | None, Some _ ->
@@ -445,7 +458,7 @@ type HighThroughputExecutor(options: HtexOptions) =
 
         member _.ShutdownAsync(wait) =
             task {
-                if wait && not inflight.IsEmpty && bad.IsNone then
+                if wait && not inflight.IsEmpty && (badState ()).IsNone then
                     // Parsl's cleanup: tries already on managers finish; those still queued never start.
                     interchange |> Option.iter (fun i -> i.Post(DropQueued(fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))))))
                     let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)

@@ -1,3 +1,27 @@
+// The interchange: who owns what, and which threads exist.
+//
+// One owner holds all the interchange's state (the queue of tries, the managers, the definitions and assemblies,
+// the local links' membership). The owner is not a thread: it is whichever thread holds the owner flag of the
+// interchange's mailbox (`OwnedMailbox`). Every thread below only decodes what it received and posts it; a poster
+// that finds the mailbox unowned drains it inline (no wake-up: a chain's next task leaves on the kernel's thread,
+// a result is handled on the thread that read it), one that finds an owner goes on and the owner handles its post.
+// Nothing else touches the state, and no lock is held around a handler.
+//
+//   kernel thread ──Queue, Flush──┐                                      ┌──▶ Link.Send (any thread; never blocks)
+//   any thread ─────Post─────────┤                                       │
+//   local reader threads ────────┼─▶ mailbox ──▶ owner (flag holder) ───┼──▶ router queue ──▶ poller thread sends
+//     one per admitted link:     │   (MPSC)      queue, managers,        │
+//     frames decoded, posted     │               definitions, links ─────┴──▶ IO helper (a task): assembly files,
+//   poller thread ───────────────┤                                                 read, posted back
+//     "HTEx-Interchange": ROUTER socket and its handshake tables, local listener, connections not yet admitted,
+//     heartbeat timer, doorbell (a Post or a spent budget wakes it to drain)
+//   IO helper ───────────────────┘
+//
+// Events for the executor and replies to queries are collected by the owner and handed out after it lets go, so an
+// executor's handler or a query's continuation never runs as the owner. Threads: the poller thread (joined through
+// `Completion`), a reader per admitted local link and the links' short-lived send flushers (each joined when the
+// link is disposed, at the end), the IO helper (awaited by `Completion`).
+
 namespace Parsl.Executors.HighThroughput
 
 open System
@@ -9,6 +33,7 @@ open System.Threading.Tasks
 open NetMQ
 open NetMQ.Sockets
 open Parsl
+open Parsl.Runtime
 
 /// A try waiting in the interchange: its bytes were made once on the client and are forwarded as they are.
 type QueuedTask =
@@ -127,16 +152,36 @@ type InterchangeHandle internal (port: int, post: InterchangeRequest -> unit, qu
     /// Queues a request without waking the interchange: it is handled at the next `Flush` (or anything else
     /// the interchange does). For the kernel's thread, which flushes after each batch of its messages.
     member _.Queue r = queue r
-    /// Handles the queued requests and dispatches on the calling thread: a task reaches its manager without
-    /// waking the interchange's thread (one context switch less per task in a dependency chain), and a burst of
-    /// submissions still leaves in batches.
+    /// Handles the queued requests and dispatches on the calling thread when the interchange is idle: a task
+    /// reaches its manager without waking the interchange's thread (one context switch less per task in a
+    /// dependency chain), and a burst of submissions still leaves in batches. When another thread is handling the
+    /// interchange's messages just then, it handles these too, and this returns at once.
     member _.Flush() = flush ()
-    /// Ends when the actor's loop has ended and its socket is closed.
+    /// Ends when the actor's loop and its IO helper have ended and its socket is closed.
     member _.Completion = completion
+
+/// What reaches the interchange's owner: the executor's requests, and what its edges received and decoded.
+type private Message =
+    | Request of InterchangeRequest
+    /// From a manager over TCP that proved the run's secret (or any, without one): its ROUTER identity, and that
+    /// identity as text (what it is known by).
+    | FromRouter of identity: byte[] * mid: string * ToInterchange
+    /// A local connection that showed the client's key; its reader starts after this is queued.
+    | Admitted of Link
+    | FromLink of Link * ToInterchange
+    /// A local connection's end (the peer closed it, or sent a frame too large or malformed).
+    | LinkEnded of Link
+    /// The heartbeat timer: managers not heard from within the threshold are lost.
+    | Tick
+    /// The IO helper read an assembly a manager asked for (null: it could not).
+    | AssemblyRead of peer: Peer * mid: string * hash: string * bytes: byte[]
+
+/// Work the owner hands off so that it never waits on a disk.
+type private IoRequest = ReadAssembly of peer: Peer * mid: string * hash: string * path: string
 
 /// The interchange (Parsl's `interchange.py`), in the client process: a ROUTER socket managers connect to,
 /// a priority queue of tries, dispatch of batches up to each manager's free capacity plus prefetch, and
-/// results forwarded in batches. One actor: a NetMQ poller thread owns the socket and all state.
+/// results forwarded in batches. One actor: its state has one owner at a time (see the top of this file).
 [<RequireQualifiedAccess>]
 module Interchange =
     let private now () = DateTime.UtcNow
@@ -147,6 +192,10 @@ module Interchange =
 
     /// How long a local connection may take to show the key.
     let private pendingLocalTimeout = TimeSpan.FromSeconds 10.0
+
+    /// Messages one drain handles before it hands the rest to the poller thread: the kernel's thread or a reader
+    /// that found the mailbox idle goes back to its own work soon, however many others post meanwhile.
+    let private budget = 1024
 
     /// Binds the socket and starts the loop.
     let start (s: InterchangeSettings) : InterchangeHandle =
@@ -183,33 +232,24 @@ module Interchange =
                         p
                     | false -> attempt (i + 1)
                 attempt 0
-        let requests = ConcurrentQueue<InterchangeRequest>()
+
+        // ── Shared by every thread: the mailbox, the doorbell that wakes the poller thread, the router's out-queue.
+        let mailbox = OwnedMailbox<Message>()
         let doorbell = new NetMQQueue<bool>()
         let mutable rung = 0
-        // Set (under `gate`) when the loop has ended, before the doorbell is disposed: a NetMQQueue that is closed
-        // does not throw on Enqueue, it spins forever (found by a test whose block poller asked for blocks while
-        // the executor was shutting down).
+        // Set (under `gate`) when the poller's loop has ended, before the doorbell is disposed: a NetMQQueue that is
+        // closed does not throw on Enqueue, it spins forever (found by a test whose block poller asked for blocks
+        // while the executor was shutting down). From then on every message is answered as after a Stop.
         let mutable closed = false
         let gate = obj ()
-        // The interchange's state (queue, managers, definitions): its own thread and `Flush` callers take turns.
-        let state = obj ()
-        // Events made under `state`, handed to the executor once it is released (decoding results does not hold
-        // up a flush, and the executor may post back without re-entering).
-        let pending = List<InterchangeEvent>()
-        let report (e: InterchangeEvent) = pending.Add e
-        let locked (f: unit -> unit) =
-            let mutable out: InterchangeEvent[] = null
-            lock state (fun () ->
-                f ()
-                if pending.Count > 0 then
-                    out <- pending.ToArray()
-                    pending.Clear())
-            if not (isNull out) then
-                for e in out do
-                    s.Report e
         let mutable loopThread = -1
         // Messages for managers over TCP made on another thread: NetMQ sockets belong to their poller's thread.
         let routerOut = ConcurrentQueue<NetMQMessage>()
+        let poller = new NetMQPoller()
+        let pollerEnded = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+        let io = Channels.Channel.CreateUnbounded<IoRequest>(Channels.UnboundedChannelOptions(SingleReader = true))
+
+        // ── The owner's state: touched only by the thread holding the mailbox's owner flag.
         let queue = PriorityQueue<QueuedTask, QueueOrder>()
         let cancelled = HashSet<int64>()
         let definitions = Dictionary<int, byte[]>()
@@ -217,38 +257,18 @@ module Interchange =
         let managers = Dictionary<string, ManagerRecord>()
         let blocksSeen = List<string>()
         let blocksServed = HashSet<string>()
+        let links = HashSet<Link>()
         let random = Random()
         let mutable stopped = false
         let mutable failWith: (int64 -> exn) option = None
-
-        /// Answers requests left after the loop ended, so no future and no caller waits forever.
-        let drainStopped () =
-            let f = defaultArg failWith (fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))) :> exn)
-            let mutable r = Unchecked.defaultof<InterchangeRequest>
-            while requests.TryDequeue(&r) do
-                match r with
-                | Enqueue t -> s.Report(TryLost(t.Key, f t.Key))
-                | QueryManagers reply -> reply.TrySetResult [] |> ignore
-                | QueryBlocks reply
-                | QueryServedBlocks reply -> reply.TrySetResult [] |> ignore
-                | HoldBlocks(_, reply) -> reply.TrySetResult() |> ignore
-                | Stop(_, reply) -> reply.TrySetResult() |> ignore
-                | _ -> ()
+        // What must happen once the owner lets go: events for the executor, replies to queries.
+        let afterwards = List<unit -> unit>()
+        let report (e: InterchangeEvent) = afterwards.Add(fun () -> s.Report e)
+        let reply (q: TaskCompletionSource<'T>) (v: 'T) = afterwards.Add(fun () -> q.TrySetResult v |> ignore)
 
         let ring () =
             if Interlocked.Exchange(&rung, 1) = 0 then
                 lock gate (fun () -> if not closed then doorbell.Enqueue true)
-        let post (r: InterchangeRequest) =
-            requests.Enqueue r
-            if Volatile.Read(&closed) then drainStopped ()
-            else
-                ring ()
-                if Volatile.Read(&closed) then drainStopped ()
-        let queueRequest (r: InterchangeRequest) =
-            requests.Enqueue r
-            if Volatile.Read(&closed) then drainStopped ()
-        let poller = new NetMQPoller()
-        let completion = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
         let send (peer: Peer) (m: ToManager) =
             match peer with
@@ -316,7 +336,7 @@ module Interchange =
                 match managers.Values |> Seq.tryFind (fun m -> m.InFlight.Contains k) with
                 | Some m -> send m.Peer (CancelTry k)
                 | None -> cancelled.Add k |> ignore
-            | QueryManagers reply ->
+            | QueryManagers q ->
                 let t = now ()
                 managers.Values
                 |> Seq.map (fun m ->
@@ -331,11 +351,10 @@ module Interchange =
                       Draining = m.Draining
                       Local = (match m.Peer with Direct _ -> true | Routed _ -> false) })
                 |> List.ofSeq
-                |> reply.TrySetResult
-                |> ignore
-            | QueryBlocks reply -> reply.TrySetResult(List.ofSeq blocksSeen) |> ignore
-            | QueryServedBlocks reply -> reply.TrySetResult(List.ofSeq blocksServed) |> ignore
-            | HoldBlocks(ids, reply) ->
+                |> reply q
+            | QueryBlocks q -> reply q (List.ofSeq blocksSeen)
+            | QueryServedBlocks q -> reply q (List.ofSeq blocksServed)
+            | HoldBlocks(ids, q) ->
                 for m in List.ofSeq managers.Values do
                     if List.contains m.Reg.BlockId ids then
                         m.Active <- false
@@ -343,7 +362,7 @@ module Interchange =
                         if m.InFlight.Count = 0 then
                             send m.Peer Shutdown
                             managers.Remove m.Reg.ManagerId |> ignore
-                reply.TrySetResult() |> ignore
+                reply q ()
             | FailAll f ->
                 failWith <- Some f
                 failQueued f
@@ -355,15 +374,16 @@ module Interchange =
             | DropQueued f ->
                 failWith <- Some f
                 failQueued f
-            | Stop(f, reply) ->
+            | Stop(f, q) ->
                 failWith <- Some f
                 failQueued f
                 for m in List.ofSeq managers.Values do
                     send m.Peer Shutdown
                     removeManager m f
                 stopped <- true
+                io.Writer.TryComplete() |> ignore
                 poller.StopAsync()
-                reply.TrySetResult() |> ignore
+                reply q ()
 
         let register (identity: Peer) (g: Registration) =
             let expected = Protocol.parslVersion ()
@@ -395,16 +415,15 @@ module Interchange =
                 send identity Accepted
 
         /// A message from a manager: `mid` is its ROUTER identity, or what it registered as on a local connection.
-        let handleMessage (identity: Peer) (mid: string) (payload: byte[]) =
-            match (try Ok(Protocol.decodeToInterchange payload) with e -> Error e) with
-            | Error e -> s.Log.Warning("Interchange: ignored a malformed message from {Manager}: {Error}", mid, e.Message)
-            | Ok(Register g) ->
+        let handleManager (identity: Peer) (mid: string) (msg: ToInterchange) =
+            match msg with
+            | Register g ->
                 match identity with
                 | Routed _ -> register identity { g with ManagerId = mid }
                 | Direct link ->
                     link.Name <- g.ManagerId
                     register identity g
-            | Ok msg ->
+            | msg ->
                 match managers.TryGetValue mid with
                 | false, _ ->
                     // A manager we declared lost (or never knew) must not keep waiting for work.
@@ -431,7 +450,8 @@ module Interchange =
                             managers.Remove mid |> ignore
                     | NeedAssembly h ->
                         match assemblies.TryGetValue h with
-                        | true, path -> send identity (Assembly(h, IO.File.ReadAllBytes path))
+                        // Read by the IO helper, which posts the bytes back (`AssemblyRead`).
+                        | true, path -> io.Writer.TryWrite(ReadAssembly(identity, mid, h, path)) |> ignore
                         | _ -> send identity (Assembly(h, null))
                     | Drain ->
                         m.Draining <- true
@@ -447,19 +467,109 @@ module Interchange =
                     s.Log.Warning("Interchange: manager {Manager} on {Host} missed its heartbeats; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
                     removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
 
-        /// Handles the requests queued so far, then dispatches (under `state`).
-        let drain () =
-            let mutable r = Unchecked.defaultof<InterchangeRequest>
-            while not stopped && requests.TryDequeue(&r) do
-                handleRequest r
-            if not stopped then dispatch ()
+        let handleRunning (msg: Message) =
+            match msg with
+            | Request r -> handleRequest r
+            | FromRouter(identity, mid, m) -> handleManager (Routed identity) mid m
+            | Admitted link -> links.Add link |> ignore
+            | FromLink(link, m) -> if links.Contains link then handleManager (Direct link) link.Name m
+            | LinkEnded link ->
+                if links.Remove link then
+                    match managers.TryGetValue link.Name with
+                    | true, m when (match m.Peer with Direct l -> obj.ReferenceEquals(l, link) | Routed _ -> false) ->
+                        // Known at once here (over TCP only the heartbeat threshold tells).
+                        s.Log.Warning("Interchange: manager {Manager} on {Host} closed its connection; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
+                        removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
+                    | _ -> ()
+            | Tick -> expire ()
+            | AssemblyRead(peer, mid, h, bytes) ->
+                // Only to a manager still known (one lost meanwhile is not waiting for it).
+                if managers.ContainsKey mid then send peer (Assembly(h, bytes))
+
+        /// After a Stop, or once the loop has ended: requests are answered, so no future and no caller waits forever.
+        let handleStopped (msg: Message) =
+            match msg with
+            | Request r ->
+                match r with
+                | Enqueue t ->
+                    let f = defaultArg failWith (fun k -> KernelShutdownError(TaskId(fst (Protocol.ofKey k))) :> exn)
+                    report(TryLost(t.Key, f t.Key))
+                | QueryManagers q -> reply q []
+                | QueryBlocks q
+                | QueryServedBlocks q -> reply q []
+                | HoldBlocks(_, q) -> reply q ()
+                | Stop(_, q) -> reply q ()
+                | _ -> ()
+            | _ -> ()
+
+        let handle (msg: Message) =
+            if stopped || Volatile.Read(&closed) then handleStopped msg
+            else
+                try
+                    handleRunning msg
+                with e -> s.Log.Error(e, "Interchange: handling a message failed")
+        let settle () =
+            if not stopped && not (Volatile.Read(&closed)) then
+                (try dispatch () with e -> s.Log.Error(e, "Interchange: dispatch failed"))
+            if afterwards.Count = 0 then null
+            else
+                let a = afterwards.ToArray()
+                afterwards.Clear()
+                a
+        let released (actions: (unit -> unit)[]) =
+            if not (isNull actions) then
+                for a in actions do
+                    try a () with e -> s.Log.Error(e, "Interchange: handing out an event failed")
+
+        // ── Posting, from any thread.
+        /// Handles what is queued if no other thread is doing so; the rest of a spent budget goes to the poller thread.
+        let drainHere () =
+            if mailbox.Drain(handle, settle, released, budget) then
+                ring ()
+                // Past the end nobody answers the doorbell: this thread finishes the work.
+                if Volatile.Read(&closed) then
+                    while mailbox.Drain(handle, settle, released, budget) do
+                        ()
+        let deliver (m: Message) =
+            mailbox.Enqueue m
+            drainHere ()
+        let post (r: InterchangeRequest) =
+            mailbox.Enqueue(Request r)
+            if Volatile.Read(&closed) then drainHere () else ring ()
+        let queueRequest (r: InterchangeRequest) =
+            mailbox.Enqueue(Request r)
+            if Volatile.Read(&closed) then drainHere ()
+        let flush () =
+            if not mailbox.IsEmpty then drainHere ()
+
+        // ── The IO helper: assembly files, read off the owner's path.
+        let ioLoop =
+            task {
+                do! Task.Yield()
+                let mutable r = Unchecked.defaultof<IoRequest>
+                while! io.Reader.WaitToReadAsync() do
+                    while io.Reader.TryRead(&r) do
+                        let (ReadAssembly(peer, mid, h, path)) = r
+                        let! bytes =
+                            task {
+                                try
+                                    return! IO.File.ReadAllBytesAsync path
+                                with e ->
+                                    s.Log.Warning("Interchange: could not read assembly {Path} for manager {Manager}: {Error}", path, mid, e.Message)
+                                    return null
+                            }
+                        deliver (AssemblyRead(peer, mid, h, bytes))
+            }
+
+        // ── The poller thread: the ROUTER socket, the handshake, local connections until admitted, the timer.
         let sendRouted () =
             let mutable msg: NetMQMessage = null
             while routerOut.TryDequeue(&msg) do
                 router.TrySendMultipartMessage msg |> ignore
 
         // Over TCP, the ROUTER identities that have proven the secret (in base 64: lossless, unlike the UTF-8 `mid`), and
-        // the challenges sent to those that said hello (at most 1,024: the oldest is forgotten first).
+        // the challenges sent to those that said hello (at most 1,024: the oldest is forgotten first). The poller
+        // thread's own: nothing from a peer reaches the owner before the peer has proven the secret.
         let proven = HashSet<string>()
         let challenged = Dictionary<string, byte[]>()
         let challengeOrder = Queue<string>()
@@ -499,25 +609,34 @@ module Interchange =
                         else
                             s.Log.Warning("Interchange: a peer answered the challenge without the run's secret; ignored")
                     | _ -> dropStranger mid "no handshake"
+        let decode (from: string) (payload: byte[]) =
+            match (try Ok(Protocol.decodeToInterchange payload) with e -> Error e) with
+            | Ok m -> Some m
+            | Error e ->
+                s.Log.Warning("Interchange: ignored a malformed message from {Manager}: {Error}", from, e.Message)
+                None
 
         router.ReceiveReady.Add(fun _ ->
-            locked (fun () ->
-                let mutable msg: NetMQMessage = null
-                let mutable n = 0
-                while n < 1000 && router.TryReceiveMultipartMessage(&msg) do
-                    n <- n + 1
-                    if msg.FrameCount >= 2 then
-                        let identity = msg[0].ToByteArray()
-                        if hmacKey.IsNone || proven.Contains(Convert.ToBase64String identity) then
-                            handleMessage (Routed identity) (Encoding.UTF8.GetString identity) (msg[msg.FrameCount - 1].ToByteArray())
-                        else handshake identity (Convert.ToBase64String identity) msg
-                drain ()))
+            let mutable msg: NetMQMessage = null
+            let mutable n = 0
+            while n < 1000 && router.TryReceiveMultipartMessage(&msg) do
+                n <- n + 1
+                if msg.FrameCount >= 2 then
+                    let identity = msg[0].ToByteArray()
+                    if hmacKey.IsNone || proven.Contains(Convert.ToBase64String identity) then
+                        let mid = Encoding.UTF8.GetString identity
+                        match decode mid (msg[msg.FrameCount - 1].ToByteArray()) with
+                        | Some m -> mailbox.Enqueue(FromRouter(identity, mid, m))
+                        | None -> ()
+                    else handshake identity (Convert.ToBase64String identity) msg
+            drainHere ()
+            sendRouted ())
         doorbell.ReceiveReady.Add(fun _ ->
             let mutable b = false
             while doorbell.TryDequeue(&b, TimeSpan.Zero) do
                 ()
             Volatile.Write(&rung, 0)
-            locked drain
+            drainHere ()
             sendRouted ())
         let tick =
             let ms = s.HeartbeatThreshold.TotalMilliseconds / 4.0 |> max 10.0 |> min 1000.0
@@ -526,26 +645,23 @@ module Interchange =
         let mutable housekeeping = ignore
         tick.Elapsed.Add(fun _ ->
             housekeeping ()
-            locked (fun () ->
-                if not stopped then expire ()
-                drain ())
+            deliver Tick
             sendRouted ())
-        // Managers on this host: a local socket each, read by a thread of its own as soon as the kernel has the bytes.
-        let links = HashSet<Link>()
-        let closeLink (link: Link) =
-            if links.Remove link then link.Close()
-        let onLocalReadable (link: Link) (onFrame: byte[] -> unit) =
-            locked (fun () ->
-                if links.Contains link && not (link.ReadAvailable onFrame) then
-                    closeLink link
-                    match managers.TryGetValue link.Name with
-                    | true, m when (match m.Peer with Direct l -> obj.ReferenceEquals(l, link) | Routed _ -> false) ->
-                        // Known at once here (over TCP only the heartbeat threshold tells).
-                        s.Log.Warning("Interchange: manager {Manager} on {Host} closed its connection; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
-                        removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
-                    | _ -> ()
-                drain ())
-            sendRouted ()
+
+        // Managers on this host: a local socket each. Every link admitted, for the poller thread to dispose (close, and
+        // join its reader) at the end; links whose reader has ended are disposed as new ones come.
+        let created = List<Link>()
+        /// A local link's reader thread: decodes the frames that have arrived, and posts them.
+        let onLocalReadable (link: Link) () =
+            let open' =
+                link.ReadAvailable(fun frame ->
+                    match decode "a manager on this host" frame with
+                    | Some m -> mailbox.Enqueue(FromLink(link, m))
+                    | None -> ())
+            if not open' then
+                link.Close()
+                mailbox.Enqueue(LinkEnded link)
+            drainHere ()
         // Local connections that have not shown the key yet: read by this loop's poller (no thread of their own), at
         // most `maxPendingLocal` at once (a new one pushes out the oldest), each for at most `pendingLocalTimeout`.
         // Only the key's frame is read from them (4 + key length bytes), so nothing else is allocated for.
@@ -569,13 +685,16 @@ module Interchange =
             pendingLocal.Remove p.Node
             p.Node <- null
             poller.Remove p.Socket
+            for l in created.FindAll(fun l -> l.ReaderEnded) do
+                created.Remove l |> ignore
+                l.CloseAndJoin()
             let link = Link p.Socket
-            lock state (fun () -> links.Add link |> ignore)
+            created.Add link
             link.MaxFrame <- s.MaxMessageSize
-            let onFrame (frame: byte[]) =
-                if links.Contains link then handleMessage (Direct link) link.Name frame
+            // Queued before its reader starts, so the owner knows the link before any of its frames.
+            mailbox.Enqueue(Admitted link)
             // Trusted from here on: a thread of its own reads it as soon as the kernel has the bytes.
-            link.StartReader("HTEx-Interchange-local", fun () -> onLocalReadable link onFrame)
+            link.StartReader("HTEx-Interchange-local", onLocalReadable link)
         let onPendingReadable (p: PendingLocal) (_: Net.Sockets.Socket) =
             if not (isNull p.Node) then
                 let mutable err = Net.Sockets.SocketError.Success
@@ -627,22 +746,26 @@ module Interchange =
                     finally
                         // Shutdowns for managers over TCP queued by a Stop handled on another thread.
                         sendRouted ()
-                        // Requests that arrived after Stop, and any that come later: answered, never left waiting.
+                        // Messages that arrived after Stop, and any that come later: answered, never left waiting.
                         lock gate (fun () -> closed <- true)
-                        drainStopped ()
+                        io.Writer.TryComplete() |> ignore
+                        while mailbox.Drain(handle, settle, released, budget) do
+                            ()
                         poller.Dispose()
-                        for link in lock state (fun () -> List.ofSeq links) do
-                            link.Close()
+                        for link in created do
+                            link.CloseAndJoin()
                         for p in List.ofSeq pendingLocal do
                             p.Socket.Dispose()
                         listener |> Option.iter (fun l -> l.Dispose())
                         router.Dispose()
                         doorbell.Dispose()
-                        completion.TrySetResult() |> ignore),
+                        pollerEnded.TrySetResult() |> ignore),
                 IsBackground = true,
                 Name = "HTEx-Interchange")
         thread.Start()
-        let flush () =
-            if Volatile.Read(&closed) then drainStopped ()
-            elif not requests.IsEmpty then locked drain
-        InterchangeHandle(port, post, queueRequest, flush, completion.Task)
+        let completion =
+            task {
+                do! pollerEnded.Task
+                do! ioLoop
+            }
+        InterchangeHandle(port, post, queueRequest, flush, completion)

@@ -127,7 +127,8 @@ module LocalSocket =
 /// out without ever blocking the sender. A send the socket cannot take at once (the peer is slow to read) waits in
 /// order in a backlog that a short-lived helper thread writes out; two processes sending to each other with full
 /// buffers therefore never deadlock. A frame whose length is negative or above `MaxFrame` ends the connection
-/// (a peer that is not yet trusted cannot make this process allocate gigabytes).
+/// (a peer that is not yet trusted cannot make this process allocate gigabytes). The link owns its threads: `Close`
+/// joins the flusher (which takes nothing but the link's own lock), `CloseAndJoin` the reader too.
 [<Sealed; AllowNullLiteral>]
 type Link(socket: Socket) =
     do socket.Blocking <- false
@@ -138,6 +139,11 @@ type Link(socket: Socket) =
     // Bytes of the backlog's first frame already sent.
     let mutable headSent = 0
     let mutable closed = false
+    // The threads this link started (null until then): joined, never left running after the link is closed.
+    let mutable flusherThread: Thread = null
+    let mutable readerThread: Thread = null
+    let joinUnlessSelf (t: Thread) =
+        if not (isNull t) && not (obj.ReferenceEquals(t, Thread.CurrentThread)) then t.Join()
 
     /// Writes the backlog as the socket takes it (under `gate`); true once it is empty or the link is dead.
     let writeBacklog () =
@@ -186,7 +192,11 @@ type Link(socket: Socket) =
                 let idle = backlog.Count = 0
                 backlog.Enqueue frame
                 if idle && not (writeBacklog ()) then
-                    Thread(flusher, IsBackground = true, Name = "local-link-flush").Start())
+                    // A previous flusher emptied the backlog and has let go of `gate` for the last time: this join
+                    // ends at once, and no flusher is ever left unjoined.
+                    joinUnlessSelf flusherThread
+                    flusherThread <- Thread(flusher, IsBackground = true, Name = "local-link-flush")
+                    flusherThread.Start())
 
     /// Reads what has arrived and hands each whole frame to `onFrame`; false once the peer has closed.
     member this.ReadAvailable(onFrame: byte[] -> unit) : bool =
@@ -259,13 +269,26 @@ type Link(socket: Socket) =
                         this.Close()
                         try onReadable () with _ -> ()
                         go <- false
-        Thread(run, IsBackground = true, Name = name).Start()
+        let t = Thread(run, IsBackground = true, Name = name)
+        readerThread <- t
+        t.Start()
 
-    /// Closes the connection; sends still in the backlog are dropped.
+    /// Whether the reader started by `StartReader` has ended (true when none was started).
+    member _.ReaderEnded = isNull readerThread || not readerThread.IsAlive
+
+    /// Closes the connection; sends still in the backlog are dropped. Waits for the send flusher, if one runs, to end
+    /// (at once: the shutdown wakes its wait); not for the reader, which may be the caller or wait on the caller's lock.
     member _.Close() =
-        lock gate (fun () -> Volatile.Write(&closed, true))
+        let flusher = lock gate (fun () -> Volatile.Write(&closed, true); flusherThread)
         try socket.Shutdown SocketShutdown.Both with _ -> ()
         socket.Dispose()
+        joinUnlessSelf flusher
+
+    /// Closes the connection and waits for its reader thread to end too. For an owner that holds no lock the reader's
+    /// handler takes (called from the reader itself, it does not wait for itself).
+    member this.CloseAndJoin() =
+        this.Close()
+        joinUnlessSelf readerThread
 
     /// Stops sending (the peer reads to the end, then sees the connection end); reads go on.
     member _.ShutdownSend() =
