@@ -24,6 +24,7 @@ let all =
         HtexStagingTests.tests
         HtexSecurityTests.tests
         HtexFaultTests.tests
+        ReadySetTests.tests
         HtexScaleTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
