@@ -127,8 +127,15 @@ let run (argv: string[]) (print: string -> unit) =
     let sw = Stopwatch.StartNew()
     let sims = simulate htex (lost :: others) slots prefetch hbMs
     try
+        // A line every 30 s meanwhile: on a loaded machine registering thousands takes minutes.
         for s in sims do
-            s.WaitFor("registered", TimeSpan.FromMinutes 10.0) |> ignore
+            let mutable waiting = true
+            while waiting do
+                try
+                    s.WaitFor("registered", TimeSpan.FromSeconds 30.0) |> ignore
+                    waiting <- false
+                with _ when sw.Elapsed < TimeSpan.FromMinutes 40.0 && not s.HasExited ->
+                    print (sprintf "  %.0f s: %d managers registered" sw.Elapsed.TotalSeconds (htex.ConnectedManagersAsync().Result.Length))
         let registered = sw.Elapsed.TotalSeconds
         let simCpu =
             sims |> List.sumBy (fun s ->
