@@ -98,7 +98,7 @@ let run (argv: string[]) (print: string -> unit) =
     let lost = arg argv "lost" (min 1000 (managers / procs))
     let prefetch = arg argv "prefetch" 0
     let hbMs = arg argv "hb-ms" 2000
-    let thresholdMs = arg argv "threshold-ms" 10_000
+    let thresholdMs = arg argv "threshold-ms" 30_000
     let files = Limits.raiseFiles 1_048_576UL
     print (sprintf "scale: %d managers x %d slots in %d simulator processes (prefetch %d, heartbeat %d ms, threshold %d ms, file limit %d)"
                managers slots procs prefetch hbMs thresholdMs files)
