@@ -14,5 +14,12 @@ let main argv =
     if Array.contains "wq" argv then WorkQueue.run (printfn "%s")
     if want "monitoring" then Monitoring.run (printfn "%s")
     if Array.contains "endpoint" argv then Endpoint.run (printfn "%s")
-    if Array.contains "scale" argv then Scale.run argv (printfn "%s")
+    if Array.contains "scale" argv then
+        // Caught, so that the row's `finally` runs and stops its simulators (an unhandled exception ends the process
+        // without running it).
+        try
+            Scale.run argv (printfn "%s")
+        with e ->
+            eprintfn "scale: %O" e
+            exit 1
     0

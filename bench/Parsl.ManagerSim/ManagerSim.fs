@@ -217,6 +217,7 @@ let run (s: Settings) (commands: TextReader) : int =
         finally
             for m in managers do
                 m.Socket.Dispose()
+    let finished = new ManualResetEventSlim(false)
     let threads = Array.init groups (fun g -> Thread(group g, IsBackground = true, Name = "sim-poller-" + string g))
     for t in threads do
         t.Start()
@@ -232,12 +233,15 @@ let run (s: Settings) (commands: TextReader) : int =
                     | _ ->
                         go <- false
                         for p in pollers do
-                            try p.StopAsync() with _ -> ()),
+                            try p.StopAsync() with _ -> ()
+                        // Whatever state the pollers are in, the simulator does not outlive its parent for long.
+                        if not (finished.Wait(TimeSpan.FromSeconds 30.0)) then exit 3),
             IsBackground = true,
             Name = "sim-commands")
     reader.Start()
     for t in threads do
         t.Join()
+    finished.Set()
     stats "final"
     for p in pollers do
         p.Dispose()
