@@ -1,4 +1,4 @@
-/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|noop|mpi]`: prints one figure per line.
+/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|noop|mpi|vine|scale [managers=N slots=S procs=P tasks=T lost=L]]`: prints one figure per line.
 module Parsl.Bench.Program
 
 [<EntryPoint>]
@@ -16,4 +16,12 @@ let main argv =
     if want "monitoring" then Monitoring.run (printfn "%s")
     if Array.contains "endpoint" argv then Endpoint.run (printfn "%s")
     if Array.contains "mpi" argv then Mpi.run (printfn "%s")
+    if Array.contains "scale" argv then
+        // Caught, so that the row's `finally` runs and stops its simulators (an unhandled exception ends the process
+        // without running it).
+        try
+            Scale.run argv (printfn "%s")
+        with e ->
+            eprintfn "scale: %O" e
+            exit 1
     0

@@ -27,6 +27,8 @@ let all =
         HtexSecurityTests.tests
         HtexFaultTests.tests
         NodeAssemblyTests.tests
+        ReadySetTests.tests
+        HtexScaleTests.tests
         ProvidersLauncherTests.tests
         ProvidersSlurmTests.tests
         HtexSlurmTests.tests

@@ -21,6 +21,10 @@
 // executor's handler or a query's continuation never runs as the owner. Threads: the poller thread (joined through
 // `Completion`), a reader per admitted local link and the links' short-lived send flushers (each joined when the
 // link is disposed, at the end), the IO helper (awaited by `Completion`).
+//
+// At scale (the benchmark's `scale` row: 10,000 managers): a dispatch visits only the managers with free capacity, as
+// many as it fills (`ReadySet`), and the heartbeat check only the managers heard from longest ago (`heard`), so
+// neither costs in proportion to the managers connected.
 
 namespace Parsl.Executors.HighThroughput
 
@@ -140,6 +144,8 @@ type private ManagerRecord =
       InFlight: HashSet<int64>
       Sent: HashSet<int>
       mutable LastHeard: DateTime
+      /// Its place among the managers by last heard, oldest first (null once it is forgotten).
+      mutable Heard: LinkedListNode<ManagerRecord>
       mutable IdleSince: DateTime
       mutable Active: bool
       mutable Draining: bool }
@@ -201,6 +207,12 @@ module Interchange =
     /// that found the mailbox idle goes back to its own work soon, however many others post meanwhile.
     let private budget = 1024
 
+    /// Challenges outstanding at once, at most (the oldest is forgotten first): a bound on what peers that have not
+    /// proven the secret make the interchange keep (~150 bytes each). Above the number of managers that may say hello
+    /// together: at 1,024, the 1,025th hello among 10,000 managers starting at once would push out the first one's
+    /// challenge before its proof arrived, and that manager's proof would be dropped (it would never register).
+    let private maxChallenged = 65_536
+
     /// Binds the socket and starts the loop.
     let start (s: InterchangeSettings) : InterchangeHandle =
         let router = new RouterSocket()
@@ -210,6 +222,11 @@ module Interchange =
         // Checked by NetMQ's decoder on the frame header, before it allocates: a peer claiming a 1 GiB frame is
         // disconnected instead of costing a gigabyte (one socket option bounds every peer, proven or not).
         router.Options.MaxMsgSize <- int64 s.MaxMessageSize
+        // Connections waiting to be accepted (NetMQ's default is 100): when thousands of managers start together, the
+        // interchange's one IO thread accepts and does CURVE handshakes more slowly than they connect, and a SYN that
+        // finds the queue full is dropped and retried after 1, 3, 7, 15 … s (seen with 10,000 simulated managers: the
+        // kernel counted hundreds of thousands of dropped SYNs). The kernel caps it at `net.core.somaxconn`.
+        router.Options.Backlog <- 4096
         match s.Curve with
         | Some cert ->
             router.Options.CurveServer <- true
@@ -259,6 +276,12 @@ module Interchange =
         let definitions = Dictionary<int, byte[]>()
         let assemblies = Dictionary<string, string>()
         let managers = Dictionary<string, ManagerRecord>()
+        // The managers that can take tries now (active, not draining, with free capacity): dispatch visits only these,
+        // and only as many as it fills. Kept in step by `touch` wherever one of the three changes.
+        let ready = ReadySet<string>()
+        // Every manager, the one heard from longest ago first: a message moves its manager to the back, so the
+        // heartbeat check looks only at the front (was: every manager, every tick).
+        let heard = LinkedList<ManagerRecord>()
         let blocksSeen = List<string>()
         let blocksServed = HashSet<string>()
         let links = HashSet<Link>()
@@ -274,48 +297,92 @@ module Interchange =
             if Interlocked.Exchange(&rung, 1) = 0 then
                 lock gate (fun () -> if not closed then doorbell.Enqueue true)
 
+        // The replies without fields, encoded once (a heartbeat reply per manager per period adds up at 10,000 managers).
+        let heartbeatReply = Protocol.encodeToManager HeartbeatReply
+        let encode (m: ToManager) =
+            match m with
+            | HeartbeatReply -> heartbeatReply
+            | m -> Protocol.encodeToManager m
         let send (peer: Peer) (m: ToManager) =
             match peer with
             | Routed identity ->
                 let msg = NetMQMessage(2)
                 msg.Append identity
-                msg.Append(Protocol.encodeToManager m)
+                msg.Append(encode m)
                 if Environment.CurrentManagedThreadId = loopThread then router.TrySendMultipartMessage msg |> ignore
                 else
                     routerOut.Enqueue msg
                     ring ()
-            | Direct link -> link.Send(Protocol.encodeToManager m)
+            | Direct link -> link.Send(encode m)
 
+        /// Puts a manager in or out of `ready` after its capacity, activity or draining changed.
+        let touch (m: ManagerRecord) =
+            let mid = m.Reg.ManagerId
+            match managers.TryGetValue mid with
+            | true, current when obj.ReferenceEquals(current, m) && m.Active && not m.Draining && m.Free > 0 -> ready.Add mid
+            | true, current when not (obj.ReferenceEquals(current, m)) -> ()
+            | _ -> ready.Remove mid
+
+        /// A manager no longer served (lost, drained, let go): out of every index.
+        let forget (m: ManagerRecord) =
+            let mid = m.Reg.ManagerId
+            match managers.TryGetValue mid with
+            | true, current when obj.ReferenceEquals(current, m) ->
+                managers.Remove mid |> ignore
+                ready.Remove mid
+            | _ -> ()
+            if not (isNull m.Heard) then
+                heard.Remove m.Heard
+                m.Heard <- null
+
+        /// Sends up to `n` queued tries to `m` in one batch.
+        let sendBatch (m: ManagerRecord) (n: int) =
+            let batch = List<WireTask>(n)
+            while batch.Count < n && queue.Count > 0 do
+                let t = queue.Dequeue()
+                if cancelled.Count > 0 && cancelled.Remove t.Key then
+                    report(TryLost(t.Key, OperationCanceledException(sprintf "Task %d was cancelled" (fst (Protocol.ofKey t.Key)))))
+                else
+                    let body =
+                        match t.Body with
+                        | Call(fid, _, args, wall) when m.Sent.Add fid -> Call(fid, definitions[fid], args, wall)
+                        | b -> b
+                    m.InFlight.Add t.Key |> ignore
+                    batch.Add { Key = t.Key; AppName = t.AppName; Body = body; Resources = t.Resources }
+            if batch.Count > 0 then send m.Peer (Tasks(List.ofSeq batch))
+
+        let full = List<ManagerRecord>()
         let dispatch () =
-            if queue.Count > 0 && managers.Count > 0 then
-                let views =
-                    managers.Values
-                    |> Seq.map (fun m ->
-                        { ManagerView.ManagerId = m.Reg.ManagerId
-                          BlockId = m.Reg.BlockId
-                          FreeCapacity = m.Free
-                          Draining = m.Draining
-                          Active = m.Active })
-                let shuffle (xs: ManagerView[]) =
-                    let a = Array.copy xs
-                    random.Shuffle a
-                    a
-                let ordered = Policies.selectManagers s.Selector shuffle views
-                for mid, n in Policies.dispatch ordered queue.Count do
-                    let m = managers[mid]
-                    let batch = List<WireTask>(n)
-                    while batch.Count < n && queue.Count > 0 do
-                        let t = queue.Dequeue()
-                        if cancelled.Count > 0 && cancelled.Remove t.Key then
-                            report(TryLost(t.Key, OperationCanceledException(sprintf "Task %d was cancelled" (fst (Protocol.ofKey t.Key)))))
-                        else
-                            let body =
-                                match t.Body with
-                                | Call(fid, _, args, wall) when m.Sent.Add fid -> Call(fid, definitions[fid], args, wall)
-                                | b -> b
-                            m.InFlight.Add t.Key |> ignore
-                            batch.Add { Key = t.Key; AppName = t.AppName; Body = body; Resources = t.Resources }
-                    if batch.Count > 0 then send m.Peer (Tasks(List.ofSeq batch))
+            if queue.Count > 0 && ready.Count > 0 then
+                match s.Selector with
+                | RandomSelector ->
+                    // Managers in random order, each filled up to its free capacity, until the queue is empty: Parsl's
+                    // random selector, at the cost of the managers filled.
+                    ready.Visit(
+                        (fun lo hi -> random.Next(lo, hi)),
+                        fun mid ->
+                            let m = managers[mid]
+                            sendBatch m (min m.Free queue.Count)
+                            if m.Free <= 0 then full.Add m
+                            queue.Count > 0)
+                | BlockIdSelector ->
+                    let views =
+                        ready.Members
+                        |> Seq.map (fun mid ->
+                            let m = managers[mid]
+                            { ManagerView.ManagerId = m.Reg.ManagerId
+                              BlockId = m.Reg.BlockId
+                              FreeCapacity = m.Free
+                              Draining = m.Draining
+                              Active = m.Active })
+                        |> Array.ofSeq
+                    for mid, n in Policies.dispatch (Policies.selectManagers s.Selector id views) queue.Count do
+                        let m = managers[mid]
+                        sendBatch m n
+                        if m.Free <= 0 then full.Add m
+                for m in full do
+                    touch m
+                full.Clear()
 
         let failQueued (f: int64 -> exn) =
             while queue.Count > 0 do
@@ -323,7 +390,7 @@ module Interchange =
                 report(TryLost(t.Key, (if cancelled.Remove t.Key then OperationCanceledException("cancelled") :> exn else f t.Key)))
 
         let removeManager (m: ManagerRecord) (error: int64 -> exn) =
-            managers.Remove m.Reg.ManagerId |> ignore
+            forget m
             for k in m.InFlight do
                 report(TryLost(k, error k))
             m.InFlight.Clear()
@@ -365,7 +432,8 @@ module Interchange =
                         // An idle manager of a block being scaled in is let go at once, cleanly.
                         if m.InFlight.Count = 0 then
                             send m.Peer Shutdown
-                            managers.Remove m.Reg.ManagerId |> ignore
+                            forget m
+                        else touch m
                 reply q ()
             | FailAll f ->
                 failWith <- Some f
@@ -374,6 +442,7 @@ module Interchange =
                     for k in m.InFlight do
                         report(TryLost(k, f k))
                     m.InFlight.Clear()
+                    touch m
             | Raise e -> report e
             | DropQueued f ->
                 failWith <- Some f
@@ -403,15 +472,23 @@ module Interchange =
                 report(ManagerRefused(g.BlockId, VersionMismatch reason))
             else
                 let t = now ()
-                managers[g.ManagerId] <-
+                // The same id again (a manager that reconnected): the old record's tries stay with it, as before.
+                match managers.TryGetValue g.ManagerId with
+                | true, old -> forget old
+                | _ -> ()
+                let m =
                     { Peer = identity
                       Reg = g
                       InFlight = HashSet()
                       Sent = HashSet()
                       LastHeard = t
+                      Heard = null
                       IdleSince = t
                       Active = true
                       Draining = false }
+                managers[g.ManagerId] <- m
+                m.Heard <- heard.AddLast m
+                touch m
                 if not (blocksSeen.Contains g.BlockId) then blocksSeen.Add g.BlockId
                 s.Log.Information(
                     "Interchange: manager {Manager} of block {Block} on {Host} registered with {Workers} workers",
@@ -434,6 +511,9 @@ module Interchange =
                     send identity Shutdown
                 | true, m ->
                     m.LastHeard <- now ()
+                    if not (isNull m.Heard) && not (obj.ReferenceEquals(m.Heard, heard.Last)) then
+                        heard.Remove m.Heard
+                        heard.AddLast m.Heard
                     match msg with
                     | Heartbeat -> send identity HeartbeatReply
                     | Results rs ->
@@ -451,7 +531,8 @@ module Interchange =
                         report(ResultsArrived rs)
                         if m.Draining && m.InFlight.Count = 0 then
                             send identity Drained
-                            managers.Remove mid |> ignore
+                            forget m
+                        else touch m
                     | NeedAssembly h ->
                         match assemblies.TryGetValue h with
                         // Read by the IO helper, which posts the bytes back (`AssemblyRead`).
@@ -461,15 +542,19 @@ module Interchange =
                         m.Draining <- true
                         if m.InFlight.Count = 0 then
                             send identity Drained
-                            managers.Remove mid |> ignore
+                            forget m
+                        else touch m
                     | Register _ -> ()
 
+        /// The managers not heard from within the threshold are lost: only those at the front of `heard` are looked at.
         let expire () =
             let t = now ()
-            for m in List.ofSeq managers.Values do
-                if t - m.LastHeard > s.HeartbeatThreshold then
-                    s.Log.Warning("Interchange: manager {Manager} on {Host} missed its heartbeats; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
-                    removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
+            let mutable node = heard.First
+            while not (isNull node) && t - node.Value.LastHeard > s.HeartbeatThreshold do
+                let m = node.Value
+                node <- node.Next
+                s.Log.Warning("Interchange: manager {Manager} on {Host} missed its heartbeats; its tasks are lost", m.Reg.ManagerId, m.Reg.Hostname)
+                removeManager m (fun _ -> ManagerLost(m.Reg.ManagerId, m.Reg.Hostname))
 
         let handleRunning (msg: Message) =
             match msg with
@@ -572,7 +657,7 @@ module Interchange =
                 router.TrySendMultipartMessage msg |> ignore
 
         // Over TCP, the ROUTER identities that have proven the secret (in base 64: lossless, unlike the UTF-8 `mid`), and
-        // the challenges sent to those that said hello (at most 1,024: the oldest is forgotten first). The poller
+        // the challenges sent to those that said hello (at most `maxChallenged`: the oldest is forgotten first). The poller
         // thread's own: nothing from a peer reaches the owner before the peer has proven the secret.
         let proven = HashSet<string>()
         let challenged = Dictionary<string, byte[]>()
@@ -600,7 +685,7 @@ module Interchange =
                     let nonce = Security.Cryptography.RandomNumberGenerator.GetBytes Handshake.NonceSize
                     if not (challenged.ContainsKey mid) then
                         challengeOrder.Enqueue mid
-                        if challengeOrder.Count > 1024 then challenged.Remove(challengeOrder.Dequeue()) |> ignore
+                        if challengeOrder.Count > maxChallenged then challenged.Remove(challengeOrder.Dequeue()) |> ignore
                     challenged[mid] <- nonce
                     send (Routed identity) (Challenge nonce)
                 else
