@@ -1,6 +1,6 @@
 module Parsl.Tests.OwnedMailboxTests
 
-// The owner flag in Runtime/OwnedMailbox.fs, under the interchange: many posters, each draining inline when it
+// The owner flag in src/Parsl.Node/Runtime/OwnedMailbox.fs, under the interchange and the manager: many posters, each draining inline when it
 // finds the mailbox unowned. Real threads, released together from a barrier so that they overlap; FsCheck draws the
 // schedules (how many posters, how many items each, where each pauses, each drain's budget, which posters only
 // queue). Checked: handlers never run on two threads at once, every item is handled exactly once and in its
@@ -14,7 +14,7 @@ open System.Threading
 open Expecto
 open FsCheck
 open FsCheck.FSharp
-open Parsl.Runtime
+open Parsl.Node.Runtime
 
 /// How long any thread of a test may take: far beyond what the work needs, even on a loaded machine.
 let private limit = TimeSpan.FromSeconds 30.

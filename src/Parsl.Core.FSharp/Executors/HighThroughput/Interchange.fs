@@ -40,6 +40,7 @@ open Parsl
 open Parsl.Runtime
 open Parsl.Node.HighThroughput
 open Parsl.Node
+open Parsl.Node.Runtime
 
 /// A try waiting in the interchange: its bytes were made once on the client and are forwarded as they are.
 type QueuedTask =

@@ -1,4 +1,4 @@
-namespace Parsl.Runtime
+namespace Parsl.Node.Runtime
 
 open System.Collections.Concurrent
 open System.Threading
@@ -16,7 +16,7 @@ open System.Threading
 [<Sealed>]
 type internal OwnedMailbox<'T>() =
     let queue = ConcurrentQueue<'T>()
-    // 1 while a thread owns the mailbox.
+    // 0: idle; 1: a thread owns the mailbox; 2: sealed (taken for good by `Seal`).
     let mutable owner = 0
 
     /// Queues an item without handling it; the next `Drain` (on any thread) handles it.
@@ -24,6 +24,23 @@ type internal OwnedMailbox<'T>() =
 
     /// Whether nothing is queued (a hint: posters may add at once).
     member _.IsEmpty = queue.IsEmpty
+
+    /// Items queued and not yet handled (a hint, for tests and logs).
+    member _.Count = queue.Count
+
+    /// Waits for a drain in progress to end, then holds the mailbox for good: no handler runs after this returns,
+    /// and the caller owns the actor's state (to clean up). Items queued afterwards are never handled (see
+    /// `TryTakeLeft`).
+    member _.Seal() =
+        let mutable spinner = SpinWait()
+        while Interlocked.CompareExchange(&owner, 2, 0) <> 0 && Volatile.Read(&owner) <> 2 do
+            spinner.SpinOnce()
+
+    /// Whether `Seal` has taken the mailbox.
+    member _.IsSealed = Volatile.Read(&owner) = 2
+
+    /// Takes an item left in the queue: only once sealed (the sealer owns the state); false otherwise or if none.
+    member _.TryTakeLeft(item: byref<'T>) = Volatile.Read(&owner) = 2 && queue.TryDequeue(&item)
 
     /// Becomes the owner if nobody is, and handles queued items with `handle`, at most `budget` of them in this call.
     /// After each round (the queue found empty, or the budget spent) `settle` runs, still as the owner, and its result
