@@ -24,11 +24,7 @@ module Worker =
           TakesToken: bool }
 
 
-    let rec private unwrap (e: exn) =
-        match e with
-        | :? TargetInvocationException as t when not (isNull t.InnerException) -> unwrap t.InnerException
-        | :? AggregateException as a when a.InnerExceptions.Count = 1 -> unwrap a.InnerException
-        | e -> e
+    let private unwrap (e: exn) = TaskResults.unwrap e
 
     /// The messages of an exception and its inner exceptions, outermost first.
     let rec chain (e: exn) =
@@ -44,15 +40,13 @@ module Worker =
             | _ -> []
         Raised(e.GetType().FullName, e.Message, (if isNull e.StackTrace then "" else e.StackTrace), data)
 
+    // The worker's one thread runs the body: an async body's Task is waited for here (this process has nothing else
+    // to do meanwhile), then read without reflection per call.
     let private resultOf (v: obj) : obj =
         match v with
         | :? Task as t ->
             t.GetAwaiter().GetResult()
-            let ty = t.GetType()
-            if ty.IsGenericType then
-                let p = ty.GetProperty "Result"
-                if p.PropertyType.FullName = "System.Threading.Tasks.VoidTaskResult" then null else p.GetValue t
-            else null
+            TaskResults.value t
         | v -> v
 
     /// Starts MessagePack's one-time set-up (its assembly, the resolvers' tables) on a thread of its own, to run
