@@ -12,11 +12,14 @@ open Parsl.Executors.Mpi
 open Parsl.Providers
 
 let private harness () =
+    // Above the published benchmark (inside the repository), else above the working directory.
     let rec up (d: DirectoryInfo) =
-        if isNull d then failwith "tests/harness/mpi.sh not found above the benchmark"
-        elif File.Exists(Path.Combine(d.FullName, "tests", "harness", "mpi.sh")) then Path.Combine(d.FullName, "tests", "harness", "mpi.sh")
+        if isNull d then None
+        elif File.Exists(Path.Combine(d.FullName, "tests", "harness", "mpi.sh")) then Some(Path.Combine(d.FullName, "tests", "harness", "mpi.sh"))
         else up d.Parent
-    up (DirectoryInfo AppContext.BaseDirectory)
+    match up (DirectoryInfo AppContext.BaseDirectory) |> Option.orElse (up (DirectoryInfo Environment.CurrentDirectory)) with
+    | Some h -> h
+    | None -> failwith "tests/harness/mpi.sh not found above the benchmark or the working directory: run it from the repository"
 
 let private sh (program: string) (args: string list) =
     let psi = ProcessStartInfo(program, args, RedirectStandardOutput = true, RedirectStandardError = true)
