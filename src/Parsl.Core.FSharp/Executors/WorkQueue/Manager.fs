@@ -142,15 +142,7 @@ module WqManager =
 
     let private zero: WorkerResources = { Cores = 0L; Memory = 0L; Disk = 0L; Gpus = 0L }
 
-    /// Queue order: higher priority first, then submission order.
-    let private order =
-        { new IComparer<struct (float * int64)> with
-            member _.Compare(struct (pa, sa), struct (pb, sb)) =
-                let c = compare pb pa
-                if c <> 0 then c else compare sa sb }
-
-    let private safeName (name: string) =
-        not (String.IsNullOrEmpty name) && not (name.StartsWith "/") && not (name.Split('/') |> Array.contains "..")
+    let private safeName = ManagerRules.safeName
 
     /// Reads one connection: authentication and handshake first (nothing else is parsed before them), then lines and
     /// their payloads, posted to the loop.
@@ -170,15 +162,7 @@ module WqManager =
                     | None -> return raise (EndOfStreamException "the worker closed the connection")
                 }
             try
-                let mutable ok = true
-                match s.Password with
-                | Some password ->
-                    match! LinkAuth.manager link password with
-                    | None -> ()
-                    | Some why ->
-                        ok <- false
-                        reject why
-                | None -> ()
+                let! ok = ManagerLink.authenticate link s.Password reject
                 if ok then
                     let! first = read ()
                     match (try WqProtocol.parse first with _ -> Other first) with
@@ -227,56 +211,21 @@ module WqManager =
     let start (s: WqManagerSettings) : WqManagerHandle =
         let channel = Channel.CreateUnbounded<WqManagerRequest>(UnboundedChannelOptions(SingleReader = true))
         let post r = channel.Writer.TryWrite r |> ignore
-        let ip =
-            match IPAddress.TryParse s.Address with
-            | true, ip -> ip
-            | _ when s.Address = "*" || s.Address = "0.0.0.0" -> IPAddress.Any
-            | _ -> Dns.GetHostAddresses(s.Address) |> Array.find (fun a -> a.AddressFamily = AddressFamily.InterNetwork)
-        let listener = new TcpListener(ip, s.Port)
-        listener.Start()
-        let port = (listener.LocalEndpoint :?> IPEndPoint).Port
-        let stopping = new CancellationTokenSource()
-        let abortAll = new CancellationTokenSource()
         let mutable rejected = 0
-        let connections = List<Task>()
-        let connectionsLock = obj ()
-
-        let accept =
-            Task.Run(fun () ->
-                task {
-                    let mutable next = 0
-                    try
-                        while not stopping.IsCancellationRequested do
-                            let! c = listener.AcceptTcpClientAsync(stopping.Token)
-                            c.NoDelay <- true
-                            next <- next + 1
-                            // Bound before the closure: `next` is a field of this loop's state machine, read later.
-                            let id = next
-                            let t = Task.Run(fun () -> serve s id c post abortAll.Token)
-                            lock connectionsLock (fun () -> connections.Add t)
-                    with
-                    | :? OperationCanceledException
-                    | :? ObjectDisposedException
-                    | :? SocketException -> ()
-                }
-                :> Task)
-
-        let ticker =
-            Task.Run(fun () ->
-                task {
-                    let period = TimeSpan.FromMilliseconds(max 50.0 (min 1000.0 (s.KeepalivePeriod.TotalMilliseconds / 2.0)))
-                    try
-                        while not stopping.IsCancellationRequested do
-                            do! Task.Delay(period, stopping.Token)
-                            post Tick
-                    with :? OperationCanceledException -> ()
-                }
-                :> Task)
+        let net =
+            ManagerListener.Start(
+                s.Address,
+                s.Port,
+                (fun id c abort -> serve s id c post abort),
+                ManagerRules.tickPeriod s.KeepalivePeriod,
+                fun () -> post Tick
+            )
+        let port = net.Port
 
         let workers = Dictionary<int, Worker>()
         let entries = Dictionary<int64, Entry>()
         let byKey = Dictionary<int64, int64>()
-        let queue = SortedSet<struct (float * int64)>(order)
+        let queue = SortedSet<struct (float * int64)>(ManagerRules.queueOrder)
         let queued = Dictionary<struct (float * int64), int64>()
         let mutable nextTask = 0L
         let mutable seq = 0L
@@ -440,19 +389,13 @@ module WqManager =
 
         let stopAll (reply: TaskCompletionSource<unit>) =
             task {
-                stopping.Cancel()
-                listener.Stop()
-                for w in workers.Values do
-                    w.Link.SendLine "exit"
-                let closing = [ for w in workers.Values -> w.Link.CloseAsync(TimeSpan.FromSeconds 5.0) ]
-                do! Task.WhenAll closing
-                abortAll.Cancel()
+                net.Stop()
+                do! ManagerLink.closeAll [ for w in workers.Values -> w.Link ]
+                net.AbortConnections()
                 workers.Clear()
                 for e in List.ofSeq entries.Values do
                     finish e (Error(KernelShutdownError(TaskId(fst (Parsl.Node.HighThroughput.Protocol.ofKey e.Task.Key)))))
-                let pending = lock connectionsLock (fun () -> connections.ToArray())
-                try do! Task.WhenAll pending with _ -> ()
-                try do! Task.WhenAll(accept, ticker) with _ -> ()
+                do! net.DrainAsync()
                 reply.TrySetResult() |> ignore
             }
 
@@ -525,10 +468,10 @@ module WqManager =
                                     | Tick ->
                                         let now = Environment.TickCount64
                                         for w in List.ofSeq workers.Values do
-                                            if float (now - w.Link.LastHeard) > s.KeepaliveTimeout.TotalMilliseconds then
-                                                lose w.Id (sprintf "no message for %O (KeepaliveTimeout)" s.KeepaliveTimeout)
-                                            elif float (now - w.Link.LastSent) > s.KeepalivePeriod.TotalMilliseconds then
-                                                w.Link.SendLine "check"
+                                            match ManagerRules.keepalive s.KeepalivePeriod s.KeepaliveTimeout w.Link.LastHeard w.Link.LastSent now with
+                                            | LoseWorker reason -> lose w.Id reason
+                                            | SendCheck -> w.Link.SendLine "check"
+                                            | Quiet -> ()
                                     | QueryWorkers reply ->
                                         reply.TrySetResult
                                             [ for w in workers.Values ->
