@@ -161,6 +161,8 @@ module VineManager =
 
     /// Reads one connection: authentication and handshake first (nothing else is parsed before them), then lines and
     /// their payloads, posted to the loop. Replies to `get` are written to disk here, as they stream in.
+    // Kept apart from Work Queue's reader on purpose: TaskVine's `get` replies nest directories and a `resources`
+    // block ends with `end`, so this reader tracks where it is and writes replies to disk before it posts.
     let private serve (s: VineManagerSettings) (id: int) (client: TcpClient) (post: VineManagerRequest -> unit) (abort: CancellationToken) : Task =
         task {
             let link = new LineLink(client, VineProtocol.lineMax, s.KeepaliveTimeout)
@@ -251,15 +253,11 @@ module VineManager =
         let workers = Dictionary<int, Worker>()
         let entries = Dictionary<int64, Entry>()
         let byKey = Dictionary<int64, int64>()
-        let queue = SortedSet<struct (float * int64)>(ManagerRules.queueOrder)
-        let queued = Dictionary<struct (float * int64), int64>()
+        let pending = PendingQueue()
         let mutable nextTask = 0L
         let mutable seq = 0L
 
-        let enqueue (e: Entry) =
-            let k = struct (e.Task.Request.Priority, e.Seq)
-            queue.Add k |> ignore
-            queued[k] <- e.Id
+        let enqueue (e: Entry) = pending.Add(e.Task.Request.Priority, e.Seq, e.Id)
 
         let finish (e: Entry) (outcome: Result<VineOutcome, exn>) =
             entries.Remove e.Id |> ignore
@@ -330,36 +328,32 @@ module VineManager =
             | _ -> ()
 
         let schedule () =
-            if queue.Count > 0 && workers.Count > 0 then
+            if pending.Count > 0 && workers.Count > 0 then
                 let ready = workers.Values |> Seq.filter (fun w -> w.Ready) |> Array.ofSeq
                 let full () = ready |> Array.forall (fun w -> w.Used.Cores >= w.Total.Cores)
                 if ready.Length > 0 && not (full ()) then
-                    let placed = List<struct (float * int64)>()
-                    let mutable stop = false
-                    let mutable it = queue.GetEnumerator()
-                    while not stop && it.MoveNext() do
-                        let k = it.Current
-                        let e = entries[queued[k]]
-                        let candidates =
-                            ready
-                            |> Array.choose (fun w ->
-                                let need = Parsl.Executors.WorkQueue.WqProtocol.allocation e.Task.Request w.Total
-                                if Parsl.Executors.WorkQueue.WqProtocol.fitsNow need w.Total w.Used then Some(w, need) else None)
-                        if candidates.Length > 0 then
-                            // Prefer the worker that already holds most of the task's cached inputs, then the least busy.
-                            let holds (w: Worker) = e.Task.Inputs |> List.sumBy (fun i -> if w.Cached.Contains i.File.CacheName then 1 else 0)
-                            let w, need = candidates |> Array.sortBy (fun (w, _) -> -(holds w), w.Running.Count) |> Array.head
-                            e.Worker <- w.Id
-                            e.Alloc <- need
-                            e.Tries <- e.Tries + 1
-                            w.Used <- Parsl.Executors.WorkQueue.WqProtocol.add 1L w.Used need
-                            w.Running.Add e.Id |> ignore
-                            send w e
-                            placed.Add k
-                            if full () then stop <- true
-                    for k in placed do
-                        queue.Remove k |> ignore
-                        queued.Remove k |> ignore
+                    pending.Place(
+                        (fun id ->
+                            let e = entries[id]
+                            let candidates =
+                                ready
+                                |> Array.choose (fun w ->
+                                    let need = Parsl.Executors.WorkQueue.WqProtocol.allocation e.Task.Request w.Total
+                                    if Parsl.Executors.WorkQueue.WqProtocol.fitsNow need w.Total w.Used then Some(w, need) else None)
+                            if candidates.Length > 0 then
+                                // Prefer the worker that already holds most of the task's cached inputs, then the least busy.
+                                let holds (w: Worker) = e.Task.Inputs |> List.sumBy (fun i -> if w.Cached.Contains i.File.CacheName then 1 else 0)
+                                let w, need = candidates |> Array.sortBy (fun (w, _) -> -(holds w), w.Running.Count) |> Array.head
+                                e.Worker <- w.Id
+                                e.Alloc <- need
+                                e.Tries <- e.Tries + 1
+                                w.Used <- Parsl.Executors.WorkQueue.WqProtocol.add 1L w.Used need
+                                w.Running.Add e.Id |> ignore
+                                send w e
+                                true
+                            else false),
+                        full
+                    )
 
         let lose (id: int) (reason: string) =
             match workers.TryGetValue id with
@@ -381,6 +375,8 @@ module VineManager =
             release w e
             finish e (Ok { Code = e.Code; ExitCode = e.Exit; Output = e.Output; Host = w.Host })
 
+        // Unlike Work Queue's, on purpose: a `get` that failed was already logged by `fetched`, and nothing here
+        // reports missing outputs (TaskVineExecutor checks the destinations itself).
         let moveFetched (w: Worker) (e: Entry) =
             let dir = Path.Combine(s.TransferDir, sprintf "w%d" w.Id)
             for o in e.Task.Outputs do
@@ -538,8 +534,7 @@ module VineManager =
                                         match byKey.TryGetValue key with
                                         | true, tid ->
                                             let e = entries[tid]
-                                            let k = struct (e.Task.Request.Priority, e.Seq)
-                                            if queued.Remove k then queue.Remove k |> ignore
+                                            pending.Remove(e.Task.Request.Priority, e.Seq)
                                             match workers.TryGetValue e.Worker with
                                             | true, w -> release w e
                                             | _ -> ()

@@ -195,6 +195,7 @@ module WqManager =
                                     post (Said(id, parsed, null))
                                 | _ ->
                                     let n = WqProtocol.payloadLength parsed
+                                    // A `result` carries the task's whole output, so the bound is larger than TaskVine's (1 MiB).
                                     if n > 256L * 1024L * 1024L then raise (InvalidDataException(sprintf "a payload of %d bytes from the worker" n))
                                     let! payload = if n > 0L then link.ReadBytesAsync(int n) else Task.FromResult [||]
                                     post (Said(id, parsed, payload))
@@ -225,15 +226,11 @@ module WqManager =
         let workers = Dictionary<int, Worker>()
         let entries = Dictionary<int64, Entry>()
         let byKey = Dictionary<int64, int64>()
-        let queue = SortedSet<struct (float * int64)>(ManagerRules.queueOrder)
-        let queued = Dictionary<struct (float * int64), int64>()
+        let pending = PendingQueue()
         let mutable nextTask = 0L
         let mutable seq = 0L
 
-        let enqueue (e: Entry) =
-            let k = struct (e.Task.Request.Priority, e.Seq)
-            queue.Add k |> ignore
-            queued[k] <- e.Id
+        let enqueue (e: Entry) = pending.Add(e.Task.Request.Priority, e.Seq, e.Id)
 
         let finish (e: Entry) (outcome: Result<WqOutcome, exn>) =
             entries.Remove e.Id |> ignore
@@ -263,34 +260,30 @@ module WqManager =
             w.Link.Send(Bytes(WqProtocol.renderTask { spec with TaskId = e.Id }))
 
         let schedule () =
-            if queue.Count > 0 && workers.Count > 0 then
+            if pending.Count > 0 && workers.Count > 0 then
                 let ready = workers.Values |> Seq.filter (fun w -> w.Ready) |> Array.ofSeq
                 let full () = ready |> Array.forall (fun w -> w.Used.Cores >= w.Total.Cores)
                 if ready.Length > 0 && not (full ()) then
-                    let placed = List<struct (float * int64)>()
-                    let mutable stop = false
-                    let mutable it = queue.GetEnumerator()
-                    while not stop && it.MoveNext() do
-                        let k = it.Current
-                        let e = entries[queued[k]]
-                        let candidates =
-                            ready
-                            |> Array.choose (fun w ->
-                                let need = WqProtocol.allocation e.Task.Request w.Total
-                                if WqProtocol.fitsNow need w.Total w.Used then Some(w, need) else None)
-                        if candidates.Length > 0 then
-                            let w, need = candidates |> Array.minBy (fun (w, _) -> w.Running.Count)
-                            e.Worker <- w.Id
-                            e.Alloc <- need
-                            e.Tries <- e.Tries + 1
-                            w.Used <- WqProtocol.add 1L w.Used need
-                            w.Running.Add e.Id |> ignore
-                            send w e
-                            placed.Add k
-                            if full () then stop <- true
-                    for k in placed do
-                        queue.Remove k |> ignore
-                        queued.Remove k |> ignore
+                    pending.Place(
+                        (fun id ->
+                            let e = entries[id]
+                            let candidates =
+                                ready
+                                |> Array.choose (fun w ->
+                                    let need = WqProtocol.allocation e.Task.Request w.Total
+                                    if WqProtocol.fitsNow need w.Total w.Used then Some(w, need) else None)
+                            if candidates.Length > 0 then
+                                let w, need = candidates |> Array.minBy (fun (w, _) -> w.Running.Count)
+                                e.Worker <- w.Id
+                                e.Alloc <- need
+                                e.Tries <- e.Tries + 1
+                                w.Used <- WqProtocol.add 1L w.Used need
+                                w.Running.Add e.Id |> ignore
+                                send w e
+                                true
+                            else false),
+                        full
+                    )
 
         let lose (id: int) (reason: string) =
             match workers.TryGetValue id with
@@ -458,8 +451,7 @@ module WqManager =
                                         match byKey.TryGetValue key with
                                         | true, tid ->
                                             let e = entries[tid]
-                                            let k = struct (e.Task.Request.Priority, e.Seq)
-                                            if queued.Remove k then queue.Remove k |> ignore
+                                            pending.Remove(e.Task.Request.Priority, e.Seq)
                                             match workers.TryGetValue e.Worker with
                                             | true, w -> release w e
                                             | _ -> ()

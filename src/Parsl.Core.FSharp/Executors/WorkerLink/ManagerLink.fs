@@ -144,3 +144,39 @@ module ManagerLink =
         for l in links do
             l.SendLine "exit"
         Task.WhenAll [ for l in links -> l.CloseAsync(TimeSpan.FromSeconds 5.0) ]
+
+/// The tasks waiting for a worker, in queue order (higher priority first, then submission order), by id. Owned by
+/// one manager's loop (not thread-safe).
+[<Sealed>]
+type PendingQueue() =
+    let queue = SortedSet<struct (float * int64)>(ManagerRules.queueOrder)
+    let queued = Dictionary<struct (float * int64), int64>()
+
+    /// How many wait.
+    member _.Count = queue.Count
+
+    /// Queues task `id`, submitted `seq`-th with this priority.
+    member _.Add(priority: float, seq: int64, id: int64) =
+        let k = struct (priority, seq)
+        queue.Add k |> ignore
+        queued[k] <- id
+
+    /// Takes the task submitted `seq`-th with this priority out of the queue, if it waits there.
+    member _.Remove(priority: float, seq: int64) =
+        let k = struct (priority, seq)
+        if queued.Remove k then queue.Remove k |> ignore
+
+    /// Offers each waiting task, in queue order, to `place` (true: it was placed, and leaves the queue) until `full ()`
+    /// says no worker has room left.
+    member _.Place(place: int64 -> bool, full: unit -> bool) =
+        let placed = List<struct (float * int64)>()
+        let mutable stop = false
+        let mutable it = queue.GetEnumerator()
+        while not stop && it.MoveNext() do
+            let k = it.Current
+            if place queued[k] then
+                placed.Add k
+                if full () then stop <- true
+        for k in placed do
+            queue.Remove k |> ignore
+            queued.Remove k |> ignore
