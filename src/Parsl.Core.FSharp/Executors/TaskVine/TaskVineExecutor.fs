@@ -28,7 +28,7 @@ open Parsl.Node
 [<Sealed>]
 type TaskVineExecutor(options: TaskVineOptions) =
     let label = options.Label
-    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    let inflight = InFlight<unit>()
     let shipping = RunnerShipping("TaskVineExecutor", label, options.RunnerDirectory, options.SharedFs)
     let fileHashes = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
     /// Outputs of earlier tasks still in their worker's cache, by the local copy they were fetched to: a later task
@@ -41,25 +41,10 @@ type TaskVineExecutor(options: TaskVineOptions) =
     let mutable root = ""
     let mutable dataDir = ""
     let mutable scaler: WqScalerHandle option = None
-    let idle = obj ()
-    let mutable idleWaiters: TaskCompletionSource<unit> list = []
-
-    let finished () =
-        if inflight.IsEmpty then
-            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
-            for w in ws do
-                w.TrySetResult() |> ignore
 
     let quote = WorkerExecutors.quote
 
-    let report (key: int64) (outcome: Result<obj, exn>) =
-        match inflight.TryRemove key with
-        | true, struct (id, tryId) ->
-            match outcome with
-            | Ok v -> ctx.Report(TryDone(id, tryId, v))
-            | Error e -> ctx.Report(TryFailed(id, tryId, e))
-            finished ()
-        | _ -> ()
+    let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome) |> ignore
 
     let cached (f: ShippedFile) : VineInput =
         { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Level = CacheLevel.Workflow }; LocalPath = f.LocalPath; Mode = 0o644 }
@@ -316,7 +301,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
                 match WqProtocol.request label t.Resources with
                 | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
                 | Ok req ->
-                    inflight[key] <- struct (t.Id, t.Try)
+                    inflight.Add(key, t.Id, t.Try, ())
                     match (try Ok(build t key req) with e -> Error e) with
                     | Error e -> report key (Error e)
                     | Ok task -> m.Post(SubmitTask task)
@@ -327,15 +312,13 @@ type TaskVineExecutor(options: TaskVineOptions) =
         member _.ShutdownAsync(wait) =
             task {
                 if wait then
-                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
-                    finished ()
-                    do! w.Task
+                    // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
+                    do! inflight.WhenEmpty()
                 match manager with
                 | Some m -> do! WorkerExecutors.stopActor (fun r -> m.Post(StopManager r)) m.Completion
                 | None -> ()
                 do! WorkerExecutors.stopScaler scaler options.Provider
-                for KeyValue(k, _) in inflight.ToArray() do
+                for k in inflight.Keys do
                     report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
             }
             :> Task
