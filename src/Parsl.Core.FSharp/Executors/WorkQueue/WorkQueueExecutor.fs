@@ -288,17 +288,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             :> Task
 
         member _.Submit t =
-            match manager with
-            | None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
-            | Some m ->
-                let key = Protocol.key t.Id.Value t.Try.Value
-                match WqProtocol.request label t.Resources with
-                | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
-                | Ok req ->
-                    inflight.Add(key, t.Id, t.Try, ())
-                    match (try Ok(build t key req) with e -> Error e) with
-                    | Error e -> report key (Error e)
-                    | Ok task -> m.Post(SubmitTask task)
+            Parsl.Executors.WorkerLink.WorkerExecutors.submit ctx label inflight (manager |> Option.map (fun m -> SubmitTask >> m.Post)) build t
 
         member _.Cancel(id, tryId) =
             manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))

@@ -123,6 +123,28 @@ module WorkerExecutors =
             q.Task
         | None -> Task.FromResult []
 
+    /// Hands a try to the manager: refused when the executor is not started or the resources are not understood;
+    /// else recorded in flight and built (`build` failing reports the try failed), then posted.
+    let internal submit
+        (ctx: ExecutorContext)
+        (label: string)
+        (inflight: InFlight<unit>)
+        (post: ('Task -> unit) option)
+        (build: ExecTask -> int64 -> ResourceRequest -> 'Task)
+        (t: ExecTask)
+        =
+        match post with
+        | None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
+        | Some post ->
+            let key = Parsl.Node.HighThroughput.Protocol.key t.Id.Value t.Try.Value
+            match WqProtocol.request label t.Resources with
+            | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
+            | Ok req ->
+                inflight.Add(key, t.Id, t.Try, ())
+                match (try Ok(build t key req) with e -> Error e) with
+                | Error e -> inflight.Report(ctx, key, Error e) |> ignore
+                | Ok task -> post task
+
     /// Stops an actor that answers a stop request: posts it, waits for the answer, then for the actor's loop.
     let stopActor (post: TaskCompletionSource<unit> -> unit) (completion: Task) : Task =
         task {
