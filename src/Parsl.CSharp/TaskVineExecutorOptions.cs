@@ -104,9 +104,8 @@ public sealed class TaskVineExecutorOptions : ExecutorOptions
 
     internal override IEnumerable<ConfigurationError> Check()
     {
-        if (!Enum.IsDefined(Strategy))
-            yield return new ConfigurationError(nameof(TaskVineExecutorOptions) + "." + nameof(Strategy),
-                $"{(int)Strategy} is not a ScalingStrategy; use None, Simple or HtexAutoScale");
+        foreach (var e in WorkerLinkOptions.CheckStrategy(nameof(TaskVineExecutorOptions), Strategy))
+            yield return e;
         if (!Enum.IsDefined(FunctionExecMode))
             yield return new ConfigurationError(nameof(TaskVineExecutorOptions) + "." + nameof(FunctionExecMode),
                 $"{(int)FunctionExecMode} is not a TaskVineFunctionMode; use Regular or Serverless");
@@ -117,19 +116,14 @@ public sealed class TaskVineExecutorOptions : ExecutorOptions
         var d = TaskVineOptionsModule.defaults();
         return new TaskVineExecutor(new TaskVineOptions(
             Label, Address, Port,
-            PasswordFile is null ? FSharpOption<string>.None : FSharpOption<string>.Some(PasswordFile),
-            Provider is null ? FSharpOption<IExecutionProvider>.None : FSharpOption<IExecutionProvider>.Some(Provider.Build()),
-            Strategy switch
-            {
-                ScalingStrategy.None => Parsl.Jobs.StrategyKind.NoScaling,
-                ScalingStrategy.HtexAutoScale => Parsl.Jobs.StrategyKind.HtexAutoScale,
-                _ => Parsl.Jobs.StrategyKind.Simple,
-            },
+            WorkerLinkOptions.Optional(PasswordFile),
+            WorkerLinkOptions.Provider(Provider),
+            WorkerLinkOptions.Strategy(Strategy),
             StrategyPeriod, MaxIdleTime,
             WorkerExecutable, ListModule.OfSeq(WorkerOptions),
             FunctionExecMode == TaskVineFunctionMode.Serverless ? Parsl.Executors.TaskVine.FunctionExecMode.Serverless : Parsl.Executors.TaskVine.FunctionExecMode.Regular,
             InitCommand,
-            MapModule.OfSeq(Env.Select(kv => Tuple.Create(kv.Key, kv.Value))),
+            WorkerLinkOptions.Env(Env),
             SharedFs, PeerTransfers, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,
             DotnetCommand ?? d.DotnetCommand, RunnerDirectory ?? d.RunnerDirectory));
     }

@@ -92,9 +92,8 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
 
     internal override IEnumerable<ConfigurationError> Check()
     {
-        if (!Enum.IsDefined(Strategy))
-            yield return new ConfigurationError(nameof(WorkQueueExecutorOptions) + "." + nameof(Strategy),
-                $"{(int)Strategy} is not a ScalingStrategy; use None, Simple or HtexAutoScale");
+        foreach (var e in WorkerLinkOptions.CheckStrategy(nameof(WorkQueueExecutorOptions), Strategy))
+            yield return e;
     }
 
     internal override IExecutor Build()
@@ -102,19 +101,14 @@ public sealed class WorkQueueExecutorOptions : ExecutorOptions
         var d = WorkQueueOptionsModule.defaults();
         return new WorkQueueExecutor(new WorkQueueOptions(
             Label, Address, Port,
-            PasswordFile is null ? FSharpOption<string>.None : FSharpOption<string>.Some(PasswordFile),
-            Provider is null ? FSharpOption<IExecutionProvider>.None : FSharpOption<IExecutionProvider>.Some(Provider.Build()),
-            Strategy switch
-            {
-                ScalingStrategy.None => Parsl.Jobs.StrategyKind.NoScaling,
-                ScalingStrategy.HtexAutoScale => Parsl.Jobs.StrategyKind.HtexAutoScale,
-                _ => Parsl.Jobs.StrategyKind.Simple,
-            },
+            WorkerLinkOptions.Optional(PasswordFile),
+            WorkerLinkOptions.Provider(Provider),
+            WorkerLinkOptions.Strategy(Strategy),
             StrategyPeriod, MaxIdleTime,
             WorkerExecutable, LongLivedRunner, ListModule.OfSeq(WorkerOptions), InitCommand,
-            MapModule.OfSeq(Env.Select(kv => Tuple.Create(kv.Key, kv.Value))),
+            WorkerLinkOptions.Env(Env),
             SharedFs, Autocategory, MaxRetries, KeepalivePeriod, KeepaliveTimeout,
-            ResourceMonitor is null ? FSharpOption<string>.None : FSharpOption<string>.Some(ResourceMonitor),
+            WorkerLinkOptions.Optional(ResourceMonitor),
             DotnetCommand ?? d.DotnetCommand, RunnerDirectory ?? d.RunnerDirectory));
     }
 }

@@ -37,6 +37,7 @@ let all =
         ProvidersGridEngineTests.tests
         ProvidersBatchSamplesTests.tests
         ProvidersKubernetesTests.tests
+        WorkerLinkTests.tests
         WorkQueueTests.tests
         TaskVineTests.tests
         MonitoringTests.tests

@@ -9,7 +9,7 @@ open Parsl
 /// outcome removes it and goes to the kernel; a later one (a re-run's, a cancelled try's late result) finds it
 /// gone and is dropped, which `Report` says by returning false. `Extra` is what the executor keeps per try;
 /// `onRemoved` runs for a try as it leaves, before its outcome is reported. Shared by the executors that send tries
-/// to remote workers (Work Queue, endpoints).
+/// to remote workers (Work Queue, TaskVine, endpoints).
 [<Sealed>]
 type internal InFlight<'Extra>(onRemoved: int64 -> unit) =
     let tries = ConcurrentDictionary<int64, struct (TaskId * TryId * 'Extra)>()

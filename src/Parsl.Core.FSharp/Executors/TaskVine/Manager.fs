@@ -157,18 +157,12 @@ module VineManager =
 
     let private zero: Parsl.Executors.WorkQueue.WorkerResources = { Cores = 0L; Memory = 0L; Disk = 0L; Gpus = 0L }
 
-    /// Queue order: higher priority first, then submission order.
-    let private order =
-        { new IComparer<struct (float * int64)> with
-            member _.Compare(struct (pa, sa), struct (pb, sb)) =
-                let c = compare pb pa
-                if c <> 0 then c else compare sa sb }
-
-    let private safeName (name: string) =
-        not (String.IsNullOrEmpty name) && not (name.StartsWith "/") && not (name.Split('/') |> Array.contains "..")
+    let private safeName = ManagerRules.safeName
 
     /// Reads one connection: authentication and handshake first (nothing else is parsed before them), then lines and
     /// their payloads, posted to the loop. Replies to `get` are written to disk here, as they stream in.
+    // Kept apart from Work Queue's reader on purpose: TaskVine's `get` replies nest directories and a `resources`
+    // block ends with `end`, so this reader tracks where it is and writes replies to disk before it posts.
     let private serve (s: VineManagerSettings) (id: int) (client: TcpClient) (post: VineManagerRequest -> unit) (abort: CancellationToken) : Task =
         task {
             let link = new LineLink(client, VineProtocol.lineMax, s.KeepaliveTimeout)
@@ -178,15 +172,7 @@ module VineManager =
                 post (Rejected(link.Remote, why))
                 link.Abort()
             try
-                let mutable ok = true
-                match s.Password with
-                | Some password ->
-                    match! LinkAuth.manager link password with
-                    | None -> ()
-                    | Some why ->
-                        ok <- false
-                        reject why
-                | None -> ()
+                let! ok = ManagerLink.authenticate link s.Password reject
                 if ok then
                     let! first = link.ReadLineAsync()
                     let first = defaultArg first ""
@@ -253,63 +239,25 @@ module VineManager =
     let start (s: VineManagerSettings) : VineManagerHandle =
         let channel = Channel.CreateUnbounded<VineManagerRequest>(UnboundedChannelOptions(SingleReader = true))
         let post r = channel.Writer.TryWrite r |> ignore
-        let ip =
-            match IPAddress.TryParse s.Address with
-            | true, ip -> ip
-            | _ when s.Address = "*" || s.Address = "0.0.0.0" -> IPAddress.Any
-            | _ -> Dns.GetHostAddresses(s.Address) |> Array.find (fun a -> a.AddressFamily = AddressFamily.InterNetwork)
-        let listener = new TcpListener(ip, s.Port)
-        listener.Start()
-        let port = (listener.LocalEndpoint :?> IPEndPoint).Port
-        let stopping = new CancellationTokenSource()
-        let abortAll = new CancellationTokenSource()
         let mutable rejected = 0
-        let connections = List<Task>()
-        let connectionsLock = obj ()
-
-        let accept =
-            Task.Run(fun () ->
-                task {
-                    let mutable next = 0
-                    try
-                        while not stopping.IsCancellationRequested do
-                            let! c = listener.AcceptTcpClientAsync(stopping.Token)
-                            c.NoDelay <- true
-                            next <- next + 1
-                            let id = next
-                            let t = Task.Run(fun () -> serve s id c post abortAll.Token)
-                            lock connectionsLock (fun () -> connections.Add t)
-                    with
-                    | :? OperationCanceledException
-                    | :? ObjectDisposedException
-                    | :? SocketException -> ()
-                }
-                :> Task)
-
-        let ticker =
-            Task.Run(fun () ->
-                task {
-                    let period = TimeSpan.FromMilliseconds(max 50.0 (min 1000.0 (s.KeepalivePeriod.TotalMilliseconds / 2.0)))
-                    try
-                        while not stopping.IsCancellationRequested do
-                            do! Task.Delay(period, stopping.Token)
-                            post Tick
-                    with :? OperationCanceledException -> ()
-                }
-                :> Task)
+        let net =
+            ManagerListener.Start(
+                s.Address,
+                s.Port,
+                (fun id c abort -> serve s id c post abort),
+                ManagerRules.tickPeriod s.KeepalivePeriod,
+                fun () -> post Tick
+            )
+        let port = net.Port
 
         let workers = Dictionary<int, Worker>()
         let entries = Dictionary<int64, Entry>()
         let byKey = Dictionary<int64, int64>()
-        let queue = SortedSet<struct (float * int64)>(order)
-        let queued = Dictionary<struct (float * int64), int64>()
+        let pending = PendingQueue()
         let mutable nextTask = 0L
         let mutable seq = 0L
 
-        let enqueue (e: Entry) =
-            let k = struct (e.Task.Request.Priority, e.Seq)
-            queue.Add k |> ignore
-            queued[k] <- e.Id
+        let enqueue (e: Entry) = pending.Add(e.Task.Request.Priority, e.Seq, e.Id)
 
         let finish (e: Entry) (outcome: Result<VineOutcome, exn>) =
             entries.Remove e.Id |> ignore
@@ -380,36 +328,32 @@ module VineManager =
             | _ -> ()
 
         let schedule () =
-            if queue.Count > 0 && workers.Count > 0 then
+            if pending.Count > 0 && workers.Count > 0 then
                 let ready = workers.Values |> Seq.filter (fun w -> w.Ready) |> Array.ofSeq
                 let full () = ready |> Array.forall (fun w -> w.Used.Cores >= w.Total.Cores)
                 if ready.Length > 0 && not (full ()) then
-                    let placed = List<struct (float * int64)>()
-                    let mutable stop = false
-                    let mutable it = queue.GetEnumerator()
-                    while not stop && it.MoveNext() do
-                        let k = it.Current
-                        let e = entries[queued[k]]
-                        let candidates =
-                            ready
-                            |> Array.choose (fun w ->
-                                let need = Parsl.Executors.WorkQueue.WqProtocol.allocation e.Task.Request w.Total
-                                if Parsl.Executors.WorkQueue.WqProtocol.fitsNow need w.Total w.Used then Some(w, need) else None)
-                        if candidates.Length > 0 then
-                            // Prefer the worker that already holds most of the task's cached inputs, then the least busy.
-                            let holds (w: Worker) = e.Task.Inputs |> List.sumBy (fun i -> if w.Cached.Contains i.File.CacheName then 1 else 0)
-                            let w, need = candidates |> Array.sortBy (fun (w, _) -> -(holds w), w.Running.Count) |> Array.head
-                            e.Worker <- w.Id
-                            e.Alloc <- need
-                            e.Tries <- e.Tries + 1
-                            w.Used <- Parsl.Executors.WorkQueue.WqProtocol.add 1L w.Used need
-                            w.Running.Add e.Id |> ignore
-                            send w e
-                            placed.Add k
-                            if full () then stop <- true
-                    for k in placed do
-                        queue.Remove k |> ignore
-                        queued.Remove k |> ignore
+                    pending.Place(
+                        (fun id ->
+                            let e = entries[id]
+                            let candidates =
+                                ready
+                                |> Array.choose (fun w ->
+                                    let need = Parsl.Executors.WorkQueue.WqProtocol.allocation e.Task.Request w.Total
+                                    if Parsl.Executors.WorkQueue.WqProtocol.fitsNow need w.Total w.Used then Some(w, need) else None)
+                            if candidates.Length > 0 then
+                                // Prefer the worker that already holds most of the task's cached inputs, then the least busy.
+                                let holds (w: Worker) = e.Task.Inputs |> List.sumBy (fun i -> if w.Cached.Contains i.File.CacheName then 1 else 0)
+                                let w, need = candidates |> Array.sortBy (fun (w, _) -> -(holds w), w.Running.Count) |> Array.head
+                                e.Worker <- w.Id
+                                e.Alloc <- need
+                                e.Tries <- e.Tries + 1
+                                w.Used <- Parsl.Executors.WorkQueue.WqProtocol.add 1L w.Used need
+                                w.Running.Add e.Id |> ignore
+                                send w e
+                                true
+                            else false),
+                        full
+                    )
 
         let lose (id: int) (reason: string) =
             match workers.TryGetValue id with
@@ -431,6 +375,8 @@ module VineManager =
             release w e
             finish e (Ok { Code = e.Code; ExitCode = e.Exit; Output = e.Output; Host = w.Host })
 
+        // Unlike Work Queue's, on purpose: a `get` that failed was already logged by `fetched`, and nothing here
+        // reports missing outputs (TaskVineExecutor checks the destinations itself).
         let moveFetched (w: Worker) (e: Entry) =
             let dir = Path.Combine(s.TransferDir, sprintf "w%d" w.Id)
             for o in e.Task.Outputs do
@@ -510,19 +456,13 @@ module VineManager =
 
         let stopAll (reply: TaskCompletionSource<unit>) =
             task {
-                stopping.Cancel()
-                listener.Stop()
-                for w in workers.Values do
-                    w.Link.SendLine "exit"
-                let closing = [ for w in workers.Values -> w.Link.CloseAsync(TimeSpan.FromSeconds 5.0) ]
-                do! Task.WhenAll closing
-                abortAll.Cancel()
+                net.Stop()
+                do! ManagerLink.closeAll [ for w in workers.Values -> w.Link ]
+                net.AbortConnections()
                 workers.Clear()
                 for e in List.ofSeq entries.Values do
                     finish e (Error(KernelShutdownError(TaskId(fst (Parsl.Node.HighThroughput.Protocol.ofKey e.Task.Key)))))
-                let pending = lock connectionsLock (fun () -> connections.ToArray())
-                try do! Task.WhenAll pending with _ -> ()
-                try do! Task.WhenAll(accept, ticker) with _ -> ()
+                do! net.DrainAsync()
                 reply.TrySetResult() |> ignore
             }
 
@@ -594,8 +534,7 @@ module VineManager =
                                         match byKey.TryGetValue key with
                                         | true, tid ->
                                             let e = entries[tid]
-                                            let k = struct (e.Task.Request.Priority, e.Seq)
-                                            if queued.Remove k then queue.Remove k |> ignore
+                                            pending.Remove(e.Task.Request.Priority, e.Seq)
                                             match workers.TryGetValue e.Worker with
                                             | true, w -> release w e
                                             | _ -> ()
@@ -604,10 +543,10 @@ module VineManager =
                                     | Tick ->
                                         let now = Environment.TickCount64
                                         for w in List.ofSeq workers.Values do
-                                            if float (now - w.Link.LastHeard) > s.KeepaliveTimeout.TotalMilliseconds then
-                                                lose w.Id (sprintf "no message for %O (KeepaliveTimeout)" s.KeepaliveTimeout)
-                                            elif float (now - w.Link.LastSent) > s.KeepalivePeriod.TotalMilliseconds then
-                                                w.Link.SendLine "check"
+                                            match ManagerRules.keepalive s.KeepalivePeriod s.KeepaliveTimeout w.Link.LastHeard w.Link.LastSent now with
+                                            | LoseWorker reason -> lose w.Id reason
+                                            | SendCheck -> w.Link.SendLine "check"
+                                            | Quiet -> ()
                                     | QueryWorkers reply ->
                                         reply.TrySetResult
                                             [ for w in workers.Values ->

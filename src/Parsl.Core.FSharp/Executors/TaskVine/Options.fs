@@ -91,45 +91,16 @@ module TaskVineOptions =
           MaxRetries = 1
           KeepalivePeriod = TimeSpan.FromSeconds 30.0
           KeepaliveTimeout = TimeSpan.FromSeconds 120.0
-          DotnetCommand =
-            (match Environment.ProcessPath with
-             | p when not (isNull p) && Path.GetFileNameWithoutExtension p = "dotnet" -> p
-             | _ -> "dotnet")
+          DotnetCommand = Parsl.Executors.WorkerLink.WorkerOptionRules.defaultDotnet ()
           RunnerDirectory = AppContext.BaseDirectory }
 
     /// Every problem, each naming its field and the fix.
     let validate (o: TaskVineOptions) : ConfigurationError list =
         let f name = sprintf "TaskVineExecutor.%s" name
-        [ if String.IsNullOrWhiteSpace o.Label then ConfigurationError(f "Label", "is empty; the default is \"TaskVineExecutor\"")
-          if String.IsNullOrWhiteSpace o.Address then ConfigurationError(f "Address", "is empty; the default is \"127.0.0.1\"")
-          if o.Port < 0 || o.Port > 65535 then ConfigurationError(f "Port", sprintf "%d is not a port; give 1-65535, or 0 for any free port" o.Port)
-          match o.PasswordFile with
-          | Some p when String.IsNullOrWhiteSpace p || not (File.Exists p) ->
-              ConfigurationError(f "PasswordFile", sprintf "'%s' does not exist; give the path of the file workers are given with --password" p)
-          | Some p when FileInfo(p).Length = 0L -> ConfigurationError(f "PasswordFile", sprintf "'%s' is empty; write the password into it" p)
-          | _ -> ()
-          match o.Provider with
-          | Some p when isNull (box p) -> ConfigurationError(f "Provider", "is Some null; give a provider or None")
-          | Some p -> yield! p.Validate()
-          | None -> ()
-          if o.StrategyPeriod <= TimeSpan.Zero then ConfigurationError(f "StrategyPeriod", "must be positive; the default is 5 s")
-          if o.MaxIdleTime < TimeSpan.Zero then ConfigurationError(f "MaxIdleTime", "must be 0 or more; the default is 120 s")
-          if String.IsNullOrWhiteSpace o.WorkerExecutable then ConfigurationError(f "WorkerExecutable", "is empty; the default is \"vine_worker\"")
-          if isNull (box o.WorkerOptions) || o.WorkerOptions |> List.exists isNull then
-              ConfigurationError(f "WorkerOptions", "contains null; give words like [\"--cores\"; \"2\"]")
+        let rules = Parsl.Executors.WorkerLink.WorkerOptionRules.manager f "TaskVineExecutor" "vine_worker"
+        [ yield!
+              rules o.Label o.Address o.Port o.PasswordFile o.Provider o.StrategyPeriod o.MaxIdleTime o.WorkerExecutable o.WorkerOptions
           if not (Enum.IsDefined o.FunctionExecMode) then
               ConfigurationError(f "FunctionExecMode", sprintf "%O is not a mode; give Regular or Serverless" o.FunctionExecMode)
-          if isNull o.InitCommand then ConfigurationError(f "InitCommand", "is null; use \"\" for none")
-          for KeyValue(k, v) in o.Env do
-              if String.IsNullOrEmpty k || k.Contains '=' || k.Contains '\n' then
-                  ConfigurationError(f "Env", sprintf "'%s' is not a variable name (no '=', no newline, not empty)" k)
-              if isNull v || v.Contains '\n' then ConfigurationError(f "Env", sprintf "the value of %s is null or has a newline" k)
-          if o.MaxRetries < 1 then ConfigurationError(f "MaxRetries", sprintf "must be at least 1 (got %d); 1 leaves retries to Config.Retries" o.MaxRetries)
-          if o.KeepalivePeriod <= TimeSpan.Zero then ConfigurationError(f "KeepalivePeriod", "must be positive; the default is 30 s")
-          if o.KeepaliveTimeout <= o.KeepalivePeriod then
-              ConfigurationError(f "KeepaliveTimeout", sprintf "(%O) must be longer than KeepalivePeriod (%O), or idle workers would be dropped" o.KeepaliveTimeout o.KeepalivePeriod)
-          if String.IsNullOrWhiteSpace o.DotnetCommand then ConfigurationError(f "DotnetCommand", "is empty; the default is \"dotnet\"")
-          if String.IsNullOrWhiteSpace o.RunnerDirectory || not (File.Exists(Path.Combine(o.RunnerDirectory, "Parsl.Workers.dll"))) then
-              ConfigurationError(
-                  f "RunnerDirectory",
-                  sprintf "Parsl.Workers.dll is not in '%s'; reference the Parsl.Workers project or package, or point RunnerDirectory at its folder" o.RunnerDirectory) ]
+          yield! Parsl.Executors.WorkerLink.WorkerOptionRules.tasks f o.InitCommand o.Env o.MaxRetries o.KeepalivePeriod o.KeepaliveTimeout
+          yield! Parsl.Executors.WorkerLink.WorkerOptionRules.runner f o.DotnetCommand o.RunnerDirectory ]

@@ -1,5 +1,7 @@
 namespace Parsl
 
+// Parallel to the Work Queue failures on purpose: Parsl has one exception family per executor, each caught apart.
+
 /// A TaskVine task ended without a result (Parsl's `TaskVineTaskFailure`): the worker's `VINE_RESULT_*` code says
 /// why. Each code has a subtype below, so a program can catch the case it cares about.
 type TaskVineTaskFailure(resultCode: int, reason: string) =

@@ -28,7 +28,7 @@ open Parsl.Node
 [<Sealed>]
 type TaskVineExecutor(options: TaskVineOptions) =
     let label = options.Label
-    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    let inflight = InFlight<unit>()
     let shipping = RunnerShipping("TaskVineExecutor", label, options.RunnerDirectory, options.SharedFs)
     let fileHashes = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
     /// Outputs of earlier tasks still in their worker's cache, by the local copy they were fetched to: a later task
@@ -41,34 +41,15 @@ type TaskVineExecutor(options: TaskVineOptions) =
     let mutable root = ""
     let mutable dataDir = ""
     let mutable scaler: WqScalerHandle option = None
-    let idle = obj ()
-    let mutable idleWaiters: TaskCompletionSource<unit> list = []
 
-    let finished () =
-        if inflight.IsEmpty then
-            let ws = lock idle (fun () -> let w = idleWaiters in idleWaiters <- []; w)
-            for w in ws do
-                w.TrySetResult() |> ignore
+    let quote = WorkerExecutors.quote
 
-    let quote (s: string) =
-        if s <> "" && s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) then s
-        else "'" + s.Replace("'", "'\\''") + "'"
-
-    let report (key: int64) (outcome: Result<obj, exn>) =
-        match inflight.TryRemove key with
-        | true, struct (id, tryId) ->
-            match outcome with
-            | Ok v -> ctx.Report(TryDone(id, tryId, v))
-            | Error e -> ctx.Report(TryFailed(id, tryId, e))
-            finished ()
-        | _ -> ()
+    let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome) |> ignore
 
     let cached (f: ShippedFile) : VineInput =
         { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Level = CacheLevel.Workflow }; LocalPath = f.LocalPath; Mode = 0o644 }
 
-    let text (b: byte[]) =
-        let s = if isNull b then "" else Text.Encoding.UTF8.GetString b
-        if s.Length > 2000 then "…" + s.Substring(s.Length - 2000) else s
+    let text = WorkerExecutors.outputText
 
     let functionResult (appName: string) (resultPath: string) (o: VineOutcome) : Result<obj, exn> =
         if o.Code <> 0 then Error(VineProtocol.failure o.Code o.ExitCode (text o.Output))
@@ -93,13 +74,9 @@ type TaskVineExecutor(options: TaskVineOptions) =
             if missing.IsEmpty && o.Code = 0 then Ok(box 0)
             else Error(MissingOutputs("the files were not created", (if missing.IsEmpty then outputs else missing)))
 
-    let wallSeconds (r: ResourceRequest) (shell: TimeSpan option) =
-        [ match r.RunningTimeMin with Some m -> int64 (Math.Ceiling(m * 60.0)) | None -> ()
-          match shell with Some w -> max 1L (int64 (Math.Ceiling w.TotalSeconds)) | None -> () ]
-        |> function [] -> 0L | xs -> List.min xs
+    let wallSeconds = WorkerExecutors.wallSeconds
 
-    let command (c: string) =
-        if String.IsNullOrWhiteSpace options.InitCommand then c else options.InitCommand + "; " + c
+    let command = WorkerExecutors.withInit options.InitCommand
 
     /// A Parsl `File` input, cached on each worker at workflow level under a name that carries its content hash: a
     /// file given to many tasks crosses to a worker once, and a changed file is a new name.
@@ -157,10 +134,6 @@ type TaskVineExecutor(options: TaskVineOptions) =
         | Function call ->
             let struct (fid, def, asms) = shipping.Define(call.AppName, call.Function)
             let asms = asms |> List.map cached
-            let args =
-                if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
-                    Array.sub call.Args 0 (call.Args.Length - 1)
-                else Array.copy call.Args
             // Parsl `File`s among the arguments: inputs that exist are put in the worker's cache (once per worker),
             // the others come back as outputs; the app sees the sandbox's copy. With SharedFs they are used in place.
             let ins = List<VineInput>()
@@ -181,11 +154,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
                               Path = Path.GetFullPath local
                               Append = false }
                     f.WithLocalPath name
-            for i in 0 .. args.Length - 1 do
-                match args[i] with
-                | :? File as f -> args[i] <- box (stage f)
-                | :? (File[]) as fs -> args[i] <- box (Array.map stage fs)
-                | _ -> ()
+            let args = WorkerExecutors.stageArgs call stage
             let callPath = Path.Combine(dir, "call")
             let resultPath = Path.Combine(dir, "result")
             shipping.WriteCall(callPath, key, call.AppName, fid, def, args, call.Walltime)
@@ -207,16 +176,9 @@ type TaskVineExecutor(options: TaskVineOptions) =
             let cmd = call.BuildCommand()
             if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
             let outs = List<VineOutput>()
-            let redirect (op: string) (s: StdStream option) (name: string) =
-                match s with
-                | None -> ""
-                | Some s when options.SharedFs -> sprintf " %s%s %s" op (match s with Append _ -> ">" | Truncate _ -> "") (quote s.Path)
-                | Some s ->
-                    outs.Add
-                        { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Level = CacheLevel.TaskLevel }
-                          Path = Path.GetFullPath s.Path
-                          Append = (match s with Append _ -> true | Truncate _ -> false) }
-                    sprintf " %s %s" op name
+            let fetch cacheName sandboxName path append =
+                outs.Add { File = { CacheName = cacheName; SandboxName = sandboxName; Level = CacheLevel.TaskLevel }; Path = path; Append = append }
+            let redirect = WorkerExecutors.redirect options.SharedFs fetch prefix
             let wall = wallSeconds req call.Walltime
             // The worker kills a task at its wall time through the task's process group, which it makes after the
             // fork; under load the task may exec first and stay in the worker's group, out of reach (seen here). So
@@ -226,14 +188,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
                 limited + "/bin/bash -c " + quote cmd
                 + redirect ">" call.Stdout "parsl.stdout"
                 + redirect "2>" call.Stderr "parsl.stderr"
-            let outputs =
-                [ for p in call.Outputs ->
-                    if not options.SharedFs && not (Path.IsPathRooted p) then
-                        outs.Add
-                            { File = { CacheName = sprintf "%s-out-%s" prefix (p.Replace('/', '_')); SandboxName = p; Level = CacheLevel.TaskLevel }
-                              Path = Path.GetFullPath p
-                              Append = false }
-                    Path.GetFullPath p ]
+            let outputs = WorkerExecutors.shellOutputs options.SharedFs fetch prefix call.Outputs
             make (spec line call.AppName req call.Walltime) [] (List.ofSeq outs) None (shellResult call (wall > 0L) outputs)
 
     /// Parsl's defaults.
@@ -269,12 +224,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
 
     /// The blocks started so far: block id, job id, state.
     member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
-        match scaler with
-        | Some sc ->
-            let q = TaskCompletionSource<_>(TaskCreationOptions.RunContinuationsAsynchronously)
-            sc.Post(ScalerBlocks q)
-            q.Task
-        | None -> Task.FromResult []
+        WorkerExecutors.blocks scaler
 
     /// The command a block runs to start one worker. Its log goes to `workers/block-<id>.log` under this executor's
     /// folder in the run directory (not to loose folders in the working directory).
@@ -308,16 +258,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
                 if not (OperatingSystem.IsWindows()) then
                     File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
                 runner <- shipping.RunnerFiles() |> List.map cached
-                passwordPath <-
-                    match options.PasswordFile with
-                    | Some p -> Path.GetFullPath p
-                    | None ->
-                        let p = Path.Combine(root, "worker.password")
-                        File.WriteAllText(p, "")
-                        if not (OperatingSystem.IsWindows()) then
-                            File.SetUnixFileMode(p, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
-                        File.WriteAllText(p, Convert.ToHexString(Security.Cryptography.RandomNumberGenerator.GetBytes 24).ToLowerInvariant())
-                        p
+                passwordPath <- WorkerExecutors.runPassword options.PasswordFile root
                 let password = Some(File.ReadAllText passwordPath)
                 let library =
                     if options.FunctionExecMode = FunctionExecMode.Serverless then
@@ -339,36 +280,21 @@ type TaskVineExecutor(options: TaskVineOptions) =
                           PeerTransfers = options.PeerTransfers
                           Log = context.Log }
                 manager <- Some m
-                match options.Provider with
-                | Some p ->
-                    p.Initialize { ScriptDir = Path.Combine(context.RunDir, "submit_scripts"); Log = context.Log }
-                    scaler <-
-                        Some(
-                            WqBlockScaler.start
-                                { Label = label
-                                  Provider = p
-                                  Kind = options.Strategy
-                                  Period = options.StrategyPeriod
-                                  MaxIdleTime = options.MaxIdleTime
-                                  LaunchCommand = this.WorkerCommand
-                                  Outstanding = fun () -> inflight.Count
-                                  Log = context.Log })
-                | None -> ()
+                scaler <-
+                    WorkerExecutors.startScaler
+                        label
+                        options.Provider
+                        context
+                        options.Strategy
+                        options.StrategyPeriod
+                        options.MaxIdleTime
+                        this.WorkerCommand
+                        (fun () -> inflight.Count)
             }
             :> Task
 
         member _.Submit t =
-            match manager with
-            | None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
-            | Some m ->
-                let key = Protocol.key t.Id.Value t.Try.Value
-                match WqProtocol.request label t.Resources with
-                | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
-                | Ok req ->
-                    inflight[key] <- struct (t.Id, t.Try)
-                    match (try Ok(build t key req) with e -> Error e) with
-                    | Error e -> report key (Error e)
-                    | Ok task -> m.Post(SubmitTask task)
+            WorkerExecutors.submit ctx label inflight (manager |> Option.map (fun m -> SubmitTask >> m.Post)) build t
 
         member _.Cancel(id, tryId) =
             manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))
@@ -376,29 +302,13 @@ type TaskVineExecutor(options: TaskVineOptions) =
         member _.ShutdownAsync(wait) =
             task {
                 if wait then
-                    let w = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    lock idle (fun () -> idleWaiters <- w :: idleWaiters)
-                    finished ()
-                    do! w.Task
+                    // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
+                    do! inflight.WhenEmpty()
                 match manager with
-                | Some m ->
-                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    m.Post(StopManager stopped)
-                    do! stopped.Task
-                    do! m.Completion
+                | Some m -> do! WorkerExecutors.stopActor (fun r -> m.Post(StopManager r)) m.Completion
                 | None -> ()
-                match scaler, options.Provider with
-                | Some sc, Some p ->
-                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    sc.Post(StopScaler stopped)
-                    do! stopped.Task
-                    do! sc.Completion
-                    match box p with
-                    | :? IDisposable as d ->
-                        try d.Dispose() with _ -> ()
-                    | _ -> ()
-                | _ -> ()
-                for KeyValue(k, _) in inflight.ToArray() do
+                do! WorkerExecutors.stopScaler scaler options.Provider
+                for k in inflight.Keys do
                     report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
             }
             :> Task

@@ -37,9 +37,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let mutable passwordPath = ""
     let mutable dataDir = ""
     let mutable scaler: WqScalerHandle option = None
-    let quote (s: string) =
-        if s <> "" && s |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "/._-:=,+@%".Contains c) then s
-        else "'" + s.Replace("'", "'\\''") + "'"
+    let quote = Parsl.Executors.WorkerLink.WorkerExecutors.quote
 
     let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome) |> ignore
 
@@ -48,9 +46,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
     let cached (f: Parsl.Executors.WorkerLink.ShippedFile) : InputSource =
         { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Cached = true }; LocalPath = f.LocalPath; Mode = 0o644 }
 
-    let text (b: byte[]) =
-        let s = Text.Encoding.UTF8.GetString b
-        if s.Length > 2000 then "…" + s.Substring(s.Length - 2000) else s
+    let text = Parsl.Executors.WorkerLink.WorkerExecutors.outputText
 
     let functionResult (appName: string) (resultPath: string) (o: WqOutcome) : Result<obj, exn> =
         if o.Code <> 0 then Error(WqProtocol.failure o.Code o.ExitCode (text o.Output))
@@ -72,13 +68,9 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             let missing = outputs |> List.filter (fun p -> not (File.Exists p) && not (Directory.Exists p))
             if missing.IsEmpty then Ok(box 0) else Error(MissingOutputs("the files were not created", missing))
 
-    let wallSeconds (r: ResourceRequest) (shell: TimeSpan option) =
-        [ match r.RunningTimeMin with Some m -> int64 (Math.Ceiling(m * 60.0)) | None -> ()
-          match shell with Some w -> max 1L (int64 (Math.Ceiling w.TotalSeconds)) | None -> () ]
-        |> function [] -> 0L | xs -> List.min xs
+    let wallSeconds = Parsl.Executors.WorkerLink.WorkerExecutors.wallSeconds
 
-    let command (c: string) =
-        if String.IsNullOrWhiteSpace options.InitCommand then c else options.InitCommand + "; " + c
+    let command = Parsl.Executors.WorkerLink.WorkerExecutors.withInit options.InitCommand
 
     let build (t: ExecTask) (key: int64) (req: ResourceRequest) : WqTask =
         let dir = Path.Combine(dataDir, string key)
@@ -136,10 +128,6 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
         | Function call ->
             let struct (fid, def, asms) = shipping.Define(call.AppName, call.Function)
             let asms = asms |> List.map cached
-            let args =
-                if call.TakesCancellation && call.Args.Length = call.Function.Method.GetParameters().Length then
-                    Array.sub call.Args 0 (call.Args.Length - 1)
-                else Array.copy call.Args
             // Parsl `File`s among the arguments: inputs that exist are sent in, the others come back as outputs;
             // the app sees the sandbox's copy (its `Filepath`). With SharedFs they are used where they are.
             let ins = List<InputSource>()
@@ -155,11 +143,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     if File.Exists local then ins.Add { File = tf; LocalPath = local; Mode = 0o644 }
                     else outs.Add { File = tf; Path = Path.GetFullPath local; Append = false }
                     f.WithLocalPath name
-            for i in 0 .. args.Length - 1 do
-                match args[i] with
-                | :? File as f -> args[i] <- box (stage f)
-                | :? (File[]) as fs -> args[i] <- box (Array.map stage fs)
-                | _ -> ()
+            let args = Parsl.Executors.WorkerLink.WorkerExecutors.stageArgs call stage
             let callPath = Path.Combine(dir, "call")
             let resultPath = Path.Combine(dir, "result")
             shipping.WriteCall(callPath, key, call.AppName, fid, def, args, call.Walltime)
@@ -181,30 +165,14 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             let cmd = call.BuildCommand()
             if String.IsNullOrWhiteSpace cmd then raise (BashAppNoReturn call.AppName)
             let outs = List<OutputDest>()
-            let redirect (op: string) (s: StdStream option) (name: string) =
-                match s with
-                | None -> ""
-                | Some s when options.SharedFs -> sprintf " %s%s %s" op (match s with Append _ -> ">" | Truncate _ -> "") (quote s.Path)
-                | Some s ->
-                    outs.Add
-                        { File = { CacheName = sprintf "%s-%s" prefix name; SandboxName = name; Cached = false }
-                          Path = Path.GetFullPath s.Path
-                          Append = (match s with Append _ -> true | Truncate _ -> false) }
-                    sprintf " %s %s" op name
+            let fetch cacheName sandboxName path append =
+                outs.Add { File = { CacheName = cacheName; SandboxName = sandboxName; Cached = false }; Path = path; Append = append }
+            let redirect = Parsl.Executors.WorkerLink.WorkerExecutors.redirect options.SharedFs fetch prefix
             let line =
                 "/bin/bash -c " + quote cmd
                 + redirect ">" call.Stdout "parsl.stdout"
                 + redirect "2>" call.Stderr "parsl.stderr"
-            // Outputs named by relative paths are written in the sandbox and brought back to the same relative path
-            // here; absolute paths mean a shared file system (Parsl's rule).
-            let outputs =
-                [ for p in call.Outputs ->
-                    if not options.SharedFs && not (Path.IsPathRooted p) then
-                        outs.Add
-                            { File = { CacheName = sprintf "%s-out-%s" prefix (p.Replace('/', '_')); SandboxName = p; Cached = false }
-                              Path = Path.GetFullPath p
-                              Append = false }
-                    Path.GetFullPath p ]
+            let outputs = Parsl.Executors.WorkerLink.WorkerExecutors.shellOutputs options.SharedFs fetch prefix call.Outputs
             finish
                 { spec line call.AppName with WallTime = wallSeconds req call.Walltime }
                 []
@@ -242,12 +210,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
 
     /// The blocks started so far: block id, job id, state.
     member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
-        match scaler with
-        | Some sc ->
-            let q = TaskCompletionSource<_>(TaskCreationOptions.RunContinuationsAsynchronously)
-            sc.Post(ScalerBlocks q)
-            q.Task
-        | None -> Task.FromResult []
+        Parsl.Executors.WorkerLink.WorkerExecutors.blocks scaler
 
     /// A program that starts the long-lived .NET runner, for `work_queue_worker --coprocess` (protocol 10 and later):
     /// such a worker runs function apps without a `dotnet` start each (after start; on a file system the workers see).
@@ -297,16 +260,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
                 // Without a PasswordFile, a password is made for this run (owner-only file): only workers given it
                 // (the executor's blocks get it) can join, so no other local process can pose as a worker.
-                passwordPath <-
-                    match options.PasswordFile with
-                    | Some p -> Path.GetFullPath p
-                    | None ->
-                        let p = Path.Combine(root, "worker.password")
-                        File.WriteAllText(p, "")
-                        if not (OperatingSystem.IsWindows()) then
-                            File.SetUnixFileMode(p, UnixFileMode.UserRead ||| UnixFileMode.UserWrite)
-                        File.WriteAllText(p, Convert.ToHexString(Security.Cryptography.RandomNumberGenerator.GetBytes 24).ToLowerInvariant())
-                        p
+                passwordPath <- Parsl.Executors.WorkerLink.WorkerExecutors.runPassword options.PasswordFile root
                 let password = Some(File.ReadAllText passwordPath)
                 let m =
                     WqManager.start
@@ -320,36 +274,21 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                           TransferDir = Path.Combine(root, "transfers")
                           Log = context.Log }
                 manager <- Some m
-                match options.Provider with
-                | Some p ->
-                    p.Initialize { ScriptDir = Path.Combine(context.RunDir, "submit_scripts"); Log = context.Log }
-                    scaler <-
-                        Some(
-                            WqBlockScaler.start
-                                { Label = label
-                                  Provider = p
-                                  Kind = options.Strategy
-                                  Period = options.StrategyPeriod
-                                  MaxIdleTime = options.MaxIdleTime
-                                  LaunchCommand = this.WorkerCommand
-                                  Outstanding = fun () -> inflight.Count
-                                  Log = context.Log })
-                | None -> ()
+                scaler <-
+                    Parsl.Executors.WorkerLink.WorkerExecutors.startScaler
+                        label
+                        options.Provider
+                        context
+                        options.Strategy
+                        options.StrategyPeriod
+                        options.MaxIdleTime
+                        this.WorkerCommand
+                        (fun () -> inflight.Count)
             }
             :> Task
 
         member _.Submit t =
-            match manager with
-            | None -> ctx.Report(TryFailed(t.Id, t.Try, ExecutorError(label, "the executor was not started", null)))
-            | Some m ->
-                let key = Protocol.key t.Id.Value t.Try.Value
-                match WqProtocol.request label t.Resources with
-                | Error e -> ctx.Report(TryFailed(t.Id, t.Try, e))
-                | Ok req ->
-                    inflight.Add(key, t.Id, t.Try, ())
-                    match (try Ok(build t key req) with e -> Error e) with
-                    | Error e -> report key (Error e)
-                    | Ok task -> m.Post(SubmitTask task)
+            Parsl.Executors.WorkerLink.WorkerExecutors.submit ctx label inflight (manager |> Option.map (fun m -> SubmitTask >> m.Post)) build t
 
         member _.Cancel(id, tryId) =
             manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))
@@ -360,23 +299,9 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
                     do! inflight.WhenEmpty()
                 match manager with
-                | Some m ->
-                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    m.Post(StopManager stopped)
-                    do! stopped.Task
-                    do! m.Completion
+                | Some m -> do! Parsl.Executors.WorkerLink.WorkerExecutors.stopActor (fun r -> m.Post(StopManager r)) m.Completion
                 | None -> ()
-                match scaler, options.Provider with
-                | Some sc, Some p ->
-                    let stopped = TaskCompletionSource<unit>(TaskCreationOptions.RunContinuationsAsynchronously)
-                    sc.Post(StopScaler stopped)
-                    do! stopped.Task
-                    do! sc.Completion
-                    match box p with
-                    | :? IDisposable as d ->
-                        try d.Dispose() with _ -> ()
-                    | _ -> ()
-                | _ -> ()
+                do! Parsl.Executors.WorkerLink.WorkerExecutors.stopScaler scaler options.Provider
                 for k in inflight.Keys do
                     report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
             }
