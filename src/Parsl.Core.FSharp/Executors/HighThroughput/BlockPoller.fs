@@ -45,9 +45,16 @@ type BlockPollerSettings =
 
 /// The handle of a running poller.
 [<Sealed>]
-type BlockPollerHandle internal (channel: Channel<BlockPollerRequest>, completion: Task) =
-    /// Sends a request. Never blocks.
-    member _.Post r = channel.Writer.TryWrite r |> ignore
+type BlockPollerHandle internal (channel: Channel<BlockPollerRequest>, completion: Task, final: unit -> BlockInfo list) =
+    /// Sends a request. Never blocks. Once the loop has ended a request is answered here, from the blocks as the loop
+    /// left them: a caller awaiting a reply (the monitoring poller asks for block status at any time) is never left
+    /// waiting.
+    member _.Post r =
+        if not (channel.Writer.TryWrite r) then
+            match r with
+            | QueryBlockStatus reply -> reply.TrySetResult(final ()) |> ignore
+            | StopPoller reply -> reply.TrySetResult() |> ignore
+            | _ -> ()
     /// Ends when the loop ended.
     member _.Completion = completion
 
@@ -228,6 +235,9 @@ module BlockPoller =
                     | ScaleIn(n, idle) -> do! scaleIn n idle
             }
 
+        // The blocks as the loop left them, for requests that arrive after it ended (written once, before the channel
+        // is completed: a request refused by the completed channel reads it).
+        let mutable finalBlocks: BlockInfo list = []
         let snapshot () =
             blocks
             |> Seq.map (fun b -> { BlockId = b.Id; JobId = b.JobId; Status = b.Status; ScaledIn = b.ScaledIn })
@@ -286,14 +296,15 @@ module BlockPoller =
                         with e -> s.Log.Error(e, "{Label}: cancelling blocks failed", s.Label)
                         do! timer
                         reply.TrySetResult() |> ignore
+                finalBlocks <- snapshot ()
                 channel.Writer.TryComplete() |> ignore
                 let mutable r = Unchecked.defaultof<BlockPollerRequest>
                 while channel.Reader.TryRead(&r) do
                     match r with
-                    | QueryBlockStatus reply -> reply.TrySetResult(snapshot ()) |> ignore
+                    | QueryBlockStatus reply -> reply.TrySetResult(finalBlocks) |> ignore
                     | StopPoller reply -> reply.TrySetResult() |> ignore
                     | Poll
                     | FailBlock _ -> ()
                 stopTimer.Dispose()
             }
-        BlockPollerHandle(channel, loop)
+        BlockPollerHandle(channel, loop, fun () -> Volatile.Read(&finalBlocks))
