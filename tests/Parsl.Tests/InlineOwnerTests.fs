@@ -14,33 +14,9 @@ open FsCheck
 open FsCheck.FSharp
 open Parsl.Node.HighThroughput
 
-let private limit = TimeSpan.FromSeconds 30.
-
-/// Runs each body on its own thread, all released at once; fails naming the threads still running after `limit`,
-/// and rethrows the first exception a body raised.
-let private runTogether (bodies: (string * (unit -> unit)) list) =
-    let start = new Barrier(bodies.Length)
-    let errors = Collections.Concurrent.ConcurrentQueue<exn>()
-    let threads =
-        [ for name, body in bodies ->
-              let t =
-                  Thread(
-                      (fun () ->
-                          try
-                              start.SignalAndWait()
-                              body ()
-                          with e ->
-                              errors.Enqueue e),
-                      IsBackground = true,
-                      Name = name)
-              t.Start()
-              name, t ]
-    let deadline = DateTime.UtcNow + limit
-    let hung = [ for name, t in threads do if not (t.Join(max TimeSpan.Zero (deadline - DateTime.UtcNow))) then name ]
-    if not hung.IsEmpty then failwithf "threads still running after %O: %s" limit (String.Join(", ", hung))
-    match errors.TryDequeue() with
-    | true, e -> raise (AggregateException("a thread failed", e))
-    | _ -> ()
+// Threads released together and joined within a bound: the Mailbox tests' helper.
+let private runTogether = Parsl.Tests.MailboxTests.runTogether
+let private limit = Parsl.Tests.MailboxTests.limit
 
 /// A message: who posted it and its number in that poster's sequence; echoes are posted by the handler itself.
 [<Struct>]

@@ -16,11 +16,11 @@ open Parsl.Runtime
 open Parsl.Node.Runtime
 
 /// How long any thread of a test may take: far beyond what the work needs, even on a loaded machine.
-let private limit = TimeSpan.FromSeconds 30.
+let internal limit = TimeSpan.FromSeconds 30.
 
 /// Runs each body on its own thread, all released at once; fails naming the threads that did not end within
 /// `limit`, and rethrows the first exception a body raised.
-let private runTogether (bodies: (string * (unit -> unit)) list) =
+let internal runTogether (bodies: (string * (unit -> unit)) list) =
     let start = new Barrier(bodies.Length)
     let errors = Collections.Concurrent.ConcurrentQueue<exn>()
     let threads =

@@ -119,7 +119,8 @@ module Protocol =
         let v = Environment.Version
         sprintf "%d.%d" v.Major v.Minor
 
-    let private writeStrOpt (w: byref<MessagePackWriter>) (s: WireStream option) =
+    /// A command's stdout/stderr redirect on the wire (also the endpoint wire's: one encoding of it).
+    let internal writeStrOpt (w: byref<MessagePackWriter>) (s: WireStream option) =
         match s with
         | None -> w.WriteNil()
         | Some s ->
@@ -127,7 +128,7 @@ module Protocol =
             w.Write s.Path
             w.Write s.Truncate
 
-    let private readStrOpt (r: byref<MessagePackReader>) =
+    let internal readStrOpt (r: byref<MessagePackReader>) =
         if r.TryReadNil() then None
         else
             r.ReadArrayHeader() |> ignore

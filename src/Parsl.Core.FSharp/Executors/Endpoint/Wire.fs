@@ -125,22 +125,6 @@ module EndpointWire =
     let validName (s: string) =
         not (String.IsNullOrEmpty s) && s.Length <= 100 && s |> Seq.forall (fun c -> Char.IsAsciiLetterOrDigit c || c = '-' || c = '_')
 
-    let private writeStrOpt (w: byref<MessagePackWriter>) (s: WireStream option) =
-        match s with
-        | None -> w.WriteNil()
-        | Some s ->
-            w.WriteArrayHeader 2
-            w.Write s.Path
-            w.Write s.Truncate
-
-    let private readStrOpt (r: byref<MessagePackReader>) =
-        if r.TryReadNil() then None
-        else
-            r.ReadArrayHeader() |> ignore
-            let p = r.ReadString()
-            let t = r.ReadBoolean()
-            Some { Path = p; Truncate = t }
-
     let private readBytes (r: byref<MessagePackReader>) =
         if r.TryReadNil() then [||]
         else
@@ -193,8 +177,8 @@ module EndpointWire =
             w.WriteArrayHeader 6
             w.Write 1
             w.Write cmd
-            writeStrOpt &w out
-            writeStrOpt &w err
+            Protocol.writeStrOpt &w out
+            Protocol.writeStrOpt &w err
             w.Write wall
             w.WriteArrayHeader outputs.Length
             for o in outputs do
@@ -218,8 +202,8 @@ module EndpointWire =
                 EndpointCall(hash, readBytes &r)
             | 1 when bn = 6 ->
                 let cmd = r.ReadString()
-                let out = readStrOpt &r
-                let err = readStrOpt &r
+                let out = Protocol.readStrOpt &r
+                let err = Protocol.readStrOpt &r
                 let wall = r.ReadInt64()
                 let k = r.ReadArrayHeader()
                 let outputs = ResizeArray()
