@@ -244,6 +244,9 @@ module Interchange =
         // finds the queue full is dropped and retried after 1, 3, 7, 15 … s (seen with 10,000 simulated managers: the
         // kernel counted hundreds of thousands of dropped SYNs). The kernel caps it at `net.core.somaxconn`.
         router.Options.Backlog <- 4096
+        // A message to an identity with no connection raises instead of vanishing: how the poller thread learns which
+        // proven identities lost their connection (`probe`).
+        router.Options.RouterMandatory <- true
         match s.Curve with
         | Some cert ->
             router.Options.CurveServer <- true
@@ -343,6 +346,11 @@ module Interchange =
             if Interlocked.Exchange(&rung, 1) = 0 then
                 lock gate (fun () -> if not closed then doorbell.Enqueue true)
 
+        /// Sends on socket `k` from the poller thread; a peer whose connection has gone gets nothing (as before
+        /// `RouterMandatory`, which makes that raise).
+        let sendOn (k: int) (msg: NetMQMessage) =
+            try routers[k].TrySendMultipartMessage msg |> ignore with :? HostUnreachableException -> ()
+
         // The replies without fields, encoded once (a heartbeat reply per manager per period adds up at 10,000 managers).
         let heartbeatReply = Protocol.encodeToManager HeartbeatReply
         let encode (m: ToManager) =
@@ -355,7 +363,7 @@ module Interchange =
                 let msg = NetMQMessage(2)
                 msg.Append identity
                 msg.Append(encode m)
-                if Environment.CurrentManagedThreadId = loopThread then routers[k].TrySendMultipartMessage msg |> ignore
+                if Environment.CurrentManagedThreadId = loopThread then sendOn k msg
                 else
                     routerOut.Enqueue(Frames(k, msg))
                     ring ()
@@ -728,7 +736,7 @@ module Interchange =
             let mutable out = Unchecked.defaultof<RouterOut>
             while routerOut.TryDequeue(&out) do
                 match out with
-                | Frames(k, msg) -> routers[k].TrySendMultipartMessage msg |> ignore
+                | Frames(k, msg) -> sendOn k msg
                 | Unprove(k, identity) -> proven[k].Remove(Convert.ToBase64String identity) |> ignore
 
         let hmacKey = s.Secret |> Option.map Handshake.key
@@ -806,10 +814,39 @@ module Interchange =
             new NetMQTimer(TimeSpan.FromMilliseconds ms)
         // Set below, once the local connections' handlers exist.
         let mutable housekeeping = ignore
+        // A connection of socket k closed: NetMQ says so (a monitor event) but not whose. The identities proven on k are
+        // then probed at the next two ticks (the connection's pipe is gone from the ROUTER a moment after the event):
+        // one without a connection any more must prove the secret again, so that a stranger who connects under the
+        // identity of a manager whose node died cannot speak for it until the heartbeat threshold declares it lost. A
+        // probe is a heartbeat reply to each identity still connected (harmless to a manager); it costs the proven
+        // identities of that socket once per tick, only after disconnections.
+        let probeDue = Array.zeroCreate<int> routers.Length
+        let monitors =
+            if hmacKey.IsNone then [||]
+            else
+                routers
+                |> Array.mapi (fun k router ->
+                    let m = new Monitoring.NetMQMonitor(router, sprintf "inproc://parsl-interchange-%s-%d" (Guid.NewGuid().ToString "N") k, SocketEvents.Disconnected)
+                    m.Disconnected.Add(fun _ -> probeDue[k] <- 2)
+                    m)
+        let probe (k: int) =
+            let gone = List<string>()
+            for id in proven[k] do
+                let identity = Convert.FromBase64String id
+                match (try routers[k].TrySendFrame(identity, true) with :? HostUnreachableException -> false) with
+                | true -> routers[k].TrySendFrame heartbeatReply |> ignore
+                | false -> gone.Add id
+            for id in gone do
+                proven[k].Remove id |> ignore
+            if gone.Count > 0 then s.Log.Debug("Interchange: {Gone} proven identities lost their connection; they must prove the secret again", gone.Count)
         tick.Elapsed.Add(fun _ ->
             housekeeping ()
             deliver Tick
-            sendRouted ())
+            sendRouted ()
+            for k in 0 .. probeDue.Length - 1 do
+                if probeDue[k] > 0 then
+                    probeDue[k] <- probeDue[k] - 1
+                    probe k)
 
         // Managers on this host: a local socket each. Every link admitted, for the poller thread to dispose (close, and
         // join its reader) at the end; links whose reader has ended are disposed as new ones come.
@@ -897,6 +934,8 @@ module Interchange =
                 l)
         for router in routers do
             poller.Add router
+        for m in monitors do
+            m.AttachToPoller poller
         poller.Add doorbell
         poller.Add tick
         let thread =
@@ -915,6 +954,9 @@ module Interchange =
                         io.Writer.TryComplete() |> ignore
                         while mailbox.Drain(handle, settle, released, budget) do
                             ()
+                        // Off the poller before it goes (a monitor detaches itself from its poller).
+                        for m in monitors do
+                            try m.Dispose() with _ -> ()
                         poller.Dispose()
                         for link in created do
                             link.CloseAndJoin()
