@@ -184,11 +184,11 @@ let private scale =
             finally
                 stopManager manager
         }
-        test "an identity proven on one socket is a stranger on another; a manager lost must prove the secret again under its old identity" {
+        test "an identity proven on one socket is a stranger on another; a manager declared lost must prove the secret again, even on its open connection" {
             let htex, dfk = withoutBlocks 0 2
             use _ = dfk
             let ports = htex.WorkerPorts.Value
-            let first = dealer htex "returning" ports[0]
+            use first = dealer htex "returning" ports[0]
             Expect.equal (proveAndRegister htex first "returning") Accepted "registered after proving the secret"
             // The same identity on the other socket, without the proof: its registration is dropped.
             use other = dealer htex "returning" ports[1]
@@ -196,14 +196,14 @@ let private scale =
             | Challenge _ -> ()
             | m -> failtestf "a stranger on the other socket under a proven identity was answered %A" m
             Expect.equal ((await (htex.ConnectedManagersAsync())) |> List.map (fun m -> m.ManagerId)) [ "returning" ] "still one manager"
-            // The connection closes and its manager is declared lost (heartbeat threshold): the identity is forgotten.
-            first.Dispose()
+            // It falls silent (its connection stays open) and is declared lost after the heartbeat threshold: the
+            // identity is forgotten with it.
             waitUntil 60.0 "the silent manager to be declared lost" (fun () -> (await (htex.ConnectedManagersAsync())).IsEmpty)
-            use again = dealer htex "returning" ports[0]
+            let again = first
             let challenge = registerUnproven again "returning"
             match challenge with
             | Challenge _ -> ()
-            | m -> failtestf "a new connection under a lost manager's identity, without the proof, was answered %A" m
+            | m -> failtestf "a lost manager's identity, without the proof, was answered %A" m
             Expect.isEmpty (await (htex.ConnectedManagersAsync())) "it did not register"
             // With the proof it comes back.
             Expect.equal (answer htex again "returning" challenge) Accepted "registered again after proving the secret"
@@ -225,13 +225,20 @@ let private scale =
             first.Dispose()
             // NetMQ reports the closed connection and the interchange's next ticks (at most a second apart) forget the
             // identity; a connection that speaks before that is still trusted, so connect until the proof is asked for.
+            // (A connection made while the ROUTER still holds the old one's pipe waits unread: NetMQ identifies it only
+            // when more arrives, so an attempt that hears nothing is closed and made again.)
             let deadline = DateTime.UtcNow + TimeSpan.FromSeconds 60.0
             let mutable asked = false
             while not asked do
                 use again = dealer htex "node-7" port
-                match registerUnproven again "node-7" with
-                | Challenge _ -> asked <- true
-                | Accepted when DateTime.UtcNow < deadline -> ()
+                again.SendFrame(register (Protocol.parslVersion ()) "node-7")
+                again.SendFrame(Handshake.hello ())
+                let mutable frame: byte[] = null
+                let answer = if again.TryReceiveFrameBytes(TimeSpan.FromSeconds 3.0, &frame) then Some(Protocol.decodeToManager frame) else None
+                match answer with
+                | Some(Challenge _) -> asked <- true
+                | Some Accepted
+                | None when DateTime.UtcNow < deadline -> ()
                 | m -> failtestf "60 s after its connection closed (the threshold is 300 s), a new connection under the identity without the proof was answered %A" m
             Expect.equal ((await (htex.ConnectedManagersAsync())) |> List.map (fun m -> m.ManagerId)) [ "node-7" ] "the manager is not declared lost yet: the proof went with the connection"
         }

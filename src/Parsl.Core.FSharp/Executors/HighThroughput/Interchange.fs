@@ -15,7 +15,8 @@
 //   poller thread ───────────────┤                                                 read, posted back
 //     "HTEx-Interchange": the ROUTER sockets (K of them, managers spread over them by id: NetMQ's ROUTER scans its
 //     peers' pipes on a quiet peer's message, so K divides that scan) and their handshake tables, local listener,
-//     connections not yet admitted,
+//     connections not yet admitted, the sockets' monitors (a closed connection: that socket's proven identities
+//     are probed, and those without a connection must prove the secret again),
 //     heartbeat timer, doorbell (a Post or a spent budget wakes it to drain)
 //   IO helper ───────────────────┘
 //
@@ -224,8 +225,8 @@ module Interchange =
     /// that found the mailbox idle goes back to its own work soon, however many others post meanwhile.
     let private budget = 1024
 
-    /// Challenges outstanding at once, at most (the oldest is forgotten first): a bound on what peers that have not
-    /// proven the secret make the interchange keep (~150 bytes each). Above the number of managers that may say hello
+    /// Challenges outstanding at once on one socket, at most (the oldest is forgotten first): a bound on what peers
+    /// that have not proven the secret make the interchange keep (~150 bytes each). Above the number of managers that may say hello
     /// together: at 1,024, the 1,025th hello among 10,000 managers starting at once would push out the first one's
     /// challenge before its proof arrived, and that manager's proof would be dropped (it would never register).
     let private maxChallenged = 65_536
