@@ -1,7 +1,8 @@
 /// One interchange, many managers: simulated managers (Parsl.ManagerSim, a few processes of ~1,000 connections each,
 /// over TCP with CURVE and the proof of the run's secret) register with a real HighThroughputExecutor, answer every
 /// task at once, heartbeat, and are killed a process at a time. Arguments (`key=value` after `scale`): managers,
-/// slots, procs, tasks, lost, prefetch, hb-ms, threshold-ms.
+/// slots, procs, tasks, lost, prefetch, hb-ms, threshold-ms, sockets (the interchange's ROUTER sockets; default one per
+/// 1,000 managers, as `InterchangeSockets` would choose for a provider of that many nodes).
 module Parsl.Bench.Scale
 
 open System
@@ -28,7 +29,7 @@ let private rssMb () =
     |> Seq.find (fun l -> l.StartsWith "VmRSS:")
     |> fun l -> float (l.Split([| ' '; '\t' |], StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0
 
-let private load (hbMs: int) (thresholdMs: int) =
+let private load (hbMs: int) (thresholdMs: int) (sockets: int) =
     let htex =
         HighThroughputExecutor(
             { HtexOptions.defaults () with
@@ -36,6 +37,7 @@ let private load (hbMs: int) (thresholdMs: int) =
                 Provider = LocalProvider { LocalProvider.Defaults with InitBlocks = 0; MinBlocks = 0; MaxBlocks = 0 }
                 Strategy = NoScaling
                 SameHostSocket = false
+                InterchangeSockets = Some sockets
                 HeartbeatPeriod = TimeSpan.FromMilliseconds(float hbMs)
                 HeartbeatThreshold = TimeSpan.FromMilliseconds(float thresholdMs) })
     htex, DataFlowKernel.Load(Measure.config [ htex ])
@@ -45,7 +47,7 @@ let private simulate (htex: HighThroughputExecutor) (counts: int list) (slots: i
     counts
     |> List.mapi (fun i n ->
         new SimProcess(
-            [ "--address"; sprintf "tcp://127.0.0.1:%d" htex.WorkerPort.Value
+            [ "--address"; InterchangePorts.format "127.0.0.1" htex.WorkerPorts.Value
               yield! (match htex.CertificateDirectory with Some d -> [ "--cert-dir"; d ] | None -> [])
               "--managers"; string n
               "--slots"; string slots
@@ -100,14 +102,15 @@ let run (argv: string[]) (print: string -> unit) =
     let prefetch = arg argv "prefetch" 0
     let hbMs = arg argv "hb-ms" 2000
     let thresholdMs = arg argv "threshold-ms" 30_000
+    let sockets = arg argv "sockets" (max 1 ((managers + 999) / 1000))
     let files = Limits.raiseFiles 1_048_576UL
-    print (sprintf "scale: %d managers x %d slots in %d simulator processes (prefetch %d, heartbeat %d ms, threshold %d ms, file limit %d)"
-               managers slots procs prefetch hbMs thresholdMs files)
+    print (sprintf "scale: %d managers x %d slots in %d simulator processes on %d interchange sockets (prefetch %d, heartbeat %d ms, threshold %d ms, file limit %d)"
+               managers slots procs sockets prefetch hbMs thresholdMs files)
     let fig = Measure.figure print
     // The baseline: one manager with as many slots as all of them (with 64, one manager's rate is bound by its round
     // trip, not by the interchange).
     let one =
-        let htex, dfk = load hbMs thresholdMs
+        let htex, dfk = load hbMs thresholdMs sockets
         use dfk = dfk
         let sims = simulate htex [ 1 ] (managers * slots) prefetch hbMs
         try
@@ -120,7 +123,7 @@ let run (argv: string[]) (print: string -> unit) =
             (dfk :> IDisposable).Dispose()
             for s in sims do (s :> IDisposable).Dispose()
     fig (sprintf "scale: no-op tasks/s with 1 manager of %d slots" (managers * slots)) one "tasks/s"
-    let htex, dfk = load hbMs thresholdMs
+    let htex, dfk = load hbMs thresholdMs sockets
     let rss0 = rssMb ()
     // The lost ones are one process of their own, so that killing it loses exactly them.
     let rest = managers - lost

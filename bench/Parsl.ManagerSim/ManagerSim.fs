@@ -24,7 +24,8 @@ open Parsl.Node.HighThroughput
 
 /// How a simulator process is set up.
 type Settings =
-    { /// The interchange, as `tcp://host:port`.
+    { /// The interchange, as `tcp://host:port` or `tcp://host:p1,p2,...` (its sockets' ports): each manager connects to
+      /// the one its id picks, as a real manager does (`InterchangePorts.pick`).
       Address: string
       /// The run's certificate directory (`server.key`, `client.key`); None: plain TCP, no proof.
       CertDir: string option
@@ -77,6 +78,8 @@ module Limits =
 
 type private Simulated =
     { Index: int
+      /// Which of the interchange's ports it connected to.
+      Port: int
       Socket: DealerSocket
       Identity: byte[]
       mutable Registered: bool
@@ -96,7 +99,8 @@ let echo (body: WireBody) : WireOutcome =
 let managersPerPoller = 100
 
 /// Runs the managers until every one was told to shut down (or drained), or `commands` says `stop` or ends.
-/// Commands (one a line): `stats` prints `stats tasks=T answered=A duplicates=D heartbeats=H live=L`; `stop`.
+/// Commands (one a line): `stats` prints `stats tasks=T answered=A duplicates=D heartbeats=H live=L ports=P:T,...`
+/// (the tries received through each of the interchange's ports); `stop`.
 let run (s: Settings) (commands: TextReader) : int =
     Limits.raiseFiles 1_048_576UL |> ignore
     // NetMQ refuses a context's 1,025th socket by default.
@@ -124,6 +128,11 @@ let run (s: Settings) (commands: TextReader) : int =
                   PrefetchCapacity = s.Prefetch
                   Pid = Environment.ProcessId })
     let heartbeat = Protocol.encodeToInterchange Heartbeat
+    let host, ports =
+        match InterchangePorts.parse s.Address with
+        | Ok(h, ps) -> h, Array.ofList ps
+        | Error e -> failwith e
+    let byPort = Array.zeroCreate<int64> ports.Length
     // Counters shared by the poller threads.
     let mutable registered = 0
     let mutable live = s.Managers
@@ -132,8 +141,9 @@ let run (s: Settings) (commands: TextReader) : int =
     let mutable duplicates = 0L
     let mutable heartbeats = 0L
     let stats (what: string) =
-        say (sprintf "%s tasks=%d answered=%d duplicates=%d heartbeats=%d live=%d" what (Volatile.Read &tasks) (Volatile.Read &answered)
-                 (Volatile.Read &duplicates) (Volatile.Read &heartbeats) (Volatile.Read &live))
+        let perPort = String.Join(",", ports |> Array.mapi (fun i p -> sprintf "%d:%d" p (Volatile.Read &byPort[i])))
+        say (sprintf "%s tasks=%d answered=%d duplicates=%d heartbeats=%d live=%d ports=%s" what (Volatile.Read &tasks) (Volatile.Read &answered)
+                 (Volatile.Read &duplicates) (Volatile.Read &heartbeats) (Volatile.Read &live) perPort)
     let groups = (s.Managers + managersPerPoller - 1) / managersPerPoller
     let pollers = Array.init groups (fun _ -> new NetMQPoller())
     /// One poller thread's managers, from `first`, and everything they touch.
@@ -174,6 +184,7 @@ let run (s: Settings) (commands: TextReader) : int =
                     if not (seen.Add t.Key) then Interlocked.Increment &duplicates |> ignore
                     if not s.Hold then results.Add { Key = t.Key; Outcome = echo t.Body }
                 Interlocked.Add(&tasks, int64 ts.Length) |> ignore
+                Interlocked.Add(&byPort[m.Port], int64 ts.Length) |> ignore
                 if results.Count > 0 then
                     Interlocked.Add(&answered, int64 results.Count) |> ignore
                     m.Socket.TrySendFrame(Protocol.encodeToInterchange (Results(List.ofSeq results))) |> ignore
@@ -193,14 +204,15 @@ let run (s: Settings) (commands: TextReader) : int =
                 d.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
                 d.Options.CurveCertificate <- cert
             | _ -> ()
-            let m = { Index = i; Socket = d; Identity = identity; Registered = false; Gone = false }
+            let port = InterchangePorts.choose (s.Prefix + string i) ports.Length
+            let m = { Index = i; Port = port; Socket = d; Identity = identity; Registered = false; Gone = false }
             managers[j] <- m
             d.ReceiveReady.Add(fun _ ->
                 let mutable frame: byte[] = null
                 while not m.Gone && d.TryReceiveFrameBytes(&frame) do
                     onFrame m frame)
             poller.Add d
-            d.Connect s.Address
+            d.Connect(InterchangePorts.format host [ ports[port] ])
             d.TrySendFrame(if hmac.IsSome then Handshake.hello () else registration i) |> ignore
         // Heartbeats spread over the period: each tick sends those of the next slice of managers.
         let slices = 20
@@ -307,6 +319,17 @@ type SimProcess(args: string list) =
         proc.StandardInput.WriteLine "stats"
         proc.StandardInput.Flush()
         this.WaitFor("stats ", timeout, before) |> SimProcess.Parse
+
+    /// Asks for the tries received through each port of the interchange: (port, tries).
+    member this.ByPort(timeout: TimeSpan) : (int * int64) list =
+        let before = lock changed (fun () -> lines.Count)
+        proc.StandardInput.WriteLine "stats"
+        proc.StandardInput.Flush()
+        let line = this.WaitFor("stats ", timeout, before)
+        let w = line.Split ' ' |> Array.find (fun w -> w.StartsWith "ports=")
+        w.Substring("ports=".Length).Split(',', StringSplitOptions.RemoveEmptyEntries)
+        |> Array.map (fun pt -> let a = pt.Split ':' in int a[0], int64 a[1])
+        |> List.ofArray
 
     /// Parses a `stats`/`final` line.
     static member Parse(line: string) =

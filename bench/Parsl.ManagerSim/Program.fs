@@ -1,4 +1,4 @@
-/// `Parsl.ManagerSim --address tcp://127.0.0.1:PORT --managers N --slots S [--cert-dir DIR] [--plain-tcp] [--no-auth]
+/// `Parsl.ManagerSim --address tcp://127.0.0.1:PORT[,PORT...] --managers N --slots S [--cert-dir DIR] [--plain-tcp] [--no-auth]
 /// [--prefetch P] [--hb-period MS] [--prefix ID] [--block-id B] [--hold]`: N simulated managers (see `Sim`). Prints
 /// `registered N` once all are accepted; reads `stats` and `stop` on stdin and stops when stdin ends.
 module Parsl.ManagerSim.Program
@@ -30,5 +30,5 @@ let main argv =
               Out = Console.Out }
             Console.In
     | _ ->
-        eprintfn "usage: Parsl.ManagerSim --address tcp://HOST:PORT --managers N [--slots S] [--cert-dir DIR] [--plain-tcp] [--no-auth] [--prefetch P] [--hb-period MS] [--prefix ID] [--block-id B] [--hold]"
+        eprintfn "usage: Parsl.ManagerSim --address tcp://HOST:PORT[,PORT...] --managers N [--slots S] [--cert-dir DIR] [--plain-tcp] [--no-auth] [--prefetch P] [--hb-period MS] [--prefix ID] [--block-id B] [--hold]"
         2

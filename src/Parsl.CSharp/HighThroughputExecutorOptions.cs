@@ -104,6 +104,15 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
     /// <summary>One past the highest port to pick from. Default 55000; above <see cref="WorkerPortRangeStart"/>.</summary>
     public int WorkerPortRangeEnd { get; set; } = 55000;
 
+    /// <summary>How many sockets (one port each) the interchange spreads managers over TCP across; each manager
+    /// connects to one, picked from its id. With one socket, every message from a manager that had gone quiet costs a
+    /// scan of every connected manager, which slows dispatch at thousands of managers; k sockets divide it by k. The
+    /// first socket listens on <see cref="WorkerPort"/> (or a port of the range), the others on ports from
+    /// <see cref="WorkerPortRangeStart"/>..<see cref="WorkerPortRangeEnd"/>. Default null: one socket per 1,000
+    /// managers the provider may start (its maximum blocks times nodes per block, rounded up), from 1 to 32; otherwise
+    /// 1 to 64.</summary>
+    public int? InterchangeSockets { get; set; }
+
     /// <summary>Worker processes per node at most (Parsl's <c>max_workers_per_node</c>). Default null: as many as
     /// cores allow (see <see cref="CoresPerWorker"/>).</summary>
     public int? MaxWorkersPerNode { get; set; }
@@ -195,7 +204,7 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
         static FSharpOption<T> Opt<T>(T? value) where T : struct =>
             value is { } v ? FSharpOption<T>.Some(v) : FSharpOption<T>.None;
         return new HighThroughputExecutor(new HtexOptions(
-            Label, Provider?.Build()!, Address, Opt(WorkerPort), Tuple.Create(WorkerPortRangeStart, WorkerPortRangeEnd),
+            Label, Provider?.Build()!, Address, Opt(WorkerPort), Tuple.Create(WorkerPortRangeStart, WorkerPortRangeEnd), Opt(InterchangeSockets),
             Opt(MaxWorkersPerNode), CoresPerWorker, Opt(MemPerWorker), PrefetchCapacity, HeartbeatPeriod,
             HeartbeatThreshold, Opt(DrainPeriod), PollPeriod, Encrypted, SameHostSocket,
             ManagerSelector == ManagerSelection.BlockId ? Parsl.Node.HighThroughput.ManagerSelector.BlockIdSelector
@@ -219,6 +228,8 @@ public sealed class HighThroughputExecutorOptions : ExecutorOptions
     /// C# words.</summary>
     internal static (string Field, string Reason) ToCSharp(string property, string reason)
     {
+        if (property == nameof(InterchangeSockets))
+            reason = reason.Replace("WorkerPortRange (", "WorkerPortRangeStart..WorkerPortRangeEnd (", StringComparison.Ordinal);
         if (property == "WorkerPortRange")
             reason = $"{reason.Replace("give (low, high) with", "set WorkerPortRangeStart and WorkerPortRangeEnd with", StringComparison.Ordinal)}";
         return (property == "WorkerPortRange" ? nameof(WorkerPortRangeStart) : property, CSharpWords(reason));

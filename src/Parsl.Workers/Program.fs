@@ -66,7 +66,7 @@ let parse (argv: string[]) : Result<Mode, string> =
     let worker = whole "--worker" "run one worker process of this rank (the manager starts these)"
     let generation = whole "--generation" "worker: how many times this rank was started before"
     let connect = text "--connect" "worker: the manager's local socket"
-    let address = text "--address" "manager: the interchange, as tcp://HOST:PORT"
+    let address = text "--address" "manager: the interchange, as tcp://HOST:PORT, or tcp://HOST:PORT,PORT,... (one is picked from the manager's id)"
     let blockId = text "--block-id" "manager: the block this manager belongs to"
     let maxWorkers = whole "--max-workers-per-node" "manager: at most this many workers (default: as many as cores and memory allow)"
     let coresPerWorker = number "--cores-per-worker" "manager: cores per worker (default 1)"
@@ -107,6 +107,8 @@ let parse (argv: string[]) : Result<Mode, string> =
         | None when result.GetValue manager ->
             let ms (o: Option<float>) d = value o |> Option.map TimeSpan.FromMilliseconds |> Option.defaultValue d
             match value address, value blockId with
+            | Some address, _ when Result.isError (InterchangePorts.parse address) ->
+                Error(sprintf "--address: %s" (match InterchangePorts.parse address with Error e -> e | Ok _ -> ""))
             | Some address, Some block ->
                 Ok(
                     RunManager

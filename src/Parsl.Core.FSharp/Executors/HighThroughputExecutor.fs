@@ -201,6 +201,10 @@ type HighThroughputExecutor(options: HtexOptions) =
     /// A port in [lo, hi) that nothing listens on at `address` now (probed with a plain socket, which is immediate;
     /// the interchange binds it moments later). Raises naming `WorkerPortRange` when there is none.
     static member internal FreePort (address: string) (lo: int, hi: int) : int =
+        HighThroughputExecutor.FreePortExcept address (lo, hi) Set.empty
+
+    /// A port of [lo, hi) not in `taken` that nothing listens on at `address` now (see `FreePort`).
+    static member internal FreePortExcept (address: string) (lo: int, hi: int) (taken: Set<int>) : int =
         let ip =
             match Net.IPAddress.TryParse address with
             | true, ip -> ip
@@ -215,7 +219,7 @@ type HighThroughputExecutor(options: HtexOptions) =
             with _ -> false
         seq { 0 .. hi - lo - 1 }
         |> Seq.map (fun i -> lo + (start - lo + i) % (hi - lo))
-        |> Seq.tryFind free
+        |> Seq.tryFind (fun p -> not (taken.Contains p) && free p)
         |> Option.defaultWith (fun () ->
             raise (ExecutorError("HighThroughputExecutor", sprintf "no free port in WorkerPortRange (%d, %d) on %s; widen the range" lo hi address, null)))
 
@@ -228,8 +232,12 @@ type HighThroughputExecutor(options: HtexOptions) =
     /// Tries queued or running (Parsl's `outstanding()`).
     member _.Outstanding = inflight.Count
 
-    /// The interchange's port (after start).
+    /// The interchange's port (after start): its first socket's, `WorkerPort` when that was given.
     member _.WorkerPort = interchange |> Option.map (fun i -> i.Port)
+
+    /// Every port of the interchange's sockets, the first first (after start; `InterchangeSockets` of them). A manager
+    /// connects to the one its id picks (`InterchangePorts.choose`).
+    member _.WorkerPorts = interchange |> Option.map (fun i -> i.Ports)
 
     /// The run's certificate directory when encryption is on (after start).
     member _.CertificateDirectory = certDir
@@ -332,10 +340,18 @@ type HighThroughputExecutor(options: HtexOptions) =
             // manager needs a while to start, and reaches the interchange through the local socket, which listens
             // from here on, or the port chosen here.
             let listener = localSocket |> Option.map (fun n -> LocalSocket.listen n 64)
-            let port =
-                match options.WorkerPort with
-                | Some p -> p
-                | None -> HighThroughputExecutor.FreePort options.Address options.WorkerPortRange
+            // One port per interchange socket, all on the managers' command line (each manager picks one by its id).
+            let ports =
+                let first =
+                    match options.WorkerPort with
+                    | Some p -> p
+                    | None -> HighThroughputExecutor.FreePort options.Address options.WorkerPortRange
+                (([ first ], Set.singleton first), [ 2 .. HtexOptions.interchangeSockets options ])
+                ||> List.fold (fun (ports, taken) _ ->
+                    let p = HighThroughputExecutor.FreePortExcept options.Address options.WorkerPortRange taken
+                    p :: ports, Set.add p taken)
+                |> fst
+                |> List.rev
             let started = TaskCompletionSource<InterchangeHandle>(TaskCreationOptions.RunContinuationsAsynchronously)
             let worker =
                 match options.WorkerCommand with
@@ -365,7 +381,7 @@ type HighThroughputExecutor(options: HtexOptions) =
                       yield! worker
                       "--manager"
                       "--worker-command"; workerCommand
-                      "--address"; sprintf "tcp://%s:%d" options.Address port
+                      "--address"; InterchangePorts.format options.Address ports
                       "--block-id"; blockId
                       match options.MaxWorkersPerNode with Some n -> yield! [ "--max-workers-per-node"; string n ] | None -> ()
                       "--cores-per-worker"; string options.CoresPerWorker
@@ -405,7 +421,8 @@ type HighThroughputExecutor(options: HtexOptions) =
                         { Address = options.Address
                           Port = options.WorkerPort
                           PortRange = options.WorkerPortRange
-                          PreferredPort = Some port
+                          Sockets = ports.Length
+                          PreferredPorts = ports
                           HeartbeatThreshold = options.HeartbeatThreshold
                           Selector = options.ManagerSelector
                           Curve = curve

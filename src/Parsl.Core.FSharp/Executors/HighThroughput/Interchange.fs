@@ -13,7 +13,10 @@
 //     one per admitted link:     │   (MPSC)      queue, managers,        │
 //     frames decoded, posted     │               definitions, links ─────┴──▶ IO helper (a task): assembly files,
 //   poller thread ───────────────┤                                                 read, posted back
-//     "HTEx-Interchange": ROUTER socket and its handshake tables, local listener, connections not yet admitted,
+//     "HTEx-Interchange": the ROUTER sockets (K of them, managers spread over them by id: NetMQ's ROUTER scans its
+//     peers' pipes on a quiet peer's message, so K divides that scan) and their handshake tables, local listener,
+//     connections not yet admitted, the sockets' monitors (a closed connection: that socket's proven identities
+//     are probed, and those without a connection must prove the secret again),
 //     heartbeat timer, doorbell (a Post or a spent budget wakes it to drain)
 //   IO helper ───────────────────┘
 //
@@ -103,15 +106,19 @@ type InterchangeRequest =
 /// How the interchange is set up.
 type InterchangeSettings =
     { Address: string
+      /// The first socket's fixed port (None: from `PortRange`); the others always come from `PortRange`.
       Port: int option
       PortRange: int * int
+      /// How many ROUTER sockets managers over TCP are spread across (`HtexOptions.InterchangeSockets`).
+      Sockets: int
       HeartbeatThreshold: TimeSpan
       Selector: ManagerSelector
       /// The server's CURVE key pair (None: plain TCP).
       Curve: NetMQCertificate option
-      /// A port to try first when `Port` is None (chosen before the interchange starts, so that a block could be
-      /// launched already); the rest of `PortRange` if it was taken meanwhile.
-      PreferredPort: int option
+      /// The port to try first for each socket (for the first, only when `Port` is None): chosen before the
+      /// interchange starts, so that a block could be launched already; the rest of `PortRange` if one was taken
+      /// meanwhile.
+      PreferredPorts: int list
       /// A listening local socket that managers on this host connect to instead of TCP (None: TCP only).
       LocalListener: Net.Sockets.Socket option
       /// What a manager on the local socket must say first (the client's secret key; "" when there is none).
@@ -136,10 +143,18 @@ type private PendingLocal =
       /// Its place among the pending (null once admitted or dropped).
       mutable Node: LinkedListNode<PendingLocal> }
 
-/// How the interchange reaches a manager: through the ROUTER socket by identity, or over its local connection.
+/// How the interchange reaches a manager: through one of its ROUTER sockets (by index) by identity, or over its local
+/// connection. An identity means something only on its socket: each socket has its own table of proven identities.
 type private Peer =
-    | Routed of identity: byte[]
+    | Routed of socket: int * identity: byte[]
     | Direct of Link
+
+/// What the poller thread does for the owner when the owner runs on another thread (NetMQ sockets, and the tables of
+/// proven identities, are the poller thread's own).
+type private RouterOut =
+    | Frames of socket: int * NetMQMessage
+    /// The identity's manager was let go: a message under it must prove the secret again.
+    | Unprove of socket: int * identity: byte[]
 
 type private ManagerRecord =
     { Peer: Peer
@@ -157,9 +172,11 @@ type private ManagerRecord =
 
 /// The handle of a running interchange.
 [<Sealed>]
-type InterchangeHandle internal (port: int, post: InterchangeRequest -> unit, queue: InterchangeRequest -> unit, flush: unit -> unit, completion: Task) =
-    /// The port managers connect to.
-    member _.Port = port
+type InterchangeHandle internal (ports: int list, post: InterchangeRequest -> unit, queue: InterchangeRequest -> unit, flush: unit -> unit, completion: Task) =
+    /// The first socket's port (`WorkerPort`).
+    member _.Port = List.head ports
+    /// Every socket's port, the first first: a manager connects to the one its id picks (`InterchangePorts.choose`).
+    member _.Ports = ports
     /// Sends a request to the actor. Thread-safe; never blocks.
     member _.Post r = post r
     /// Queues a request without waking the interchange: it is handled at the next `Flush` (or anything else
@@ -176,9 +193,9 @@ type InterchangeHandle internal (port: int, post: InterchangeRequest -> unit, qu
 /// What reaches the interchange's owner: the executor's requests, and what its edges received and decoded.
 type private Message =
     | Request of InterchangeRequest
-    /// From a manager over TCP that proved the run's secret (or any, without one): its ROUTER identity, and that
-    /// identity as text (what it is known by).
-    | FromRouter of identity: byte[] * mid: string * ToInterchange
+    /// From a manager over TCP that proved the run's secret (or any, without one) on the socket with this index: its
+    /// ROUTER identity, and that identity as text (what it is known by).
+    | FromRouter of socket: int * identity: byte[] * mid: string * ToInterchange
     /// A local connection that showed the client's key; its reader starts after this is queued.
     | Admitted of Link
     | FromLink of Link * ToInterchange
@@ -210,14 +227,14 @@ module Interchange =
     /// that found the mailbox idle goes back to its own work soon, however many others post meanwhile.
     let private budget = 1024
 
-    /// Challenges outstanding at once, at most (the oldest is forgotten first): a bound on what peers that have not
-    /// proven the secret make the interchange keep (~150 bytes each). Above the number of managers that may say hello
+    /// Challenges outstanding at once on one socket, at most (the oldest is forgotten first): a bound on what peers
+    /// that have not proven the secret make the interchange keep (~150 bytes each). Above the number of managers that may say hello
     /// together: at 1,024, the 1,025th hello among 10,000 managers starting at once would push out the first one's
     /// challenge before its proof arrived, and that manager's proof would be dropped (it would never register).
     let private maxChallenged = 65_536
 
-    /// Binds the socket and starts the loop.
-    let start (s: InterchangeSettings) : InterchangeHandle =
+    /// A ROUTER socket set up for managers (not bound yet).
+    let private routerSocket (s: InterchangeSettings) =
         let router = new RouterSocket()
         router.Options.Linger <- TimeSpan.FromSeconds 1.0
         router.Options.SendHighWatermark <- 0
@@ -230,32 +247,56 @@ module Interchange =
         // finds the queue full is dropped and retried after 1, 3, 7, 15 … s (seen with 10,000 simulated managers: the
         // kernel counted hundreds of thousands of dropped SYNs). The kernel caps it at `net.core.somaxconn`.
         router.Options.Backlog <- 4096
+        // A message to an identity with no connection raises instead of vanishing: how the poller thread learns which
+        // proven identities lost their connection (`probe`).
+        router.Options.RouterMandatory <- true
         match s.Curve with
         | Some cert ->
             router.Options.CurveServer <- true
             router.Options.CurveCertificate <- cert
         | None -> ()
+        router
+
+    /// Binds `s.Sockets` ROUTER sockets, the first at `Port` when fixed, each other at its preferred port or another
+    /// free one of `PortRange`; disposes them all and raises naming `WorkerPortRange` when the range has no room.
+    let private bindRouters (s: InterchangeSettings) : RouterSocket[] * int list =
         let endpoint = sprintf "tcp://%s" s.Address
-        let port =
-            match s.Port with
-            | Some p ->
-                router.Bind(sprintf "%s:%d" endpoint p)
-                p
-            | None ->
-                let lo, hi = s.PortRange
-                let start = match s.PreferredPort with Some p when p >= lo && p < hi -> p | _ -> Random.Shared.Next(lo, hi)
-                let rec attempt i =
-                    if i >= hi - lo then
-                        router.Dispose()
-                        raise (ExecutorError("HighThroughputExecutor", sprintf "no free port in WorkerPortRange (%d, %d) on %s; widen the range" lo hi s.Address, null))
-                    let p = lo + (start - lo + i) % (hi - lo)
-                    match (try router.Bind(sprintf "%s:%d" endpoint p); true with :? NetMQException -> false) with
-                    | true ->
-                        if i > 0 && s.PreferredPort.IsSome then
-                            s.Log.Warning("Interchange: port {Preferred} was taken before it could be bound; managers started already reach this interchange only over its local socket (it listens on {Port})", s.PreferredPort.Value, p)
-                        p
-                    | false -> attempt (i + 1)
-                attempt 0
+        let lo, hi = s.PortRange
+        let routers = Array.init s.Sockets (fun _ -> routerSocket s)
+        let taken = HashSet<int>()
+        let fromRange (router: RouterSocket) (preferred: int option) =
+            let start = match preferred with Some p when p >= lo && p < hi -> p | _ -> Random.Shared.Next(lo, hi)
+            let rec attempt i =
+                if i >= hi - lo then
+                    raise (ExecutorError("HighThroughputExecutor", sprintf "no free port in WorkerPortRange (%d, %d) on %s for %d interchange sockets; widen the range" lo hi s.Address s.Sockets, null))
+                let p = lo + (start - lo + i) % (hi - lo)
+                match not (taken.Contains p) && (try router.Bind(sprintf "%s:%d" endpoint p); true with :? NetMQException -> false) with
+                | true ->
+                    if i > 0 && preferred.IsSome then
+                        s.Log.Warning("Interchange: port {Preferred} was taken before it could be bound; managers started already that picked it reach this interchange only over its local socket (it listens on {Port})", preferred.Value, p)
+                    p
+                | false -> attempt (i + 1)
+            attempt 0
+        try
+            let ports =
+                [ for i in 0 .. s.Sockets - 1 do
+                      let p =
+                          match i, s.Port with
+                          | 0, Some p ->
+                              routers[0].Bind(sprintf "%s:%d" endpoint p)
+                              p
+                          | _ -> fromRange routers[i] (List.tryItem i s.PreferredPorts)
+                      taken.Add p |> ignore
+                      p ]
+            routers, ports
+        with _ ->
+            for r in routers do
+                r.Dispose()
+            reraise ()
+
+    /// Binds the sockets and starts the loop.
+    let start (s: InterchangeSettings) : InterchangeHandle =
+        let routers, ports = bindRouters s
 
         // ── Shared by every thread: the mailbox, the doorbell that wakes the poller thread, the router's out-queue.
         let mailbox = OwnedMailbox<Message>()
@@ -268,7 +309,15 @@ module Interchange =
         let gate = obj ()
         let mutable loopThread = -1
         // Messages for managers over TCP made on another thread: NetMQ sockets belong to their poller's thread.
-        let routerOut = ConcurrentQueue<NetMQMessage>()
+        let routerOut = ConcurrentQueue<RouterOut>()
+        // Over TCP, per socket, the ROUTER identities that have proven the secret (in base 64: lossless, unlike the
+        // UTF-8 `mid`), and the challenges sent to those that said hello (at most `maxChallenged` a socket: the oldest
+        // is forgotten first). The poller thread's own: nothing from a peer reaches the owner before the peer has
+        // proven the secret. An identity is proven on one socket only: a stranger on another socket under a proven
+        // identity is still a stranger. The owner removes an identity when it lets its manager go (`Unprove`).
+        let proven = Array.init routers.Length (fun _ -> HashSet<string>())
+        let challenged = Array.init routers.Length (fun _ -> Dictionary<string, byte[]>())
+        let challengeOrder = Array.init routers.Length (fun _ -> Queue<string>())
         let poller = new NetMQPoller()
         let pollerEnded = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
         let io = Channels.Channel.CreateUnbounded<IoRequest>(Channels.UnboundedChannelOptions(SingleReader = true))
@@ -307,6 +356,11 @@ module Interchange =
             if Interlocked.Exchange(&rung, 1) = 0 then
                 lock gate (fun () -> if not closed then doorbell.Enqueue true)
 
+        /// Sends on socket `k` from the poller thread; a peer whose connection has gone gets nothing (as before
+        /// `RouterMandatory`, which makes that raise).
+        let sendOn (k: int) (msg: NetMQMessage) =
+            try routers[k].TrySendMultipartMessage msg |> ignore with :? HostUnreachableException -> ()
+
         // The replies without fields, encoded once (a heartbeat reply per manager per period adds up at 10,000 managers).
         let heartbeatReply = Protocol.encodeToManager HeartbeatReply
         let encode (m: ToManager) =
@@ -315,15 +369,31 @@ module Interchange =
             | m -> Protocol.encodeToManager m
         let send (peer: Peer) (m: ToManager) =
             match peer with
-            | Routed identity ->
+            | Routed(k, identity) ->
                 let msg = NetMQMessage(2)
                 msg.Append identity
                 msg.Append(encode m)
-                if Environment.CurrentManagedThreadId = loopThread then router.TrySendMultipartMessage msg |> ignore
+                if Environment.CurrentManagedThreadId = loopThread then sendOn k msg
                 else
-                    routerOut.Enqueue msg
+                    routerOut.Enqueue(Frames(k, msg))
                     ring ()
             | Direct link -> link.Send(encode m)
+        /// A manager over TCP let go: its identity must prove the secret again before anything under it is decoded
+        /// (after what was sent to it, in order).
+        let unprove (peer: Peer) =
+            match peer with
+            | Routed(k, identity) ->
+                if Environment.CurrentManagedThreadId = loopThread then proven[k].Remove(Convert.ToBase64String identity) |> ignore
+                else
+                    routerOut.Enqueue(Unprove(k, identity))
+                    ring ()
+            | Direct _ -> ()
+        /// Whether a message from `peer` comes from where the manager `m` registered (its socket; its link).
+        let samePeer (m: ManagerRecord) (peer: Peer) =
+            match m.Peer, peer with
+            | Routed(a, _), Routed(b, _) -> a = b
+            | Direct a, Direct b -> obj.ReferenceEquals(a, b)
+            | _ -> false
 
         /// Puts a manager in or out of `ready` after its capacity, activity or draining changed.
         let touch (m: ManagerRecord) =
@@ -333,7 +403,7 @@ module Interchange =
             | true, current when not (obj.ReferenceEquals(current, m)) -> ()
             | _ -> ready.Remove mid
 
-        /// A manager no longer served (lost, drained, let go): out of every index.
+        /// A manager no longer in the indexes (replaced by a new registration, or let go).
         let forget (m: ManagerRecord) =
             let mid = m.Reg.ManagerId
             match managers.TryGetValue mid with
@@ -344,6 +414,11 @@ module Interchange =
             if not (isNull m.Heard) then
                 heard.Remove m.Heard
                 m.Heard <- null
+
+        /// A manager no longer served (lost, drained, let go): out of every index, and its identity no longer proven.
+        let letGo (m: ManagerRecord) =
+            forget m
+            unprove m.Peer
 
         /// Sends up to `n` queued tries to `m` in one batch.
         let sendBatch (m: ManagerRecord) (n: int) =
@@ -400,7 +475,7 @@ module Interchange =
                 report(TryLost(t.Key, (if cancelled.Remove t.Key then OperationCanceledException("cancelled") :> exn else f t.Key)))
 
         let removeManager (m: ManagerRecord) (error: int64 -> exn) =
-            forget m
+            letGo m
             for k in m.InFlight do
                 report(TryLost(k, error k))
             m.InFlight.Clear()
@@ -442,7 +517,7 @@ module Interchange =
                         // An idle manager of a block being scaled in is let go at once, cleanly.
                         if m.InFlight.Count = 0 then
                             send m.Peer Shutdown
-                            forget m
+                            letGo m
                         else touch m
                 reply q ()
             | FailAll f ->
@@ -482,9 +557,12 @@ module Interchange =
                 report(ManagerRefused(g.BlockId, VersionMismatch reason))
             else
                 let t = now ()
-                // The same id again (a manager that reconnected): the old record's tries stay with it, as before.
+                // The same id again (a manager that reconnected): the old record's tries stay with it, as before. The same
+                // identity on another socket is another connection: the old one's proof goes with it.
                 match managers.TryGetValue g.ManagerId with
-                | true, old -> forget old
+                | true, old ->
+                    forget old
+                    if not (samePeer old identity) then unprove old.Peer
                 | _ -> ()
                 let m =
                     { Peer = identity
@@ -516,6 +594,9 @@ module Interchange =
                     register identity g
             | msg ->
                 match managers.TryGetValue mid with
+                | true, m when not (samePeer m identity) ->
+                    // Its id registered over another socket or link: this one is not that manager.
+                    send identity Shutdown
                 | false, _ ->
                     // A manager we declared lost (or never knew) must not keep waiting for work.
                     send identity Shutdown
@@ -541,7 +622,7 @@ module Interchange =
                         // The results themselves went to the executor from the thread that read them (`handOut`).
                         if m.Draining && m.InFlight.Count = 0 then
                             send identity Drained
-                            forget m
+                            letGo m
                         else touch m
                     | NeedAssembly h ->
                         match assemblies.TryGetValue h with
@@ -552,7 +633,7 @@ module Interchange =
                         m.Draining <- true
                         if m.InFlight.Count = 0 then
                             send identity Drained
-                            forget m
+                            letGo m
                         else touch m
                     | Register _ -> ()
 
@@ -569,7 +650,7 @@ module Interchange =
         let handleRunning (msg: Message) =
             match msg with
             | Request r -> handleRequest r
-            | FromRouter(identity, mid, m) -> handleManager (Routed identity) mid m
+            | FromRouter(k, identity, mid, m) -> handleManager (Routed(k, identity)) mid m
             | Admitted link -> links.Add link |> ignore
             | FromLink(link, m) -> if links.Contains link then handleManager (Direct link) link.Name m
             | LinkEnded link ->
@@ -671,16 +752,12 @@ module Interchange =
 
         // ── The poller thread: the ROUTER socket, the handshake, local connections until admitted, the timer.
         let sendRouted () =
-            let mutable msg: NetMQMessage = null
-            while routerOut.TryDequeue(&msg) do
-                router.TrySendMultipartMessage msg |> ignore
+            let mutable out = Unchecked.defaultof<RouterOut>
+            while routerOut.TryDequeue(&out) do
+                match out with
+                | Frames(k, msg) -> sendOn k msg
+                | Unprove(k, identity) -> proven[k].Remove(Convert.ToBase64String identity) |> ignore
 
-        // Over TCP, the ROUTER identities that have proven the secret (in base 64: lossless, unlike the UTF-8 `mid`), and
-        // the challenges sent to those that said hello (at most `maxChallenged`: the oldest is forgotten first). The poller
-        // thread's own: nothing from a peer reaches the owner before the peer has proven the secret.
-        let proven = HashSet<string>()
-        let challenged = Dictionary<string, byte[]>()
-        let challengeOrder = Queue<string>()
         let hmacKey = s.Secret |> Option.map Handshake.key
         let mutable dropped = 0L
         let mutable lastDropLog = DateTime.MinValue
@@ -694,7 +771,9 @@ module Interchange =
                     "Interchange: dropped a message from a peer that has not proven the run's secret ({Why}; {Dropped} dropped so far; latest identity {Identity})",
                     why, dropped, mid.Substring(0, min 24 mid.Length))
         /// A message from an identity that has not proven the secret: only the two handshake frames, compared as bytes.
-        let handshake (identity: byte[]) (mid: string) (msg: NetMQMessage) =
+        let handshake (k: int) (identity: byte[]) (mid: string) (msg: NetMQMessage) =
+            let challenged = challenged[k]
+            let challengeOrder = challengeOrder[k]
             let key = hmacKey.Value
             let frame = msg[msg.FrameCount - 1]
             if msg.FrameCount <> 2 || frame.MessageSize > Handshake.MaxFrame then dropStranger mid "not a handshake frame"
@@ -706,13 +785,13 @@ module Interchange =
                         challengeOrder.Enqueue mid
                         if challengeOrder.Count > maxChallenged then challenged.Remove(challengeOrder.Dequeue()) |> ignore
                     challenged[mid] <- nonce
-                    send (Routed identity) (Challenge nonce)
+                    send (Routed(k, identity)) (Challenge nonce)
                 else
                     match challenged.TryGetValue mid with
                     | true, nonce when bytes.Length = Handshake.MaxFrame ->
                         challenged.Remove mid |> ignore
                         if Handshake.verify key nonce identity bytes then
-                            proven.Add mid |> ignore
+                            proven[k].Add mid |> ignore
                             s.Log.Debug("Interchange: a peer proved the run's secret")
                         else
                             s.Log.Warning("Interchange: a peer answered the challenge without the run's secret; ignored")
@@ -725,26 +804,29 @@ module Interchange =
                 None
 
         let routedResults = List<WireResult list>()
-        router.ReceiveReady.Add(fun _ ->
-            let mutable msg: NetMQMessage = null
-            let mutable n = 0
-            while n < 1000 && router.TryReceiveMultipartMessage(&msg) do
-                n <- n + 1
-                if msg.FrameCount >= 2 then
-                    let identity = msg[0].ToByteArray()
-                    if hmacKey.IsNone || proven.Contains(Convert.ToBase64String identity) then
-                        let mid = Encoding.UTF8.GetString identity
-                        match decode mid (msg[msg.FrameCount - 1].ToByteArray()) with
-                        | Some m ->
-                            mailbox.Enqueue(FromRouter(identity, mid, m))
-                            match m with
-                            | Results rs -> routedResults.Add rs
-                            | _ -> ()
-                        | None -> ()
-                    else handshake identity (Convert.ToBase64String identity) msg
-            drainHere ()
-            sendRouted ()
-            handOut routedResults)
+        for k in 0 .. routers.Length - 1 do
+            let router = routers[k]
+            let proven = proven[k]
+            router.ReceiveReady.Add(fun _ ->
+                let mutable msg: NetMQMessage = null
+                let mutable n = 0
+                while n < 1000 && router.TryReceiveMultipartMessage(&msg) do
+                    n <- n + 1
+                    if msg.FrameCount >= 2 then
+                        let identity = msg[0].ToByteArray()
+                        if hmacKey.IsNone || proven.Contains(Convert.ToBase64String identity) then
+                            let mid = Encoding.UTF8.GetString identity
+                            match decode mid (msg[msg.FrameCount - 1].ToByteArray()) with
+                            | Some m ->
+                                mailbox.Enqueue(FromRouter(k, identity, mid, m))
+                                match m with
+                                | Results rs -> routedResults.Add rs
+                                | _ -> ()
+                            | None -> ()
+                        else handshake k identity (Convert.ToBase64String identity) msg
+                drainHere ()
+                sendRouted ()
+                handOut routedResults)
         doorbell.ReceiveReady.Add(fun _ ->
             let mutable b = false
             while doorbell.TryDequeue(&b, TimeSpan.Zero) do
@@ -757,10 +839,39 @@ module Interchange =
             new NetMQTimer(TimeSpan.FromMilliseconds ms)
         // Set below, once the local connections' handlers exist.
         let mutable housekeeping = ignore
+        // A connection of socket k closed: NetMQ says so (a monitor event) but not whose. The identities proven on k are
+        // then probed at the next two ticks (the connection's pipe is gone from the ROUTER a moment after the event):
+        // one without a connection any more must prove the secret again, so that a stranger who connects under the
+        // identity of a manager whose node died cannot speak for it until the heartbeat threshold declares it lost. A
+        // probe is a heartbeat reply to each identity still connected (harmless to a manager); it costs the proven
+        // identities of that socket once per tick, only after disconnections.
+        let probeDue = Array.zeroCreate<int> routers.Length
+        let monitors =
+            if hmacKey.IsNone then [||]
+            else
+                routers
+                |> Array.mapi (fun k router ->
+                    let m = new Monitoring.NetMQMonitor(router, sprintf "inproc://parsl-interchange-%s-%d" (Guid.NewGuid().ToString "N") k, SocketEvents.Disconnected)
+                    m.Disconnected.Add(fun _ -> probeDue[k] <- 2)
+                    m)
+        let probe (k: int) =
+            let gone = List<string>()
+            for id in proven[k] do
+                let identity = Convert.FromBase64String id
+                match (try routers[k].TrySendFrame(identity, true) with :? HostUnreachableException -> false) with
+                | true -> routers[k].TrySendFrame heartbeatReply |> ignore
+                | false -> gone.Add id
+            for id in gone do
+                proven[k].Remove id |> ignore
+            if gone.Count > 0 then s.Log.Debug("Interchange: {Gone} proven identities lost their connection; they must prove the secret again", gone.Count)
         tick.Elapsed.Add(fun _ ->
             housekeeping ()
             deliver Tick
-            sendRouted ())
+            sendRouted ()
+            for k in 0 .. probeDue.Length - 1 do
+                if probeDue[k] > 0 then
+                    probeDue[k] <- probeDue[k] - 1
+                    probe k)
 
         // Managers on this host: a local socket each. Every link admitted, for the poller thread to dispose (close, and
         // join its reader) at the end; links whose reader has ended are disposed as new ones come.
@@ -853,7 +964,10 @@ module Interchange =
             |> Option.map (fun l ->
                 poller.Add(l, Action<Net.Sockets.Socket>(onLocalConnect))
                 l)
-        poller.Add router
+        for router in routers do
+            poller.Add router
+        for m in monitors do
+            m.AttachToPoller poller
         poller.Add doorbell
         poller.Add tick
         let thread =
@@ -872,13 +986,17 @@ module Interchange =
                         io.Writer.TryComplete() |> ignore
                         while mailbox.Drain(handle, settle, released, budget) do
                             ()
+                        // Off the poller before it goes (a monitor detaches itself from its poller).
+                        for m in monitors do
+                            try m.Dispose() with _ -> ()
                         poller.Dispose()
                         for link in created do
                             link.CloseAndJoin()
                         for p in List.ofSeq pendingLocal do
                             p.Socket.Dispose()
                         listener |> Option.iter (fun l -> l.Dispose())
-                        router.Dispose()
+                        for router in routers do
+                            router.Dispose()
                         doorbell.Dispose()
                         pollerEnded.TrySetResult() |> ignore),
                 IsBackground = true,
@@ -889,4 +1007,4 @@ module Interchange =
                 do! pollerEnded.Task
                 do! ioLoop
             }
-        InterchangeHandle(port, post, queueRequest, flush, completion)
+        InterchangeHandle(ports, post, queueRequest, flush, completion)

@@ -19,6 +19,13 @@ type HtexOptions =
       WorkerPort: int option
       /// Ports to choose from (inclusive lower, exclusive upper). Default (54000, 55000).
       WorkerPortRange: int * int
+      /// How many ROUTER sockets (one port each) the interchange spreads managers over TCP across; each manager
+      /// connects to one, picked from its id. With one socket NetMQ scans every connected manager's pipe for each
+      /// message from one that had gone quiet, so at thousands of managers dispatch slows down; K sockets divide that
+      /// scan by K. The first socket listens on `WorkerPort` (or a port from `WorkerPortRange`), the others on ports
+      /// from `WorkerPortRange`. Default None: one socket per 1,000 managers the provider may start (`MaxBlocks` x
+      /// `NodesPerBlock`, rounded up), from 1 to 32. Some k: exactly k (1 to 64).
+      InterchangeSockets: int option
       /// Worker processes per node at most; None = as many as cores allow. Default None.
       MaxWorkersPerNode: int option
       /// Cores each worker needs (below 1 oversubscribes). Default 1.0.
@@ -85,6 +92,7 @@ module HtexOptions =
           Address = "127.0.0.1"
           WorkerPort = None
           WorkerPortRange = (54000, 55000)
+          InterchangeSockets = None
           MaxWorkersPerNode = None
           CoresPerWorker = 1.0
           MemPerWorker = None
@@ -118,6 +126,19 @@ module HtexOptions =
     /// Where the default worker command looks for `Parsl.Workers.dll`.
     let defaultWorkerDll () = IO.Path.Combine(AppContext.BaseDirectory, "Parsl.Workers.dll")
 
+    /// The most ROUTER sockets an interchange may be asked for.
+    let maxSockets = 64
+
+    /// How many sockets the interchange listens on: `InterchangeSockets`, or one per 1,000 managers the provider may
+    /// start (at 3,000 managers on one socket dispatch kept its one-manager rate; at 10,000 it fell to a third).
+    let interchangeSockets (o: HtexOptions) =
+        match o.InterchangeSockets with
+        | Some k -> k
+        | None ->
+            let managers = int64 (max 0 o.Provider.MaxBlocks) * int64 (max 1 o.Provider.NodesPerBlock)
+            let lo, hi = o.WorkerPortRange
+            int ((managers + 999L) / 1000L) |> max 1 |> min 32 |> min (max 1 (hi - lo))
+
     /// Every problem, each naming its field and the fix.
     let validate (o: HtexOptions) : ConfigurationError list =
         let f name = sprintf "HighThroughputExecutor.%s" name
@@ -134,6 +155,12 @@ module HtexOptions =
               ConfigurationError(f "WorkerPortRange", sprintf "(%d, %d) is not a port range; give (low, high) with 1 <= low < high <= 65536" lo hi)
           match o.WorkerPort with
           | Some p when p < 1 || p > 65535 -> ConfigurationError(f "WorkerPort", sprintf "%d is not a port (1-65535); or None to pick one" p)
+          | _ -> ()
+          match o.InterchangeSockets with
+          | Some k when k < 1 || k > maxSockets ->
+              ConfigurationError(f "InterchangeSockets", sprintf "must be from 1 to %d (got %d), or None for one per 1,000 managers the provider may start" maxSockets k)
+          | Some k when lo >= 1 && lo < hi && k > hi - lo ->
+              ConfigurationError(f "InterchangeSockets", sprintf "%d sockets need %d ports but WorkerPortRange (%d, %d) has %d; widen the range or use fewer sockets" k k lo hi (hi - lo))
           | _ -> ()
           match o.MaxWorkersPerNode with
           | Some n when n < 1 -> ConfigurationError(f "MaxWorkersPerNode", sprintf "must be at least 1 (got %d), or None for as many as cores allow" n)

@@ -37,7 +37,8 @@ open NetMQ.Sockets
 
 /// How a manager is started (the worker executable's command line, parsed).
 type ManagerSettings =
-    { /// The interchange, as `tcp://host:port`.
+    { /// The interchange, as `tcp://host:port`, or `tcp://host:p1,p2,...` when it listens on several sockets: the
+      /// manager connects to the one its id picks (`InterchangePorts.pick`), so managers spread over the sockets.
       Address: string
       ManagerId: string
       BlockId: string
@@ -335,7 +336,10 @@ module Manager =
                     dealer.Options.CurveServerKey <- NetMQCertificate.FromPublicKey(server).PublicKey
                     dealer.Options.CurveCertificate <- NetMQCertificate(client[1].Trim(), client[0].Trim())
                 | _ -> ()
-                dealer.Connect s.Address
+                // One of the interchange's sockets, the same one for this id every time (validated by the parser).
+                match InterchangePorts.pick s.ManagerId s.Address with
+                | Ok address -> dealer.Connect address
+                | Error e -> failwith e
                 Some dealer
         // Over TCP the dealer is the poller's: handlers then run only on the poller thread (every post from another
         // thread is cold), so they may send on it.
