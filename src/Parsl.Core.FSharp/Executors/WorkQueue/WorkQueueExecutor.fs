@@ -12,6 +12,7 @@ open Parsl.Data
 open Parsl.Executors.HighThroughput
 open Parsl.Node.HighThroughput
 open Parsl.Executors.WorkQueue
+open Parsl.Executors.WorkerLink
 open Parsl.Node
 
 /// Runs tries on CCTools Work Queue workers (`work_queue_worker`, protocol 9 or 11) through a manager of our own
