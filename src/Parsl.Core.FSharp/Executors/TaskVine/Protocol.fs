@@ -203,8 +203,6 @@ module VineProtocol =
     /// Names go on the wire URL-encoded, so spaces cannot split a line.
     let encodeName (s: string) = Uri.EscapeDataString s
 
-    let private f3 (x: float) = x.ToString("0.000", CultureInfo.InvariantCulture)
-
     /// The task's description, `task <id>` to `end`, as the bytes to send.
     let renderTask (t: VineTaskSpec) : byte[] =
         let sb = StringBuilder()
@@ -223,16 +221,7 @@ module VineProtocol =
             // 1 = direct: the library runs each call itself (no fork per call, which a .NET process cannot do).
             line "func_exec_mode 1"
         | None -> ()
-        line ("category " + encodeName t.Category)
-        line ("cores " + f3 t.Cores)
-        line (sprintf "gpus %d" t.Gpus)
-        line (sprintf "memory %d" t.Memory)
-        line (sprintf "disk %d" t.Disk)
-        if t.WallTime > 0L then line (sprintf "wall_time %d" t.WallTime)
-        for k, v in t.Env do
-            let kv = k + "=" + v
-            line (sprintf "env %d" (Encoding.UTF8.GetByteCount kv))
-            line kv
+        Parsl.Executors.WorkQueue.WqProtocol.describe line t.Category t.Cores t.Gpus t.Memory t.Disk t.WallTime t.Env
         for f in t.Inputs do
             line (sprintf "infile %s %s 0" (encodeName f.CacheName) (encodeName f.SandboxName))
         for f in t.Outputs do

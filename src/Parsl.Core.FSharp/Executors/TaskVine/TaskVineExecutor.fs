@@ -188,16 +188,8 @@ type TaskVineExecutor private (options: TaskVineOptions, state: LinkExecutorStat
     /// The command a block runs to start one worker. Its log goes to `workers/block-<id>.log` under this executor's
     /// folder in the run directory (not to loose folders in the working directory).
     let workerCommand (blockId: string) =
-        let port = state.Manager |> Option.map (fun m -> m.Port) |> Option.defaultValue options.Port
-        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
-          yield quote options.WorkerExecutable
-          if state.PasswordPath <> "" then yield! [ "--password"; quote state.PasswordPath ]
-          yield! [ "--debug-file"; quote (Path.Combine(state.Root, "workers", sprintf "block-%s.log" blockId)) ]
-          yield "--parent-death"
-          yield! options.WorkerOptions |> List.map quote
-          yield quote options.Address
-          yield string port ]
-        |> String.concat " "
+        let extra = [ "--debug-file"; quote (Path.Combine(state.Root, "workers", sprintf "block-%s.log" blockId)); "--parent-death" ]
+        state.WorkerCommand(blockId, options.WorkerExecutable, extra, options.WorkerOptions, options.Address, options.Port)
 
     let prepare (root: string) =
         Directory.CreateDirectory(Path.Combine(root, "workers")) |> ignore

@@ -178,15 +178,8 @@ type WorkQueueExecutor private (options: WorkQueueOptions, state: LinkExecutorSt
 
     /// The command a block runs to start one worker.
     let workerCommand (blockId: string) =
-        let port = state.Manager |> Option.map (fun m -> m.Port) |> Option.defaultValue options.Port
-        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
-          yield quote options.WorkerExecutable
-          if state.PasswordPath <> "" then yield! [ "--password"; quote state.PasswordPath ]
-          if options.LongLivedRunner then yield! [ "--coprocess"; quote coprocessScript ]
-          yield! options.WorkerOptions |> List.map quote
-          yield quote options.Address
-          yield string port ]
-        |> String.concat " "
+        let extra = if options.LongLivedRunner then [ "--coprocess"; quote coprocessScript ] else []
+        state.WorkerCommand(blockId, options.WorkerExecutable, extra, options.WorkerOptions, options.Address, options.Port)
 
     let prepare (root: string) =
         runner <- shipping.RunnerFiles() |> List.map cached

@@ -37,6 +37,21 @@ type internal LinkExecutorState<'Line, 'Task, 'Info>(label: string) =
     member val DataDir = "" with get, set
     member val Scaler: WqScalerHandle option = None with get, set
     member val Parts = Unchecked.defaultof<LinkExecutorParts<'Line, 'Task, 'Info>> with get, set
+    /// The command a block runs to start one worker: the block's id in its environment, the worker program, the
+    /// password file, the protocol's `extra` words, the worker options, then where the manager listens (`port` until
+    /// the manager is started).
+    member this.WorkerCommand(blockId: string, executable: string, extra: string list, workerOptions: string list, address: string, port: int) =
+        let quote = WorkerExecutors.quote
+        let port = this.Manager |> Option.map (fun m -> m.Port) |> Option.defaultValue port
+        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
+          yield quote executable
+          if this.PasswordPath <> "" then yield! [ "--password"; quote this.PasswordPath ]
+          yield! extra
+          yield! workerOptions |> List.map quote
+          yield quote address
+          yield string port ]
+        |> String.concat " "
+
     /// Reports a try's outcome to the kernel (once; later reports of the same key are ignored).
     member this.Report(key: int64, outcome: Result<obj, exn>) = inflight.Report(this.Context, key, outcome) |> ignore
 
