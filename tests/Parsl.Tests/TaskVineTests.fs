@@ -46,33 +46,9 @@ let private vineWorkers () =
         | _ -> () ]
 
 let private slurm () =
-    Harness.require "slurm" |> ignore
-    let name = HtexSlurmTests.label "tv-slurm"
-    let work = Path.Combine(Path.GetTempPath(), "parsl-tv-slurm-" + Guid.NewGuid().ToString("N"))
-    Directory.CreateDirectory work |> ignore
-    let provider =
-        new SlurmProvider(
-            { Slurm.defaults with
-                Exclusive = false
-                Walltime = "00:05:00"
-                CmdTimeout = TimeSpan.FromSeconds 30.0
-                StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
-    let tv, dfk =
-        withVine (fun o ->
-            { o with
-                Label = name
-                Provider = Some(provider :> IExecutionProvider)
-                WorkerExecutable = vine ()
-                WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
-    let () =
-        use _ = dfk
-        let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
-        let job = await (jobOf (Arg.value 0)).Task
-        Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
-        Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
-        Expect.equal (ready tv).Length 1 "one worker, from the block"
-    HtexSlurmTests.waitQueueEmpty name
-    try Directory.Delete(work, true) with _ -> ()
+    slurmBlock "tv" (fun name provider workerOptions ->
+        let tv, dfk = withVine (fun o -> { o with Label = name; Provider = Some provider; WorkerExecutable = vine (); WorkerOptions = workerOptions })
+        dfk, (fun () -> (ready tv).Length))
 
 let tests =
     testList "TaskVine" [

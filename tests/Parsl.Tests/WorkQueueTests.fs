@@ -65,6 +65,29 @@ let withWq (f: WorkQueueOptions -> WorkQueueOptions) =
 let readyWorkers (wq: WorkQueueExecutor) =
     (await (wq.WorkersAsync())) |> List.filter (fun w -> w.Cores > 0L)
 
+/// One worker block of a CCTools executor on the real one-node Slurm: `start` makes the executor (label, provider,
+/// worker options with a scratch folder) and says how many workers are ready. A function app and a shell app run
+/// inside the block's job, the block is in squeue, one worker joined; after shutdown no job of it is left.
+let slurmBlock (prefix: string) (start: string -> IExecutionProvider -> string list -> DataFlowKernel * (unit -> int)) =
+    Harness.require "slurm" |> ignore
+    let name = HtexSlurmTests.label (prefix + "-slurm")
+    let work = Path.Combine(Path.GetTempPath(), sprintf "parsl-%s-slurm-%s" prefix (Guid.NewGuid().ToString("N")))
+    Directory.CreateDirectory work |> ignore
+    let dfk, ready = start name (slurmForTests id :> IExecutionProvider) [ "-s"; work; "--cores"; "1"; "-t"; "60" ]
+    let () =
+        use _ = dfk
+        let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
+        let out = Path.Combine(tempRunDir (), "job")
+        let shell = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (_: int) -> "echo $SLURM_JOB_ID")
+        let job = await (jobOf (Arg.value 0)).Task
+        Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
+        Expect.equal (await (shell (Arg.value 0)).Task) 0 "the shell app ran"
+        Expect.equal (File.ReadAllText(out).Trim()) job "in the same job"
+        Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
+        Expect.equal (ready ()) 1 "one worker, from the block"
+    HtexSlurmTests.waitQueueEmpty name
+    try Directory.Delete(work, true) with _ -> ()
+
 let tests =
     let flavoured (name: string) (body: string -> unit) =
         testList name [
@@ -72,37 +95,9 @@ let tests =
             testCase "protocol 11 (built)" (fun () -> body (snd (harness ())))
         ]
     let slurm (exe: string) =
-        Harness.require "slurm" |> ignore
-        let name = HtexSlurmTests.label "wq-slurm"
-        let work = Path.Combine(Path.GetTempPath(), "parsl-wq-slurm-" + Guid.NewGuid().ToString("N"))
-        Directory.CreateDirectory work |> ignore
-        let provider =
-            new SlurmProvider(
-                { Slurm.defaults with
-                    Exclusive = false
-                    Walltime = "00:05:00"
-                    CmdTimeout = TimeSpan.FromSeconds 30.0
-                    StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
-        let wq, dfk =
-            withWq (fun o ->
-                { o with
-                    Label = name
-                    Provider = Some(provider :> IExecutionProvider)
-                    WorkerExecutable = exe
-                    WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
-        let () =
-            use _ = dfk
-            let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
-            let out = Path.Combine(tempRunDir (), "job")
-            let shell = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (_: int) -> "echo $SLURM_JOB_ID")
-            let job = await (jobOf (Arg.value 0)).Task
-            Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
-            Expect.equal (await (shell (Arg.value 0)).Task) 0 "the shell app ran"
-            Expect.equal (File.ReadAllText(out).Trim()) job "in the same job"
-            Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
-            Expect.equal (readyWorkers wq).Length 1 "one worker, from the block"
-        HtexSlurmTests.waitQueueEmpty name
-        try Directory.Delete(work, true) with _ -> ()
+        slurmBlock "wq" (fun name provider workerOptions ->
+            let wq, dfk = withWq (fun o -> { o with Label = name; Provider = Some provider; WorkerExecutable = exe; WorkerOptions = workerOptions })
+            dfk, (fun () -> (readyWorkers wq).Length))
 
     testList "WorkQueue" [
       testSequencedGroup "provider-daemons" <| testList "on Slurm" [

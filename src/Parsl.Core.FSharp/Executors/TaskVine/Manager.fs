@@ -3,14 +3,8 @@ namespace Parsl.Executors.TaskVine
 open System
 open System.Collections.Generic
 open System.IO
-open System.Net
-open System.Net.Sockets
-open System.Threading
-open System.Threading.Channels
-open System.Threading.Tasks
 open Parsl
 open Parsl.Executors.WorkerLink
-open Parsl.Node.HighThroughput
 open Parsl.Node
 
 /// A file sent into the worker's cache before the task runs.

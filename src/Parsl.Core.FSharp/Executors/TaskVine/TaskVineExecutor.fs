@@ -4,10 +4,8 @@ open System
 open System.Collections.Concurrent
 open System.Collections.Generic
 open System.IO
-open System.Threading.Tasks
 open Parsl
 open Parsl.Data
-open Parsl.Executors.HighThroughput
 open Parsl.Executors.WorkerLink
 open Parsl.Executors.WorkQueue
 open Parsl.Executors.TaskVine

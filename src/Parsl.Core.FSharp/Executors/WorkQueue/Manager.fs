@@ -3,12 +3,6 @@ namespace Parsl.Executors.WorkQueue
 open System
 open System.Collections.Generic
 open System.IO
-open System.Net
-open System.Net.Sockets
-open System.Security.Cryptography
-open System.Threading
-open System.Threading.Channels
-open System.Threading.Tasks
 open Parsl
 open Parsl.Executors.WorkerLink
 open Parsl.Node

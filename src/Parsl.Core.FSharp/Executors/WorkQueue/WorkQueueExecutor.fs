@@ -1,16 +1,11 @@
 namespace Parsl.Executors
 
 open System
-open System.Collections.Concurrent
 open System.Collections.Generic
 open System.IO
 open System.Text.Json
-open System.Threading
-open System.Threading.Tasks
 open Parsl
 open Parsl.Data
-open Parsl.Executors.HighThroughput
-open Parsl.Node.HighThroughput
 open Parsl.Executors.WorkQueue
 open Parsl.Executors.WorkerLink
 open Parsl.Node
