@@ -7,6 +7,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Executors
+open Parsl.Runtime
 open Parsl.Node
 open Parsl.Data
 

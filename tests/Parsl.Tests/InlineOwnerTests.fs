@@ -1,6 +1,6 @@
 module Parsl.Tests.InlineOwnerTests
 
-// The manager's owner (Executors/HighThroughput/InlineOwner.fs): a mailbox drained by whichever posting thread finds
+// The manager's owner (src/Parsl.Node/Node/HighThroughput/InlineOwner.fs): a mailbox drained by whichever posting thread finds
 // it idle. Real threads released together from a barrier; FsCheck draws the schedules (how many posters, how many
 // messages each, where each pauses, which messages make the handler post again, when the seal comes). The handlers
 // keep their records in plain, unsynchronised collections: that is what the owner promises they may do. Every

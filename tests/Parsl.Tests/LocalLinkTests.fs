@@ -1,6 +1,6 @@
 module Parsl.Tests.LocalLinkTests
 
-// The local link's own threads (Executors/HighThroughput/LocalLink.fs): the send flusher that writes what a slow
+// The local link's own threads (src/Parsl.Node/Node/HighThroughput/LocalLink.fs): the send flusher that writes what a slow
 // peer could not take at once, and the reader. Real sockets in the abstract namespace, in this process. Checked:
 // frames reach a slow reader whole and in order across several flusher episodes, `Close` leaves no flusher running
 // (on .NET a socket's disposal already waits for a poll in progress, so this holds with or without the join: it

@@ -1,6 +1,6 @@
 module Parsl.Tests.MailboxTests
 
-// The hand-written concurrency in Runtime/Mailbox.fs: the kernel's many-producer mailbox, the thread pool's work
+// The hand-written concurrency in src/Parsl.Node/Node/Runtime/Mailbox.fs: the kernel's many-producer mailbox, the thread pool's work
 // queue and the futex semaphore under both. Real threads, released together from a barrier so that they overlap;
 // FsCheck draws the schedules (how many producers, how many items each, where each one pauses, when the close
 // comes, how releases are batched). Every thread is joined with a generous limit, so a lost wake-up or a producer

@@ -27,6 +27,7 @@ let all =
         HtexSecurityTests.tests
         HtexFaultTests.tests
         NodeAssemblyTests.tests
+        LayoutTests.tests
         ReadySetTests.tests
         HtexScaleTests.tests
         ProvidersLauncherTests.tests

@@ -36,7 +36,7 @@ let private referencesOf (path: string) =
     [ for h in md.AssemblyReferences -> md.GetString(md.GetAssemblyReference(h).Name) ]
 
 /// The repository's root, above the tests' output folder.
-let private repoRoot () =
+let repoRoot () =
     let rec up (d: DirectoryInfo) =
         if isNull d then failtest "no Parsl.slnx above the tests' folder"
         elif File.Exists(Path.Combine(d.FullName, "Parsl.slnx")) then d.FullName

@@ -1,6 +1,6 @@
 module Parsl.Tests.OwnedMailboxTests
 
-// The owner flag in src/Parsl.Node/Runtime/OwnedMailbox.fs, under the interchange and the manager: many posters, each draining inline when it
+// The owner flag in src/Parsl.Node/Node/Runtime/OwnedMailbox.fs, under the interchange and the manager: many posters, each draining inline when it
 // finds the mailbox unowned. Real threads, released together from a barrier so that they overlap; FsCheck draws the
 // schedules (how many posters, how many items each, where each pauses, each drain's budget, which posters only
 // queue). Checked: handlers never run on two threads at once, every item is handled exactly once and in its

@@ -10,6 +10,7 @@ open Parsl
 open Parsl.Tests.TestUtil
 open Parsl.Tests.Servers
 open Parsl.Data
+open Parsl.Runtime
 
 let private readText (f: Parsl.Data.File) = File.ReadAllText f.Filepath
 

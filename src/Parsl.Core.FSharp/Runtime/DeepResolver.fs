@@ -1,9 +1,10 @@
-namespace Parsl
+namespace Parsl.Runtime
 
 open System
 open System.Collections.Concurrent
 open System.Reflection
 open System.Threading.Tasks
+open Parsl
 open Parsl.Node.Runtime
 
 /// Results and exceptions of futures of either kind (AppFuture, Task).

@@ -1,8 +1,9 @@
-namespace Parsl
+namespace Parsl.Runtime
 
 open System
 open System.Threading
 open System.Threading.Tasks
+open Parsl
 open Parsl.Core
 open Parsl.Executors
 open Parsl.Runtime

@@ -5,24 +5,7 @@ open System.Threading
 open System.Threading.Tasks
 open Parsl.Core
 open Parsl.Data
-
-/// Lets an executor lend a thread's slot while the code on it blocks waiting for a future, so that a task
-/// may submit further tasks and wait on them without deadlock (a "managed blocker").
-[<AbstractClass; Sealed>]
-type Blocking private () =
-    [<ThreadStatic; DefaultValue>]
-    static val mutable private hook: Func<IDisposable>
-
-    /// Set by an executor on the threads it runs task bodies on; null elsewhere.
-    static member internal Hook
-        with get () = Blocking.hook
-        and set v = Blocking.hook <- v
-
-    /// Marks the start of a blocking wait; dispose at its end.
-    static member internal Enter() : IDisposable =
-        match Blocking.hook with
-        | null -> null
-        | h -> h.Invoke()
+open Parsl.Runtime
 
 /// What owns a future: the kernel that runs its task.
 type internal IFutureOwner =
@@ -76,10 +59,7 @@ type AppFuture
     member _.Cancel() = owner.Cancel id
 
     /// Blocks until the task is final. On an executor thread, the thread's slot is lent meanwhile.
-    member _.Wait() =
-        if not task.IsCompleted then
-            use _ = Blocking.Enter()
-            (task :> IAsyncResult).AsyncWaitHandle.WaitOne() |> ignore
+    member _.Wait() = Blocking.Wait task
 
     /// The futures of the files the call declared as outputs (`Arg.output`), in order (Parsl's `outputs`).
     /// A read-only list rather than an F# list, so that C# sees a BCL type.
