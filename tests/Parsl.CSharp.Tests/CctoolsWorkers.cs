@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using static Parsl.CSharp.Tests.TestKernel;
 
 namespace Parsl.CSharp.Tests;
 
@@ -47,5 +48,25 @@ internal static class CctoolsWorkers
         foreach (var a in new[] { "--password", passwordFile, "-s", workDir, "-t", "60", "--cores", "1", "127.0.0.1", port.ToString() })
             psi.ArgumentList.Add(a);
         return Process.Start(psi)!;
+    }
+
+    private static int Square(int x) => x * x;
+
+    private static int Refuse(int x) => throw new ArgumentOutOfRangeException(nameof(x), x, "refused");
+
+    /// <summary>Function apps (a chain of two static methods and a lambda, an app's own exception coming back as
+    /// itself) and a shell app seeing the executor's <c>Env</c> (GREETING=hi) run on the workers of
+    /// <paramref name="dfk"/>.</summary>
+    public static async Task AppsRunAsync(Dfk dfk)
+    {
+        var square = dfk.App<int, int>(Square);
+        var plus = dfk.App((int x) => x + 1);
+        Assert.Equal(82, await plus.Invoke(square.Invoke(9)).Within());
+        var e = await FailureOf(dfk.App<int, int>(Refuse).Invoke(5));
+        Assert.IsType<ArgumentOutOfRangeException>(e);
+        var dir = TempRunDir();
+        var greet = dfk.ShellApp((string name) => $"echo $GREETING {name} > {dir}/greeting");
+        Assert.Equal(0, await greet.Invoke("ada").Within());
+        Assert.Equal("hi ada\n", File.ReadAllText(Path.Combine(dir, "greeting")));
     }
 }

@@ -9,10 +9,6 @@ public class TaskVineTests
     private static readonly Lazy<string> VineWorker =
         new(() => CctoolsWorkers.Field(CctoolsWorkers.Ready("taskvine.sh", "TaskVine"), "vine"));
 
-    private static int Square(int x) => x * x;
-
-    private static int Refuse(int x) => throw new ArgumentOutOfRangeException(nameof(x), x, "refused");
-
     [Fact]
     public async Task Function_and_shell_apps_run_on_a_worker_started_by_hand()
     {
@@ -25,15 +21,7 @@ public class TaskVineTests
         using var worker = CctoolsWorkers.Start(VineWorker.Value, port, TempRunDir(), password);
         try
         {
-            var square = dfk.App<int, int>(Square);
-            var plus = dfk.App((int x) => x + 1);
-            Assert.Equal(82, await plus.Invoke(square.Invoke(9)).Within());
-            var e = await FailureOf(dfk.App<int, int>(Refuse).Invoke(5));
-            Assert.IsType<ArgumentOutOfRangeException>(e);
-            var dir = TempRunDir();
-            var greet = dfk.ShellApp((string name) => $"echo $GREETING {name} > {dir}/greeting");
-            Assert.Equal(0, await greet.Invoke("ada").Within());
-            Assert.Equal("hi ada\n", File.ReadAllText(Path.Combine(dir, "greeting")));
+            await CctoolsWorkers.AppsRunAsync(dfk);
         }
         finally
         {

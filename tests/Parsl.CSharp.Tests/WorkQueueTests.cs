@@ -13,10 +13,6 @@ public class WorkQueueTests
         return (CctoolsWorkers.Field(line, "wq9"), CctoolsWorkers.Field(line, "wq11"));
     });
 
-    private static int Square(int x) => x * x;
-
-    private static int Refuse(int x) => throw new ArgumentOutOfRangeException(nameof(x), x, "refused");
-
     [Theory]
     [InlineData(9)]
     [InlineData(11)]
@@ -33,16 +29,7 @@ public class WorkQueueTests
         using var worker = CctoolsWorkers.Start(exe, port, TempRunDir(), password);
         try
         {
-            var square = dfk.App<int, int>(Square);
-            var plus = dfk.App((int x) => x + 1);
-            Assert.Equal(82, await plus.Invoke(square.Invoke(9)).Within());
-            var refuse = dfk.App<int, int>(Refuse);
-            var e = await FailureOf(refuse.Invoke(5));
-            Assert.IsType<ArgumentOutOfRangeException>(e);
-            var dir = TempRunDir();
-            var greet = dfk.ShellApp((string name) => $"echo $GREETING {name} > {dir}/greeting");
-            Assert.Equal(0, await greet.Invoke("ada").Within());
-            Assert.Equal("hi ada\n", File.ReadAllText(Path.Combine(dir, "greeting")));
+            await CctoolsWorkers.AppsRunAsync(dfk);
         }
         finally
         {
