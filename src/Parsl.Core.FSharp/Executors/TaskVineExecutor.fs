@@ -201,17 +201,11 @@ type TaskVineExecutor private (options: TaskVineOptions, state: LinkExecutorStat
                 Some({ spec (command cmd) VineProtocol.libraryName none None with Inputs = runner |> List.map (fun i -> i.File) }, runner)
             else None
         VineManager.start
-            { Label = label
-              Address = options.Address
-              Port = options.Port
-              Password = password
-              KeepalivePeriod = options.KeepalivePeriod
-              KeepaliveTimeout = options.KeepaliveTimeout
-              MaxRetries = options.MaxRetries
-              TransferDir = Path.Combine(root, "transfers")
+            { Link =
+                state.ManagerSettings(
+                    context, root, password, options.Address, options.Port, options.KeepalivePeriod, options.KeepaliveTimeout, options.MaxRetries)
               Library = library
-              PeerTransfers = options.PeerTransfers
-              Log = context.Log }
+              PeerTransfers = options.PeerTransfers }
 
     do
         state.Parts <-

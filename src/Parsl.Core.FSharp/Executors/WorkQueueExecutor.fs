@@ -193,16 +193,10 @@ type WorkQueueExecutor private (options: WorkQueueOptions, state: LinkExecutorSt
             File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
 
     let startManager (context: ExecutorContext) (root: string) (password: string option) =
-        WqManager.start
-            { Label = label
-              Address = options.Address
-              Port = options.Port
-              Password = password
-              KeepalivePeriod = options.KeepalivePeriod
-              KeepaliveTimeout = options.KeepaliveTimeout
-              MaxRetries = options.MaxRetries
-              TransferDir = Path.Combine(root, "transfers")
-              Log = context.Log }
+        WqManager.start (
+            state.ManagerSettings(
+                context, root, password, options.Address, options.Port, options.KeepalivePeriod, options.KeepaliveTimeout, options.MaxRetries)
+        )
 
     do
         state.Parts <-

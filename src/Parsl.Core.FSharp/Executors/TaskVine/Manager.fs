@@ -57,23 +57,13 @@ type VineWorkerInfo =
       /// Bytes it was told to fetch from other workers' transfer servers (`puturl`, peer transfers).
       PeerBytes: int64 }
 
-/// What the manager needs.
+/// What the manager needs: what every CCTools-style manager needs, and TaskVine's own.
 type VineManagerSettings =
-    { Label: string
-      Address: string
-      Port: int
-      Password: string option
-      KeepalivePeriod: TimeSpan
-      KeepaliveTimeout: TimeSpan
-      /// Dispatches per task before a lost worker's task fails with `WorkerLost`.
-      MaxRetries: int
-      /// Where fetched files land before they are moved to their destinations.
-      TransferDir: string
+    { Link: LinkSettings
       /// The library task started on each worker as it joins (serverless mode): its description and inputs.
       Library: (VineTaskSpec * VineInput list) option
       /// A cached file another worker holds is fetched from that worker's transfer server, not sent from here.
-      PeerTransfers: bool
-      Log: Serilog.ILogger }
+      PeerTransfers: bool }
 
 /// Requests to the manager's loop.
 type VineManagerRequest = LinkRequest<VineLine, VineTask, VineWorkerInfo>
@@ -111,8 +101,9 @@ module VineManager =
     type private Entry = LinkEntry<VineTask>
 
     [<Sealed>]
-    type private Manager(s: VineManagerSettings) =
-        inherit LinkManager<VineLine, VineTask, VineOutcome, Own, VineWorkerInfo>(s.Label, s.KeepalivePeriod, s.KeepaliveTimeout, s.MaxRetries, s.Log)
+    type private Manager(v: VineManagerSettings) =
+        inherit LinkManager<VineLine, VineTask, VineOutcome, Own, VineWorkerInfo>(v.Link)
+        let s = v.Link
 
         let mutable transfers = 0L
 
@@ -135,7 +126,7 @@ module VineManager =
                 w.Cached.Add i.File.CacheName |> ignore
                 let size = FileInfo(i.LocalPath).Length
                 let peer =
-                    if s.PeerTransfers && level <> CacheLevel.TaskLevel then
+                    if v.PeerTransfers && level <> CacheLevel.TaskLevel then
                         this.Workers |> Seq.tryFind (fun p -> p.Id <> w.Id && p.Own.TransferPort > 0 && p.Own.Confirmed.Contains i.File.CacheName)
                     else None
                 match peer with
@@ -151,7 +142,7 @@ module VineManager =
                     w.Link.Send(FileBody(Text.Encoding.UTF8.GetBytes(VineProtocol.putHeader i.File.CacheName level size i.Mode), i.LocalPath))
 
         member private this.StartLibrary(w: Worker) =
-            match s.Library with
+            match v.Library with
             | Some(spec, inputs) when w.Own.LibraryTask = 0L ->
                 let id = this.NextId()
                 w.Own.LibraryTask <- id
@@ -324,4 +315,4 @@ module VineManager =
         override _.Deliver(t, outcome) = t.Complete outcome
 
     /// Starts the manager: binds `Address:Port` (0 = any free port) and returns at once.
-    let start (s: VineManagerSettings) : VineManagerHandle = Manager(s).Start(s.Address, s.Port)
+    let start (s: VineManagerSettings) : VineManagerHandle = Manager(s).Start()

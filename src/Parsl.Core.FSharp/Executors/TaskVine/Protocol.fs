@@ -166,19 +166,10 @@ module VineProtocol =
         sprintf "put %s %d %d\nfile %s %d 0%s 0\n" n (int level) size n size (Convert.ToString(mode, 8))
 
     /// What a result code means, in Parsl's words (`_explain_taskvine_result`).
+    // Codes up to 56 mean what they mean in Work Queue, in the same words; from 64 on TaskVine's differ.
     let explain (code: int) =
         match code with
-        | 0 -> "success"
-        | 1 -> "missing input file"
-        | 2 -> "unable to generate output file"
-        | 4 -> "stdout has been truncated"
-        | 8 -> "task terminated with a signal"
-        | 16 -> "task used more resources than requested"
-        | 24 -> "task ran past the specified end time"
-        | 32 -> "result could not be classified"
-        | 40 -> "task failed, but not a task error"
-        | 48 -> "unable to complete after specified number of retries"
-        | 56 -> "task ran for more than the specified time"
+        | c when c <= 56 -> Parsl.Executors.WorkQueue.WqProtocol.explain c
         | 64 -> "task failed because the monitor did not produce a summary report"
         | 72 -> "task failed because an output could not be transferred to the manager"
         | 80 -> "task failed because no worker could satisfy the fixed location input file requirements"

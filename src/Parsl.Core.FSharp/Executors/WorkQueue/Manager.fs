@@ -55,18 +55,7 @@ type WqWorkerInfo =
       Running: int }
 
 /// What the manager needs.
-type WqManagerSettings =
-    { Label: string
-      Address: string
-      Port: int
-      Password: string option
-      KeepalivePeriod: TimeSpan
-      KeepaliveTimeout: TimeSpan
-      /// Dispatches per task before a lost worker's task fails with `WorkerLost` (Work Queue's `max_retries`).
-      MaxRetries: int
-      /// Where fetched files land before they are moved to their destinations.
-      TransferDir: string
-      Log: Serilog.ILogger }
+type WqManagerSettings = LinkSettings
 
 /// Requests to the manager's loop.
 type WqManagerRequest = LinkRequest<WorkerLine, WqTask, WqWorkerInfo>
@@ -101,7 +90,7 @@ module WqManager =
 
     [<Sealed>]
     type private Manager(s: WqManagerSettings) =
-        inherit LinkManager<WorkerLine, WqTask, WqOutcome, Own, WqWorkerInfo>(s.Label, s.KeepalivePeriod, s.KeepaliveTimeout, s.MaxRetries, s.Log)
+        inherit LinkManager<WorkerLine, WqTask, WqOutcome, Own, WqWorkerInfo>(s)
 
         let moveFetched (w: Worker) (e: Entry) =
             let dir = Path.Combine(s.TransferDir, sprintf "w%d" w.Id)
@@ -234,4 +223,4 @@ module WqManager =
         override _.Deliver(t, outcome) = t.Complete outcome
 
     /// Starts the manager: binds `Address:Port` (0 = any free port) and returns at once.
-    let start (s: WqManagerSettings) : WqManagerHandle = Manager(s).Start(s.Address, s.Port)
+    let start (s: WqManagerSettings) : WqManagerHandle = Manager(s).Start()

@@ -52,6 +52,21 @@ type internal LinkExecutorState<'Line, 'Task, 'Info>(label: string) =
           yield string port ]
         |> String.concat " "
 
+    /// The manager's settings: where it listens, the workers' password, the keepalive and retries, its transfer
+    /// folder under the executor's folder `root`, and the run's log.
+    member _.ManagerSettings
+        (context: ExecutorContext, root: string, password: string option, address: string, port: int, keepalivePeriod: TimeSpan, keepaliveTimeout: TimeSpan, maxRetries: int)
+        : LinkSettings =
+        { Label = label
+          Address = address
+          Port = port
+          Password = password
+          KeepalivePeriod = keepalivePeriod
+          KeepaliveTimeout = keepaliveTimeout
+          MaxRetries = maxRetries
+          TransferDir = Path.Combine(root, "transfers")
+          Log = context.Log }
+
     /// Reports a try's outcome to the kernel (once; later reports of the same key are ignored).
     member this.Report(key: int64, outcome: Result<obj, exn>) = inflight.Report(this.Context, key, outcome) |> ignore
 

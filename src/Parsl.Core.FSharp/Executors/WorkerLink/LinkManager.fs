@@ -10,6 +10,23 @@ open System.Threading.Tasks
 open Parsl
 open Parsl.Executors.WorkQueue
 
+/// What every CCTools-style manager needs.
+type LinkSettings =
+    { Label: string
+      /// The address to bind (`*` or `0.0.0.0`: every interface).
+      Address: string
+      /// 0: any free port.
+      Port: int
+      /// The password workers must prove they know; None lets any worker join.
+      Password: string option
+      KeepalivePeriod: TimeSpan
+      KeepaliveTimeout: TimeSpan
+      /// Dispatches per task before a lost worker's task fails with `WorkerLost` (CCTools' `max_retries`).
+      MaxRetries: int
+      /// Where fetched files land before they are moved to their destinations.
+      TransferDir: string
+      Log: Serilog.ILogger }
+
 /// A connected worker as a CCTools-style manager's loop holds it: what every such worker has (resources, running
 /// tasks, cached files), and the protocol's own state in `Own`. Owned by the loop (not thread-safe).
 type LinkWorker<'Own> =
@@ -178,8 +195,12 @@ module LinkReader =
 ///   executor ──Submit/Cancel/Query/Stop──▶ │ workers, entries, pending   │ ──Deliver──▶ executor
 ///   ticker ──Tick──▶                       └─────────────────────────────┘
 [<AbstractClass>]
-type LinkManager<'Line, 'Task, 'Outcome, 'Own, 'Info>
-    (label: string, keepalivePeriod: TimeSpan, keepaliveTimeout: TimeSpan, maxRetries: int, log: Serilog.ILogger) =
+type LinkManager<'Line, 'Task, 'Outcome, 'Own, 'Info>(settings: LinkSettings) =
+    let label = settings.Label
+    let keepalivePeriod = settings.KeepalivePeriod
+    let keepaliveTimeout = settings.KeepaliveTimeout
+    let maxRetries = settings.MaxRetries
+    let log = settings.Log
     let channel = Channel.CreateUnbounded<LinkRequest<'Line, 'Task, 'Info>>(UnboundedChannelOptions(SingleReader = true))
     let workers = Dictionary<int, LinkWorker<'Own>>()
     let entries = Dictionary<int64, LinkEntry<'Task>>()
@@ -411,12 +432,12 @@ type LinkManager<'Line, 'Task, 'Outcome, 'Own, 'Info>
                 | _ -> ()
         }
 
-    /// Binds `address:port` (0 = any free port), starts the accept loop, the ticker and the loop, and returns at once.
-    member this.Start(address: string, port: int) : LinkManagerHandle<'Line, 'Task, 'Info> =
+    /// Binds `Address:Port` (0 = any free port), starts the accept loop, the ticker and the loop, and returns at once.
+    member this.Start() : LinkManagerHandle<'Line, 'Task, 'Info> =
         let net =
             ManagerListener.Start(
-                address,
-                port,
+                settings.Address,
+                settings.Port,
                 (fun id c abort -> this.Serve(id, c, abort)),
                 ManagerRules.tickPeriod keepalivePeriod,
                 fun () -> this.Post Tick
