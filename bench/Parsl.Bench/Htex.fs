@@ -118,6 +118,103 @@ let chain (print: string -> unit) =
                 print (sprintf "  %s threads, CPU us/hop: %s" who (String.Join(", ", parts)))
     (dfk :> IDisposable).Dispose()
 
+/// utime + stime in clock ticks (10 ms) of a process, from /proc.
+let private ticksOf (pid: int) =
+    try
+        let stat = File.ReadAllText(sprintf "/proc/%d/stat" pid)
+        let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+        int64 rest[11] + int64 rest[12]
+    with _ -> 0L
+
+/// CPU ticks per thread (name/tid) of a process.
+let private threadTicksOf (pid: int) =
+    try
+        Directory.GetDirectories(sprintf "/proc/%d/task" pid)
+        |> Array.choose (fun d ->
+            try
+                let stat = File.ReadAllText(Path.Combine(d, "stat"))
+                let name = stat.Substring(stat.IndexOf '(' + 1, stat.LastIndexOf ')' - stat.IndexOf '(' - 1)
+                let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+                Some(sprintf "%s/%s" name (Path.GetFileName d), int64 rest[11] + int64 rest[12])
+            with _ -> None)
+        |> Map.ofArray
+    with _ -> Map.empty
+
+/// Voluntary context switches (sleeps, so wake-ups) per thread (name/tid) of a process: a count the machine's load
+/// hardly changes, unlike times.
+let private threadSwitchesOf (pid: int) =
+    try
+        Directory.GetDirectories(sprintf "/proc/%d/task" pid)
+        |> Array.choose (fun d ->
+            try
+                let stat = File.ReadAllText(Path.Combine(d, "stat"))
+                let name = stat.Substring(stat.IndexOf '(' + 1, stat.LastIndexOf ')' - stat.IndexOf '(' - 1)
+                let line = File.ReadLines(Path.Combine(d, "status")) |> Seq.find (fun l -> l.StartsWith "voluntary_ctxt_switches:")
+                Some(sprintf "%s/%s" name (Path.GetFileName d), int64 ((line.Split(':')[1]).Trim()))
+            with _ -> None)
+        |> Map.ofArray
+    with _ -> Map.empty
+
+/// The no-op row alone, with CPU time per task of the client, its manager and workers, and per thread
+/// (`PARSL_BENCH_THREADS=1`): CPU time is what a shared machine's load does not distort.
+let noopCpu (print: string -> unit) =
+    let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
+    let htex = HighThroughputExecutor(options ())
+    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ htex ]; InitializeLogging = false }
+    let noop = App.func dfk (fun (x: int) -> x)
+    (noop (Arg.value 0)).Task.Wait()
+    let manager = (htex.ConnectedManagersAsync().Result |> List.head).Pid
+    let parent (pid: string) =
+        try
+            let stat = File.ReadAllText(sprintf "/proc/%s/stat" pid)
+            int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
+        with _ -> -1
+    let workers =
+        Directory.GetDirectories "/proc"
+        |> Array.map Path.GetFileName
+        |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = manager)
+        |> Array.map int
+    [| for i in 1..5000 -> noop (Arg.value i) |] |> Array.iter (fun f -> f.Task.Wait())
+    let perThread = not (isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_THREADS"))
+    let n = 100_000
+    for round in 1..(match Environment.GetEnvironmentVariable "ROUNDS" with null -> 3 | r -> int r) do
+        let t0c, t0m = threadTicksOf Environment.ProcessId, threadTicksOf manager
+        let s0c, s0m = threadSwitchesOf Environment.ProcessId, threadSwitchesOf manager
+        let s0w = workers |> Array.sumBy (fun w -> threadSwitchesOf w |> Map.fold (fun a _ v -> a + v) 0L)
+        let c0, m0, w0 = ticksOf Environment.ProcessId, ticksOf manager, workers |> Array.sumBy ticksOf
+        let sw = Stopwatch.StartNew()
+        let fs = Array.init n (fun i -> noop (Arg.value i))
+        for f in fs do
+            f.Task.Wait()
+        let perSec = float n / sw.Elapsed.TotalSeconds
+        let us (t: int64) = float t * 10000.0 / float n
+        print (
+            sprintf "HTEx no-op tasks/s over %d tasks (round %d): %.0f; CPU us/task: client %.1f, manager %.1f, workers %.1f"
+                n round perSec (us (ticksOf Environment.ProcessId - c0)) (us (ticksOf manager - m0))
+                (us ((workers |> Array.sumBy ticksOf) - w0)))
+        if perThread then
+            for who, before, after in [ "client", t0c, threadTicksOf Environment.ProcessId; "manager", t0m, threadTicksOf manager ] do
+                let parts =
+                    after
+                    |> Map.toList
+                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
+                    |> List.filter (fun (_, d) -> d > 0L)
+                    |> List.sortByDescending snd
+                    |> List.map (fun (k, d) -> sprintf "%s %.1f" k (float d * 10000.0 / float n))
+                print (sprintf "  %s threads, CPU us/task: %s" who (String.Join(", ", parts)))
+            let s1w = workers |> Array.sumBy (fun w -> threadSwitchesOf w |> Map.fold (fun a _ v -> a + v) 0L)
+            for who, before, after in [ "client", s0c, threadSwitchesOf Environment.ProcessId; "manager", s0m, threadSwitchesOf manager ] do
+                let parts =
+                    after
+                    |> Map.toList
+                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
+                    |> List.filter (fun (_, d) -> d * 1000L / int64 n > 0L)
+                    |> List.sortByDescending snd
+                    |> List.map (fun (k, d) -> sprintf "%s %.1f" k (float d * 1000.0 / float n))
+                print (sprintf "  %s threads, wake-ups per 1,000 tasks: %s" who (String.Join(", ", parts)))
+            print (sprintf "  workers, wake-ups per 1,000 tasks: %.1f" (float (s1w - s0w) * 1000.0 / float n))
+    (dfk :> IDisposable).Dispose()
+
 /// Prints: no-op tasks/s over 100,000 tasks; µs per hop on a 1,000-hop chain; shell `true` tasks/s;
 /// ms from load to the first result.
 let run (print: string -> unit) =

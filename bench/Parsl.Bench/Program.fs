@@ -1,4 +1,4 @@
-/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|noop|mpi|vine|scale [managers=N slots=S procs=P tasks=T lost=L]]`: prints one figure per line.
+/// `dotnet run --project bench/Parsl.Bench -c Release [-- threads|htex|htex-chain|htex-noop|noop|mpi|vine|scale [managers=N slots=S procs=P tasks=T lost=L]]`: prints one figure per line.
 module Parsl.Bench.Program
 
 [<EntryPoint>]
@@ -11,6 +11,7 @@ let main argv =
     if want "htex" then Htex.run (printfn "%s")
     if want "htex" || Array.contains "netmq" argv then Transport.run (printfn "%s")
     if Array.contains "htex-chain" argv then Htex.chain (printfn "%s")
+    if Array.contains "htex-noop" argv then Htex.noopCpu (printfn "%s")
     if Array.contains "wq" argv then WorkQueue.run (printfn "%s")
     if Array.contains "vine" argv then TaskVine.run (printfn "%s")
     if want "monitoring" then Monitoring.run (printfn "%s")

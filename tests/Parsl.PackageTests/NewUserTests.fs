@@ -1,5 +1,5 @@
 /// The new user: applications and scripts outside the repository that get Parsl.NET from the packages only, and
-/// run function apps on the thread pool and on the HighThroughputExecutor. Each fails if the user would have to
+/// run function apps on the thread pool, the HighThroughputExecutor, the MPIExecutor and the TaskVineExecutor. Each fails if the user would have to
 /// copy anything by hand (the HTEx's worker most of all).
 module Parsl.PackageTests.NewUserTests
 
@@ -135,6 +135,100 @@ Console.WriteLine($"htex in another process {await pid.Invoke(0) != Environment.
         let ran = dotnet s dir (minutes 5.0) [ "run"; "app.cs" ] |> check "dotnet run app.cs"
         expectLines ran.Output [ "htex 81"; "htex in another process True" ]
 
+/// An MPI program: every rank adds its rank into the sum, so each line shows the ranks met.
+let private mpiHello = """#include <mpi.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    int rank, size, sum;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    printf("rank %d size %d sum %d\n", rank, size, sum);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
+/// The MPIExecutor from the packages, through the C# options only: a shell app asks for 2 ranks and runs an MPI
+/// program under each installed MPI (Open MPI's `mpiexec` is recognised and given its own syntax).
+let private mpiApp (sandbox: Lazy<Sandbox>) =
+    testCase "a C# file-based app runs a num_ranks = 2 MPI app with MpiExecutorOptions under Open MPI and MPICH" <| fun () ->
+        let ready = Harness.require "mpi"
+        let s = sandbox.Value
+        let dir = folder s "mpi"
+        File.WriteAllText(Path.Combine(dir, "hello.c"), mpiHello)
+        let compile (cc: string) (name: string) =
+            let binary = Path.Combine(dir, name)
+            runIn None dir (minutes 2.0) cc [ "-o"; binary; "hello.c" ] |> check cc |> ignore
+            binary
+        let runs = [ Harness.field ready "openmpi", compile "mpicc.openmpi" "hello-openmpi"; Harness.field ready "mpich", compile "mpicc.mpich" "hello-mpich" ]
+        let program =
+            sprintf """#:package Parsl.CSharp@%s
+#:package Parsl.Workers@%s
+using Parsl;
+
+// Open MPI refuses to start as root, or more ranks than cores, unless told so in its environment.
+Environment.SetEnvironmentVariable("OMPI_ALLOW_RUN_AS_ROOT", "1");
+Environment.SetEnvironmentVariable("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+Environment.SetEnvironmentVariable("OMPI_MCA_rmaps_base_oversubscribe", "1");
+
+// Pairs of arguments: the MPI's mpiexec, and a program built with that MPI.
+for (var i = 0; i + 1 < args.Length; i += 2)
+{
+    var (mpiexec, binary) = (args[i], args[i + 1]);
+    var mpi = new MpiExecutorOptions { Label = "mpi", MpiProgram = mpiexec };
+    mpi.Htex.HeartbeatPeriod = TimeSpan.FromMilliseconds(200);
+    mpi.Htex.StrategyPeriod = TimeSpan.FromMilliseconds(200);
+    await using var dfk = await Dfk.LoadAsync(new DfkOptions { Executors = { mpi } });
+    var options = new ShellAppOptions();
+    new MpiResourceSpecification { NumNodes = 1, NumRanks = 2 }.CopyTo(options.Resources);
+    var run = dfk.ShellApp((string output) => $"$PARSL_MPI_PREFIX {binary} > {output}", options);
+    var output = binary + ".out";
+    Console.WriteLine($"{mpiexec} exit {await run.Invoke(output)}");
+    foreach (var line in File.ReadAllLines(output).Order())
+        Console.WriteLine($"{mpiexec} {line}");
+}
+"""
+                s.Version s.Version
+        File.WriteAllText(Path.Combine(dir, "app.cs"), program)
+        let ran =
+            dotnet s dir (minutes 5.0) ([ "run"; "app.cs"; "--" ] @ List.collect (fun (m, b) -> [ m; b ]) runs)
+            |> check "dotnet run app.cs"
+        expectLines ran.Output [ for m, _ in runs do yield! [ m + " exit 0"; m + " rank 0 size 2 sum 1"; m + " rank 1 size 2 sum 1" ] ]
+
+/// The TaskVineExecutor from the packages, through the C# options only: a Local block starts CCTools' real
+/// `vine_worker`, which runs the function apps with the .NET runner the Parsl.Workers package put beside the app.
+let private taskVineApp (sandbox: Lazy<Sandbox>) =
+    testCase "a C# file-based app runs function apps on a real vine_worker with TaskVineExecutorOptions" <| fun () ->
+        let vine = Harness.field (Harness.require "taskvine") "vine"
+        let s = sandbox.Value
+        let dir = folder s "taskvine"
+        let program =
+            sprintf """#:package Parsl.CSharp@%s
+#:package Parsl.Workers@%s
+using Parsl;
+
+var tv = new TaskVineExecutorOptions
+{
+    Label = "tv",
+    WorkerExecutable = args[0],
+    Provider = new LocalProviderOptions { StatusPollingInterval = TimeSpan.FromMilliseconds(200) },
+    StrategyPeriod = TimeSpan.FromMilliseconds(200),
+};
+foreach (var a in new[] { "-s", args[1], "--cores", "1", "-t", "60" })
+    tv.WorkerOptions.Add(a);
+await using var dfk = await Dfk.LoadAsync(new DfkOptions { Executors = { tv } });
+var square = dfk.App((int x) => x * x);
+var pid = dfk.App((int _) => Environment.ProcessId);
+Console.WriteLine($"taskvine {await square.Invoke(square.Invoke(3))}");
+Console.WriteLine($"taskvine in another process {await pid.Invoke(0) != Environment.ProcessId}");
+"""
+                s.Version s.Version
+        File.WriteAllText(Path.Combine(dir, "app.cs"), program)
+        let ran = dotnet s dir (minutes 5.0) [ "run"; "app.cs"; "--"; vine; folder s "vine-sandbox" ] |> check "dotnet run app.cs"
+        expectLines ran.Output [ "taskvine 81"; "taskvine in another process True" ]
+
 /// Without the Parsl.Workers package, the HTEx fails at load, naming the option and the package, not after a block
 /// has failed to start.
 let private withoutWorkers (sandbox: Lazy<Sandbox>) =
@@ -194,4 +288,6 @@ let private contents (sandbox: Lazy<Sandbox>) =
 
 /// The tests, sharing one sandbox (packed once).
 let tests (sandbox: Lazy<Sandbox>) =
-    testSequenced <| testList "New user" [ contents sandbox; consoleApp sandbox; fsharpScript sandbox; fileBasedApp sandbox; withoutWorkers sandbox ]
+    testSequenced <| testList "New user" [
+        contents sandbox; consoleApp sandbox; fsharpScript sandbox; fileBasedApp sandbox; mpiApp sandbox; taskVineApp sandbox
+        withoutWorkers sandbox ]

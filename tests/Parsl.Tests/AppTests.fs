@@ -291,6 +291,9 @@ let configAndLifecycle =
             let bad = App.func dfk (fun (x: int) -> if x >= 0 then failwith "deliberate" else x)
             let n = 3000
             let mutable finished = false
+            // The reader signals after its first read, and the tasks start only then: on a loaded machine the pool
+            // may otherwise start it after every task has ended, and it would read nothing while tasks end.
+            let started = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
             let reader =
                 Task.Run(fun () ->
                     let mutable last = Map.empty
@@ -302,7 +305,9 @@ let configAndLifecycle =
                             if v' < v then failwithf "%A went down from %d to %d" k v v'
                         last <- now
                         reads <- reads + 1
+                        started.TrySetResult() |> ignore
                     reads)
+            Expect.isTrue (started.Task.Wait(TimeSpan.FromSeconds 60.0)) "the reader read once within 60 s"
             // Each kind of final state appears for the first time while the reader is reading.
             let futures = [| for i in 1..n -> if i % 3 = 0 then (bad (Arg.value i)).AsTask else (ok (Arg.value i)).AsTask |]
             let allEnded = try Task.WaitAll(futures, TimeSpan.FromSeconds 60.0) with _ -> Array.forall (fun (t: Task) -> t.IsCompleted) futures

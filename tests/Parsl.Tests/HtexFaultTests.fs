@@ -141,6 +141,76 @@ let crashes =
                 blockGroups htex
             expectNoLeftovers groups
         }
+        test "a process a worker started and never reported to its manager is killed and reaped when the worker is SIGKILLed" {
+            // The window between a command's start and its report, held open: a worker command that starts a process in
+            // the worker itself (the wrapper execs the worker, so the process is the worker's child) and never reports it.
+            let line = uniqueSleep 47
+            let script = tmpFile "worker-with-child.sh"
+            File.WriteAllText(
+                script,
+                String.concat "\n"
+                    [ sprintf "for a in \"$@\"; do if [ \"$a\" = --worker ]; then %s & break; fi; done" line
+                      sprintf "exec dotnet %s \"$@\"" (HtexOptions.defaultWorkerDll ())
+                      "" ])
+            let htex, dfk = withHtex (fun o -> { o with MaxWorkersPerNode = Some 1; WorkerCommand = Some [ "/bin/bash"; script ] })
+            let groups =
+                use _ = dfk
+                let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
+                let worker = await (pid (Arg.value 0)).Task
+                let child = processesRunning line |> List.filter (fun p -> parentOf p = worker)
+                Expect.equal child.Length 1 (sprintf "the worker %d runs the unreported process" worker)
+                HtexTests.kill (worker, sigkill) |> ignore
+                waitUntil 30.0 "the unreported process to be killed and reaped" (fun () -> not (Directory.Exists(sprintf "/proc/%d" child.Head)))
+                // The pool goes on with a new worker.
+                waitUntil 30.0 "the worker to be replaced" (fun () -> try (await (pid (Arg.value 1)).Task) <> worker with _ -> false)
+                blockGroups htex
+            expectNoLeftovers groups
+        }
+        test "a command that double-forks out of its process group dies with its worker; one from a live worker's try runs on" {
+            let htex, dfk = withHtex id
+            let escaped, held = uniqueSleep 43, uniqueSleep 44
+            let other, otherHeld = uniqueSleep 48, uniqueSleep 49
+            let groups =
+                use _ = dfk
+                // `( … &)` leaves the daemon's parent at once and `setsid` its group: neither the group kill nor the walk
+                // down from the group reaches it.
+                let sleeper = App.shell dfk (fun (command: string) -> command)
+                let victim = sleeper (Arg.value (sprintf "(setsid %s &); %s" escaped held))
+                let survivor = sleeper (Arg.value (sprintf "(setsid %s &); %s" other otherHeld))
+                waitUntil 60.0 "both tries and their daemons to run" (fun () ->
+                    [ escaped; held; other; otherHeld ] |> List.forall (fun l -> not (processesRunning l).IsEmpty))
+                let worker = workerOf (processesRunning held).Head
+                Expect.notEqual worker (workerOf (processesRunning otherHeld).Head) "two workers run them"
+                HtexTests.kill (worker, sigkill) |> ignore
+                Expect.isTrue (errorOf victim :? WorkerLost) "the try fails WorkerLost"
+                waitUntil 20.0 "the dead worker's daemon to be killed" (fun () -> (processesRunning escaped).IsEmpty)
+                Expect.isNonEmpty (processesRunning other) "the daemon of the live worker's try still runs"
+                Expect.isNonEmpty (processesRunning otherHeld) "and so does its try"
+                Expect.isFalse survivor.IsCompleted "which has not ended"
+                blockGroups htex
+            expectNoLeftovers groups
+            waitUntil 20.0 "every daemon to be gone once the run has ended" (fun () -> (processesRunning other).IsEmpty)
+        }
+        test "a manager SIGKILLed while its workers run shell apps: the workers and their commands end by themselves" {
+            let htex, dfk = withHtex id
+            let lines = [ uniqueSleep 45; uniqueSleep 46 ]
+            let groups =
+                use _ = dfk
+                let sleeper = App.shell dfk (fun (line: string) -> line)
+                let futures = lines |> List.map (fun l -> sleeper (Arg.value l))
+                waitUntil 60.0 "both sleeps to run" (fun () -> lines |> List.forall (fun l -> not (processesRunning l).IsEmpty))
+                let workers = lines |> List.collect processesRunning |> List.map workerOf
+                let manager = (await (htex.ConnectedManagersAsync())).Head.Pid
+                Expect.equal (workers |> List.map parentOf |> List.distinct) [ manager ] "the manager runs both workers"
+                HtexTests.kill (manager, sigkill) |> ignore
+                // The client cancels no block before it closes: only the workers themselves can end this.
+                waitUntil 30.0 "the workers and their commands to end" (fun () ->
+                    workers |> List.forall (alive >> not) && lines |> List.forall (fun l -> (processesRunning l).IsEmpty))
+                for f in futures do
+                    Expect.isTrue (errorOf f :? ManagerLost) "the tries fail ManagerLost"
+                blockGroups htex
+            expectNoLeftovers groups
+        }
         test "killed workers and managers leave no .NET runtime files in the temp directory" {
             // Files older than this run belong to earlier processes whose pid was reused (left before this fix).
             let since = DateTime.UtcNow.AddSeconds -1.0

@@ -74,6 +74,17 @@ let policies =
                 |> List.map (fun (p, o) -> p, o.Sequence)
                 |> List.sortBy (fun (p, s) -> (match p with Some _ -> 0 | None -> 1), (defaultArg p 0), s)
             sorted = expected)
+        testProperty "a priority queue on QueueOrder (the generic comparison the interchange's heap uses) drains in Parsl's order" (fun (ps: int option list) ->
+            let items = ps |> List.mapi (fun i p -> p, Policies.order (match p with Some v -> box v | None -> null) (int64 i))
+            let heap = System.Collections.Generic.PriorityQueue<int64, QueueOrder>()
+            for _, o in items do
+                heap.Enqueue(o.Sequence, o)
+            let drained = [ while heap.Count > 0 do yield heap.Dequeue() ]
+            let expected =
+                items
+                |> List.sortBy (fun (p, o) -> (match p with Some _ -> 0 | None -> 1), (defaultArg p 0), o.Sequence)
+                |> List.map (fun (_, o) -> o.Sequence)
+            drained = expected)
         testProperty "dispatch never exceeds a manager's free capacity and sends all it can" (fun (caps: byte list) (queued: uint16) ->
             let views =
                 caps

@@ -28,7 +28,11 @@ open Parsl.Node
 [<Sealed>]
 type HighThroughputExecutor(options: HtexOptions) =
     let label = options.Label
-    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>()
+    // Written by the kernel's thread (Submit) and the interchange's readers (results) at once, a try each: 64 lock
+    // stripes from the start, so the two rarely want the same one. With the default (one per core, 2 here, more only as
+    // the table grows) the kernel's thread spent a large share of the no-op row waiting on a stripe a reader held
+    // (profile: Monitor.Enter in TryAddInternal under Submit).
+    let inflight = ConcurrentDictionary<int64, struct (TaskId * TryId)>(64, 1024)
     let functionIds = ConcurrentDictionary<Delegate, int>(HashIdentity.Reference)
     let hashes = ConcurrentDictionary<string, string>()
     let shipped = ConcurrentDictionary<string, bool>()

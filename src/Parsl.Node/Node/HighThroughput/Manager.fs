@@ -190,6 +190,8 @@ module Manager =
             | Error why ->
                 log why
                 failwith why
+        // After the MPI probes above (their processes are .NET's to reap), before any worker starts.
+        Orphans.adopt log
         let affinity = match Policies.parseAffinity s.CpuAffinity with Ok a -> a | Error _ -> NoAffinity
         let tasksetExists = File.Exists "/usr/bin/taskset"
         let perWorker = max 1 (int (ceil (float (count + s.Prefetch) / float count)))
@@ -703,6 +705,8 @@ module Manager =
                 slot.Exited <- true
                 closeConn slot
                 killGroups slot
+                // What it left outside its reported groups (re-parented to this subreaper), before its next start.
+                io.Post(KillOrphans slot.Rank)
                 if not stopping then
                     if slot.Outstanding.Count > 0 then
                         let lost = slot.Outstanding[0]
@@ -895,6 +899,8 @@ module Manager =
             postCold (Signalled ctx.Signal)
         use _term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, onSignal)
         use _int = PosixSignalRegistration.Create(PosixSignal.SIGINT, onSignal)
+        // An adopted process that exited is reaped (.NET reaps only the children it started: the workers).
+        use _chld = PosixSignalRegistration.Create(PosixSignal.SIGCHLD, fun _ -> io.RequestReap())
         try
             // Anything posted before the owner existed (nothing should be) is handled now.
             owner.TryDrain() |> ignore

@@ -26,6 +26,10 @@ type internal IoRequest =
     | Locate of fid: int * refs: AssemblyRef list
     /// Writes an assembly the interchange sent to the node's cache.
     | Store of hash: string * bytes: byte[]
+    /// Kills what the worker of slot `rank` left behind when it died, re-parented to the manager (see `Orphans`).
+    | KillOrphans of rank: int
+    /// Reaps the re-parented processes that have exited (the manager got a SIGCHLD).
+    | ReapOrphans
 
 /// What the IO helper (and the threads it starts) tell the manager, in messages.
 type internal IoReply =
@@ -35,6 +39,52 @@ type internal IoReply =
     | WorkerExited of rank: int * generation: int * exitCode: int * stderr: string
     | Located of fid: int * found: (AssemblyRef * string option) list
     | Stored of hash: string * path: Result<string, string>
+
+/// The manager as the subreaper of its workers' descendants. A shell app's command is in a process group of its own,
+/// which the worker reports to the manager just after starting it; a worker killed between the start and the report
+/// (or a command that left its group: a double fork, `setsid`) used to leave a command that nobody killed, re-parented
+/// to init. Once the manager is a child subreaper, whatever a dead worker leaves is re-parented to the manager instead,
+/// where it can be found (a child of the manager that is not one of its workers) and killed; and the manager reaps
+/// what it adopts. Each adopted process is told apart by the environment a worker hands its commands
+/// (`PARSL_WORKER_POOL_ID`, `PARSL_WORKER_RANK`): a dead worker's leftovers go at once, while what a live worker's
+/// running try double-forked (a daemon it still uses) stays until its own worker dies or the manager ends.
+[<RequireQualifiedAccess>]
+module internal Orphans =
+    /// Whether a process started with `environment` descends from the worker of slot `rank` of manager `managerId`.
+    let isFrom (managerId: string) (rank: int) (environment: string[]) =
+        Array.contains ("PARSL_WORKER_POOL_ID=" + managerId) environment
+        && Array.contains ("PARSL_WORKER_RANK=" + string rank) environment
+
+    /// Makes this process the subreaper (see above); says so in the log where the system cannot.
+    let adopt (log: string -> unit) =
+        if not (Parsl.Node.Runtime.Native.becomeSubreaper ()) then
+            log "cannot become a child subreaper here: a process a dead worker leaves outside its reported process groups is not killed"
+
+    /// This process's children that are not in `workers`. `workers` must be read before (the pids of the worker
+    /// processes not yet reaped): a worker that exits meanwhile is then still excluded, so a child .NET must reap (it
+    /// would fail fast on a child reaped under it) is never taken for an orphan.
+    let private adopted (workers: HashSet<int>) =
+        Parsl.Node.Runtime.Native.processTable ()
+        |> List.filter (fun row -> row.Parent = Environment.ProcessId && not (workers.Contains row.Pid))
+
+    /// Kills the adopted processes from the worker of slot `rank`, and what they started; returns their pids.
+    let killFrom (managerId: string) (rank: int) (workers: HashSet<int>) =
+        [ for row in adopted workers do
+            if row.State <> 'Z' && isFrom managerId rank (Parsl.Node.Runtime.Native.environmentOf row.Pid) then
+                Parsl.Node.Runtime.Native.killTree row.Pid
+                yield row.Pid ]
+
+    /// Kills every adopted process and what it started (the manager is ending); returns their pids.
+    let killAll (workers: HashSet<int>) =
+        [ for row in adopted workers do
+            if row.State <> 'Z' then
+                Parsl.Node.Runtime.Native.killTree row.Pid
+                yield row.Pid ]
+
+    /// Reaps the adopted processes that have exited.
+    let reap (workers: HashSet<int>) =
+        for row in adopted workers do
+            if row.State = 'Z' then Parsl.Node.Runtime.Native.reapIfExited row.Pid |> ignore
 
 /// The manager's IO helper: one thread that starts and kills processes and reads and writes files, so that none of
 /// that runs on the manager's owner path (a process start takes milliseconds; a result hop takes microseconds).
@@ -56,6 +106,15 @@ type internal ManagerIo(cacheDir: string, sharedFileSystem: bool, managerId: str
     let threads = List<Thread>()
     let resolved = Dictionary<string, string>() // hash -> verified local path
     let verified = Dictionary<string, string>() // path -> hash
+    // A reap is queued (SIGCHLDs that arrive meanwhile are covered by it).
+    let mutable reapQueued = 0
+
+    /// The worker processes not yet reaped (by .NET: `HasExited` is true only once it has reaped one).
+    let workerPids () =
+        let live = HashSet<int>()
+        for p in processes do
+            if not (try p.HasExited with _ -> true) then live.Add p.Id |> ignore
+        live
 
     let localCopy (r: AssemblyRef) =
         match resolved.TryGetValue r.Hash with
@@ -137,6 +196,12 @@ type internal ManagerIo(cacheDir: string, sharedFileSystem: bool, managerId: str
             for k, pgid in groups do
                 log (sprintf "killing process group %d of try %d, left by worker %d" pgid k rank)
                 Parsl.Node.Runtime.Native.killGroup pgid
+        | KillOrphans rank ->
+            for pid in Orphans.killFrom managerId rank (workerPids ()) do
+                log ("killed process " + string pid + ", left by worker " + string rank)
+        | ReapOrphans ->
+            Volatile.Write(&reapQueued, 0)
+            Orphans.reap (workerPids ())
         | Locate(fid, refs) -> reply (Located(fid, refs |> List.map (fun r -> r, (try localCopy r with _ -> None))))
         | Store(h, bytes) ->
             let stored =
@@ -168,6 +233,10 @@ type internal ManagerIo(cacheDir: string, sharedFileSystem: bool, managerId: str
         | :? InvalidOperationException
         | :? ObjectDisposedException -> ()
 
+    /// Queues a reap of adopted processes that have exited (from the SIGCHLD handler; one at a time is enough).
+    member this.RequestReap() =
+        if Interlocked.Exchange(&reapQueued, 1) = 0 then this.Post ReapOrphans
+
     /// Ends the io thread after the requests queued (starts among them are skipped), then stops every process it
     /// started: each gets until `grace` to exit (the manager has closed their connections), then is killed; the
     /// waiter and pump threads are joined.
@@ -180,6 +249,9 @@ type internal ManagerIo(cacheDir: string, sharedFileSystem: bool, managerId: str
             let left = max 0 (int (deadline - DateTime.UtcNow).TotalMilliseconds)
             if not (try p.WaitForExit left with _ -> true) then
                 try p.Kill true with _ -> ()
+        // Whatever the workers left behind goes with the manager (the workers' own trees were killed above).
+        for pid in Orphans.killAll (workerPids ()) do
+            log ("killed process " + string pid + ", left by a worker")
         // The waiters end with their processes; a pump ends when the last holder of the pipe has gone.
         for t in threads do
             t.Join(TimeSpan.FromSeconds 2.0) |> ignore

@@ -79,6 +79,20 @@ module Worker =
         stream.Flush()
         stream
 
+    /// Watches the manager's end of a worker's connection from a thread of its own, which calls `onGone` once it has
+    /// hung up (the manager ended or was killed) and then ends. While a try runs, the worker's own thread is inside it
+    /// and reads nothing, so without this a worker whose manager was SIGKILLed would run its try, and a shell app its
+    /// command, to the end, with nobody to tell. Only a connection from `connect` (a socket stream) is watched; the
+    /// in-process pipes of the Work Queue and TaskVine runners end with their process.
+    let private watchManager (input: Stream) (onGone: unit -> unit) : Thread option =
+        match input with
+        | :? FileStream as socket when OperatingSystem.IsLinux() ->
+            let fd = int (socket.SafeFileHandle.DangerousGetHandle())
+            let t = Thread((fun () -> Native.waitHangUp fd; onGone ()), IsBackground = true, Name = "manager-watch")
+            t.Start()
+            Some t
+        | _ -> None
+
     /// Runs the worker until its manager's connection closes; returns the process exit code.
     let run (input: Stream) (output: Stream) : int =
         let paths = ConcurrentDictionary<string, string>()
@@ -103,9 +117,21 @@ module Worker =
                 Frames.write output (Protocol.encodeFromWorker (Done(List.ofSeq results)))
                 output.Flush()
                 results.Clear()
-        // The try running now (0: none) and its shell app's process group (0: none).
-        let runningKey = ref 0L
+        // The try running now (`noTry`: none; 0 is task 0's first try) and its shell app's process group (0: none).
+        let noTry = Int64.MinValue
+        let runningKey = ref noTry
         let runningGroup = ref 0
+        // The manager has gone (its end of the connection hung up): no try starts from now on.
+        let managerGone = ref false
+        let watcher = watchManager input (fun () ->
+            lock outLock (fun () ->
+                managerGone.Value <- true
+                if runningKey.Value <> noTry then
+                    // Nobody will take the result, and only ending this process stops a function app. What the try
+                    // started goes first (a shell app is in a group of its own, beyond this process's death); all of this
+                    // process's descendants, so that a command started a moment ago and not yet recorded goes too.
+                    Native.killDescendants ()
+                    Process.GetCurrentProcess().Kill()))
         // Asked to stop (the block is being cancelled): the running shell app's group goes with this process;
         // it is in a group of its own, so the signal that reached this process did not reach it.
         use _term =
@@ -193,7 +219,7 @@ module Worker =
             | Some frame ->
                 let (Run tasks) = Protocol.decodeToWorker frame
                 let lastFlush = ref clock.Elapsed
-                for t in tasks do
+                for t in tasks |> Seq.takeWhile (fun _ -> not (lock outLock (fun () -> managerGone.Value))) do
                     lock outLock (fun () -> runningKey.Value <- t.Key)
                     if not (isNull radio) then radio.Begin t.Key
                     // MPI: the try's resource values (PARSL_MPI_PREFIX, PARSL_NUM_RANKS, ...) are in the environment
@@ -205,7 +231,7 @@ module Worker =
                         Environment.SetEnvironmentVariable("PARSL_" + k.ToUpperInvariant(), null)
                     if not (isNull radio) then radio.End t.Key
                     lock outLock (fun () ->
-                        runningKey.Value <- 0L
+                        runningKey.Value <- noTry
                         results.Add { Key = t.Key; Outcome = outcome }
                         // Long batches still report as they go, so results are not held back behind slow tasks.
                         if (clock.Elapsed - lastFlush.Value).TotalMilliseconds > 2.0 then
@@ -213,4 +239,6 @@ module Worker =
                             lastFlush.Value <- clock.Elapsed)
                 lock outLock flush
         warm.Join()
+        // The connection has ended, so the watcher's wait has too.
+        watcher |> Option.iter (fun t -> t.Join())
         0

@@ -72,6 +72,10 @@ module internal Native =
     [<DllImport(Libc)>]
     extern int close(int fd)
 
+    // prctl is variadic in C; its integer arguments are passed as for a fixed signature on Linux's ABIs.
+    [<DllImport(Libc, SetLastError = true)>]
+    extern int prctl(int option, unativeint arg2, unativeint arg3, unativeint arg4, unativeint arg5)
+
     let private POSIX_SPAWN_SETPGROUP = 0x02s
     let private POSIX_SPAWN_SETSIGDEF = 0x04s
     let private POSIX_SPAWN_SETSIGMASK = 0x08s
@@ -82,9 +86,13 @@ module internal Native =
     let private P_PID = 1
     let private WEXITED = 4
     let private WNOWAIT = 0x01000000
+    let private WNOHANG = 1
+    let private ECHILD = 10
+    let private PR_SET_CHILD_SUBREAPER = 36
     let private SIGKILL = 9
     let private SIGSTOP = 19
     let private POLLIN = 1s
+    let private POLLRDHUP = 0x2000s
 
     // glibc's posix_spawnattr_t is 336 bytes, posix_spawn_file_actions_t 80 and sigset_t 128, siginfo_t 128:
     // allocating more costs nothing and survives a layout change.
@@ -220,6 +228,20 @@ module internal Native =
             finally
                 close fd |> ignore
 
+    /// Blocks the calling thread until the peer of socket `fd` has hung up (shut down its sending side, or its process
+    /// has ended), whether or not unread data is left; returns at once on an error (a bad descriptor, say).
+    let waitHangUp (fd: int) =
+        // struct pollfd { int fd; short events; short revents; }: POLLHUP and POLLERR are reported unasked.
+        let pollfd = NativePtr.stackalloc<int64> 1
+        let address = NativePtr.toNativeInt pollfd
+        let mutable go = true
+        while go do
+            Marshal.WriteInt32(address, 0, fd)
+            Marshal.WriteInt16(address, 4, POLLRDHUP)
+            Marshal.WriteInt16(address, 6, 0s)
+            let ready = poll (address, 1un, -1)
+            go <- ready = 0 || (ready < 0 && Marshal.GetLastPInvokeError() = EINTR)
+
     /// Reaps child `pid` (blocking until it exits). Returns its wait status, or the error number.
     let reap (pid: int) : Result<int, int> =
         let mutable status = 0
@@ -235,9 +257,17 @@ module internal Native =
         let signal = status &&& 0x7f
         if signal = 0 then (status >>> 8) &&& 0xff else -signal
 
-    /// Sends SIGKILL to every process in process group `pgid`.
-    // MPI: (pid, parent, process group) of every process, from /proc; empty where there is no /proc.
-    let private processTable () =
+    /// One row of the process table.
+    [<Struct>]
+    type ProcessRow =
+        { Pid: int
+          Parent: int
+          Group: int
+          /// The state letter of /proc/PID/stat (`Z`: a zombie, exited and not yet reaped).
+          State: char }
+
+    /// Every process, from /proc; empty where there is no /proc.
+    let processTable () : ProcessRow list =
         try
             IO.Directory.EnumerateDirectories "/proc"
             |> Seq.choose (fun d ->
@@ -248,29 +278,29 @@ module internal Native =
                         let stat = IO.File.ReadAllText(IO.Path.Combine(d, "stat"))
                         // After the command (which may hold spaces and parentheses): state, ppid, pgrp.
                         let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
-                        Some(int name, int rest[1], int rest[2])
+                        Some { Pid = int name; Parent = int rest[1]; Group = int rest[2]; State = rest[0][0] }
                     with _ -> None)
             |> List.ofSeq
         with _ -> []
 
-    /// Kills a process group and every process its members started, even those that left the group: MPI launchers put
-    /// each rank in a group or session of its own (Open MPI's `mpiexec` and MPICH's Hydra both do), where a group kill
-    /// does not reach. The descendants are found through /proc before the group is killed (after, they would be
-    /// reparented and untraceable), and once more after, for any started meanwhile. Nothing is stopped first: a
-    /// killer that is itself killed half-way must not leave processes stopped for good.
-    let killGroup (pgid: int) =
+    /// Kills the processes `seed` picks and every process they started, even those that left their group: MPI
+    /// launchers put each rank in a group or session of its own (Open MPI's `mpiexec` and MPICH's Hydra both do), where
+    /// a group kill does not reach. The descendants are found through /proc before anything is killed (after, they
+    /// would be reparented and untraceable), and once more after, for any started meanwhile. Nothing is stopped first:
+    /// a killer that is itself killed half-way must not leave processes stopped for good. Never this process.
+    let private killPicked (seed: ProcessRow -> bool) (group: int) =
         let found = Collections.Generic.HashSet<int>()
         let collect () =
             let table = processTable ()
             let mutable more = true
             while more do
                 more <- false
-                for pid, ppid, pgrp in table do
-                    if pid <> Environment.ProcessId && not (found.Contains pid) && (pgrp = pgid || found.Contains ppid) then
-                        found.Add pid |> ignore
+                for row in table do
+                    if row.Pid <> Environment.ProcessId && not (found.Contains row.Pid) && (seed row || found.Contains row.Parent) then
+                        found.Add row.Pid |> ignore
                         more <- true
         collect ()
-        kill (-pgid, SIGKILL) |> ignore
+        if group > 0 then kill (-group, SIGKILL) |> ignore
         for pid in found do
             kill (pid, SIGKILL) |> ignore
         let before = found.Count
@@ -278,6 +308,43 @@ module internal Native =
         if found.Count > before then
             for pid in found do
                 kill (pid, SIGKILL) |> ignore
+
+    /// Kills a process group and every process its members started (see `killPicked`).
+    let killGroup (pgid: int) = killPicked (fun row -> row.Group = pgid) pgid
+
+    /// Kills process `pid`, the group it leads (if it leads one) and every process they started.
+    let killTree (pid: int) =
+        // While `pid` lives no other process can own a group of that id, so the group kill reaches its own or none.
+        killPicked (fun row -> row.Pid = pid || row.Group = pid) pid
+
+    /// Kills every process this one started, and everything they started (see `killPicked`).
+    let killDescendants () = killPicked (fun row -> row.Parent = Environment.ProcessId) 0
+
+    /// Makes this process its descendants' reaper of last resort (Linux's child subreaper): a process whose parent dies
+    /// is re-parented to the nearest living subreaper among its ancestors instead of to init, so it stays in reach of
+    /// this process's kills. Returns false where the system has no subreapers (Linux before 3.4, other systems).
+    let becomeSubreaper () =
+        try
+            OperatingSystem.IsLinux() && prctl (PR_SET_CHILD_SUBREAPER, 1un, 0un, 0un, 0un) = 0
+        with :? EntryPointNotFoundException ->
+            false
+
+    /// The environment a process was started with (`NAME=value` entries, from /proc/PID/environ); empty when it cannot
+    /// be read (gone, a zombie, another user's).
+    let environmentOf (pid: int) : string[] =
+        try
+            (IO.File.ReadAllText(sprintf "/proc/%d/environ" pid)).Split('\000', StringSplitOptions.RemoveEmptyEntries)
+        with _ -> [||]
+
+    /// Reaps child `pid` if it has exited, without waiting. True when it was reaped (or is not a child any more).
+    let reapIfExited (pid: int) =
+        let mutable status = 0
+        let mutable result = -1
+        let mutable errno = EINTR
+        while result < 0 && errno = EINTR do
+            result <- waitpid (pid, &status, WNOHANG)
+            errno <- if result >= 0 then 0 else Marshal.GetLastPInvokeError()
+        result = pid || errno = ECHILD
 
     /// Sends `signal` to this process (to end it as a signal it caught would have, once its handlers are gone).
     let signalSelf (signal: int) = kill (Environment.ProcessId, signal) |> ignore
