@@ -14,47 +14,25 @@ open Parsl.Executors.TaskVine
 open Parsl.Providers
 
 let private load (mode: FunctionExecMode) =
-    let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
-    let work = Path.Combine(runDir, "worker")
-    Directory.CreateDirectory work |> ignore
-    let exe =
-        match Environment.GetEnvironmentVariable "PARSL_BENCH_VINE_WORKER" with
-        | null | "" -> "vine_worker"
-        | p -> p
+    let runDir, work = WorkerRows.runFolders ()
     let tv =
         TaskVineExecutor(
             { TaskVineOptions.defaults () with
                 Provider = Some(LocalProvider { LocalProvider.Defaults with StatusPollingInterval = TimeSpan.FromSeconds 1.0 } :> IExecutionProvider)
-                WorkerExecutable = exe
+                WorkerExecutable = WorkerRows.workerProgram "PARSL_BENCH_VINE_WORKER" "vine_worker"
                 FunctionExecMode = mode
                 WorkerOptions = [ "-s"; work; "--cores"; "2"; "-t"; "120" ] })
-    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ tv ]; InitializeLogging = false }
-    let sw = Stopwatch.StartNew()
-    while (tv.WorkersAsync().Result |> List.filter (fun w -> w.Cores > 0L)).IsEmpty do
-        if sw.Elapsed.TotalSeconds > 60.0 then failwith "no worker connected within 60 s"
-        Thread.Sleep 20
-    tv, dfk, runDir
+    let ready () = tv.WorkersAsync().Result |> List.filter (fun w -> w.Cores > 0L) |> List.length
+    tv, WorkerRows.load runDir tv ready, runDir
 
 let private sent (tv: TaskVineExecutor) = tv.WorkersAsync().Result |> List.sumBy (fun w -> w.BytesSent)
 
 /// No-op tasks/s and ms per hop of a 100-task chain, in one mode.
 let private rows (mode: FunctionExecMode) (dfk: DataFlowKernel) (n: int) (print: string -> unit) =
     let name = if mode = FunctionExecMode.Serverless then "serverless" else "regular"
-    let noop = App.func dfk (fun (x: int) -> x)
-    (noop (Arg.value 0)).Task.Wait()
-    let sw = Stopwatch.StartNew()
-    let fs = [ for i in 1..n -> noop (Arg.value i) ]
-    for f in fs do
-        f.Task.Wait()
-    print (sprintf "TaskVine no-op function apps/s over %d tasks (%s): %.1f" n name (float n / sw.Elapsed.TotalSeconds))
-    let inc = App.func dfk (fun (x: int) -> x + 1)
+    print (sprintf "TaskVine no-op function apps/s over %d tasks (%s): %.1f" n name (WorkerRows.noopRate dfk n))
     let hops = 100
-    let sw = Stopwatch.StartNew()
-    let mutable f = inc (Arg.value 0)
-    for _ in 2..hops do
-        f <- inc (Arg.future f)
-    if f.Task.Result <> hops then failwith "the chain computed the wrong value"
-    print (sprintf "TaskVine ms/hop on a %d-hop function chain (%s): %.1f" hops name (sw.Elapsed.TotalMilliseconds / float hops))
+    print (sprintf "TaskVine ms/hop on a %d-hop function chain (%s): %.1f" hops name (WorkerRows.chainMsPerHop dfk hops))
 
 /// The 20 MB fan-out: one file given to 20 tasks as a Parsl File (cached on the worker) against the same bytes
 /// passed as an argument to each task (sent with every task).

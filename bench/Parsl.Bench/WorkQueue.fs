@@ -12,13 +12,8 @@ open Parsl.Executors.WorkQueue
 open Parsl.Providers
 
 let private load (longLived: bool) =
-    let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
-    let work = Path.Combine(runDir, "worker")
-    Directory.CreateDirectory work |> ignore
-    let exe =
-        match Environment.GetEnvironmentVariable(if longLived then "PARSL_BENCH_WQ11_WORKER" else "PARSL_BENCH_WQ_WORKER") with
-        | null | "" -> "work_queue_worker"
-        | p -> p
+    let runDir, work = WorkerRows.runFolders ()
+    let exe = WorkerRows.workerProgram (if longLived then "PARSL_BENCH_WQ11_WORKER" else "PARSL_BENCH_WQ_WORKER") "work_queue_worker"
     let wq =
         WorkQueueExecutor(
             { WorkQueueOptions.defaults () with
@@ -26,31 +21,15 @@ let private load (longLived: bool) =
                 WorkerExecutable = exe
                 LongLivedRunner = longLived
                 WorkerOptions = [ "-s"; work; "--cores"; "2"; "-t"; "120" ] })
-    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ wq ]; InitializeLogging = false }
-    let sw = Stopwatch.StartNew()
-    while (wq.WorkersAsync().Result |> List.filter (fun w -> w.Cores > 0L)).IsEmpty do
-        if sw.Elapsed.TotalSeconds > 60.0 then failwith "no worker connected within 60 s"
-        Thread.Sleep 20
-    wq, dfk
+    let ready () = wq.WorkersAsync().Result |> List.filter (fun w -> w.Cores > 0L) |> List.length
+    wq, WorkerRows.load runDir wq ready
 
 /// The rows with a runner start per function app, and the shell rows.
 let private rows (dfk: DataFlowKernel) (print: string -> unit) =
-    let noop = App.func dfk (fun (x: int) -> x)
-    (noop (Arg.value 0)).Task.Wait()
     let n = 100
-    let sw = Stopwatch.StartNew()
-    let fs = [ for i in 1..n -> noop (Arg.value i) ]
-    for f in fs do
-        f.Task.Wait()
-    print (sprintf "WQ no-op function apps/s over %d tasks (runner per task): %.1f" n (float n / sw.Elapsed.TotalSeconds))
-    let inc = App.func dfk (fun (x: int) -> x + 1)
+    print (sprintf "WQ no-op function apps/s over %d tasks (runner per task): %.1f" n (WorkerRows.noopRate dfk n))
     let hops = 100
-    let sw = Stopwatch.StartNew()
-    let mutable f = inc (Arg.value 0)
-    for _ in 2..hops do
-        f <- inc (Arg.future f)
-    if f.Task.Result <> hops then failwith "the chain computed the wrong value"
-    print (sprintf "WQ ms/hop on a %d-hop function chain (runner per task): %.1f" hops (sw.Elapsed.TotalMilliseconds / float hops))
+    print (sprintf "WQ ms/hop on a %d-hop function chain (runner per task): %.1f" hops (WorkerRows.chainMsPerHop dfk hops))
     let shTrue = App.shell dfk (fun (_: int) -> "true")
     let sh = App.shell dfk (fun (x: int) -> sprintf "exit %d" (x * 0))
     let hopsSh = 100
@@ -72,22 +51,10 @@ let private rows (dfk: DataFlowKernel) (print: string -> unit) =
 let private longLived (print: string -> unit) =
     let _, dfk = load true
     use _ = dfk
-    let noop = App.func dfk (fun (x: int) -> x)
-    (noop (Arg.value 0)).Task.Wait()
     let n = 1000
-    let sw = Stopwatch.StartNew()
-    let fs = [ for i in 1..n -> noop (Arg.value i) ]
-    for f in fs do
-        f.Task.Wait()
-    print (sprintf "WQ no-op function apps/s over %d tasks (long-lived runner): %.0f" n (float n / sw.Elapsed.TotalSeconds))
-    let inc = App.func dfk (fun (x: int) -> x + 1)
+    print (sprintf "WQ no-op function apps/s over %d tasks (long-lived runner): %.0f" n (WorkerRows.noopRate dfk n))
     let hops = 100
-    let sw = Stopwatch.StartNew()
-    let mutable f = inc (Arg.value 0)
-    for _ in 2..hops do
-        f <- inc (Arg.future f)
-    if f.Task.Result <> hops then failwith "the chain computed the wrong value"
-    print (sprintf "WQ ms/hop on a %d-hop function chain (long-lived runner): %.1f" hops (sw.Elapsed.TotalMilliseconds / float hops))
+    print (sprintf "WQ ms/hop on a %d-hop function chain (long-lived runner): %.1f" hops (WorkerRows.chainMsPerHop dfk hops))
 
 /// Prints: no-op function apps/s, ms per hop of a 100-task chain, shell `true` tasks/s (a runner start per function
 /// app), then the function rows again through the long-lived runner when PARSL_BENCH_WQ11_WORKER is set.

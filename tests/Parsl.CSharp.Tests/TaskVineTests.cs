@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using static Parsl.CSharp.Tests.TestKernel;
 
 namespace Parsl.CSharp.Tests;
@@ -7,59 +6,22 @@ namespace Parsl.CSharp.Tests;
 /// the repository by tests/harness/taskvine.sh) connects to the manager on loopback, by hand or in a Local block.</summary>
 public class TaskVineTests
 {
-    private static readonly Lazy<string> VineWorker = new(() =>
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "tests", "harness", "taskvine.sh"))) dir = dir.Parent;
-        if (dir is null) throw new InvalidOperationException("tests/harness/taskvine.sh not found above the test binary");
-        var psi = new ProcessStartInfo("/bin/bash") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(dir.FullName, "tests", "harness", "taskvine.sh"));
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var line = p.StandardOutput.ReadToEnd().Trim();
-        p.WaitForExit();
-        if (p.ExitCode != 0)
-            throw new InvalidOperationException($"the TaskVine harness cannot run here (exit {p.ExitCode}): {err.Result}");
-        return line.Split(' ').First(w => w.StartsWith("vine=", StringComparison.Ordinal))["vine=".Length..];
-    });
-
-    private static int FreePort()
-    {
-        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        l.Start();
-        var port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
-    }
-
-    private static int Square(int x) => x * x;
-
-    private static int Refuse(int x) => throw new ArgumentOutOfRangeException(nameof(x), x, "refused");
+    private static readonly Lazy<string> VineWorker =
+        new(() => CctoolsWorkers.Field(CctoolsWorkers.Ready("taskvine.sh", "TaskVine"), "vine"));
 
     [Fact]
     public async Task Function_and_shell_apps_run_on_a_worker_started_by_hand()
     {
-        var port = FreePort();
+        var port = CctoolsWorkers.FreePort();
         var password = Path.Combine(TempRunDir(), "vine.pw");
         File.WriteAllText(password, "open sesame");
         var tv = new TaskVineExecutorOptions { Label = "tv", Port = port, PasswordFile = password, KeepalivePeriod = TimeSpan.FromSeconds(2) };
         tv.Env["GREETING"] = "hi";
         await using var dfk = await LoadAsync(o => o.Executors.Add(tv));
-        var psi = new ProcessStartInfo(VineWorker.Value) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "--password", password, "-s", TempRunDir(), "-t", "60", "--cores", "1", "127.0.0.1", port.ToString() })
-            psi.ArgumentList.Add(a);
-        using var worker = Process.Start(psi)!;
+        using var worker = CctoolsWorkers.Start(VineWorker.Value, port, TempRunDir(), password);
         try
         {
-            var square = dfk.App<int, int>(Square);
-            var plus = dfk.App((int x) => x + 1);
-            Assert.Equal(82, await plus.Invoke(square.Invoke(9)).Within());
-            var e = await FailureOf(dfk.App<int, int>(Refuse).Invoke(5));
-            Assert.IsType<ArgumentOutOfRangeException>(e);
-            var dir = TempRunDir();
-            var greet = dfk.ShellApp((string name) => $"echo $GREETING {name} > {dir}/greeting");
-            Assert.Equal(0, await greet.Invoke("ada").Within());
-            Assert.Equal("hi ada\n", File.ReadAllText(Path.Combine(dir, "greeting")));
+            await CctoolsWorkers.AppsRunAsync(dfk);
         }
         finally
         {

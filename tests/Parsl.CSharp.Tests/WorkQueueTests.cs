@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using static Parsl.CSharp.Tests.TestKernel;
 
 namespace Parsl.CSharp.Tests;
@@ -10,41 +9,9 @@ public class WorkQueueTests
 {
     private static readonly Lazy<(string Wq9, string Wq11)> Workers = new(() =>
     {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "tests", "harness", "workqueue.sh"))) dir = dir.Parent;
-        if (dir is null) throw new InvalidOperationException("tests/harness/workqueue.sh not found above the test binary");
-        var psi = new ProcessStartInfo("/bin/bash") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(dir.FullName, "tests", "harness", "workqueue.sh"));
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var line = p.StandardOutput.ReadToEnd().Trim();
-        p.WaitForExit();
-        if (p.ExitCode != 0)
-            throw new InvalidOperationException($"the Work Queue harness cannot run here (exit {p.ExitCode}): {err.Result}");
-        string Field(string key) => line.Split(' ').First(w => w.StartsWith(key + "=", StringComparison.Ordinal))[(key.Length + 1)..];
-        return (Field("wq9"), Field("wq11"));
+        var line = CctoolsWorkers.Ready("workqueue.sh", "Work Queue");
+        return (CctoolsWorkers.Field(line, "wq9"), CctoolsWorkers.Field(line, "wq11"));
     });
-
-    private static int FreePort()
-    {
-        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        l.Start();
-        var port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
-    }
-
-    private static Process StartWorker(string exe, int port, string workDir, string passwordFile)
-    {
-        Directory.CreateDirectory(workDir);
-        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "--password", passwordFile, "-s", workDir, "-t", "60", "--cores", "1", "127.0.0.1", port.ToString() }) psi.ArgumentList.Add(a);
-        return Process.Start(psi)!;
-    }
-
-    private static int Square(int x) => x * x;
-
-    private static int Refuse(int x) => throw new ArgumentOutOfRangeException(nameof(x), x, "refused");
 
     [Theory]
     [InlineData(9)]
@@ -52,26 +19,17 @@ public class WorkQueueTests
     public async Task Function_and_shell_apps_run_on_a_real_worker(int protocol)
     {
         var exe = protocol == 9 ? Workers.Value.Wq9 : Workers.Value.Wq11;
-        var port = FreePort();
+        var port = CctoolsWorkers.FreePort();
         // Workers started by hand are given the password file (without one, each run makes its own for its blocks).
         var password = Path.Combine(TempRunDir(), "wq.pw");
         File.WriteAllText(password, "open sesame");
         var wq = new WorkQueueExecutorOptions { Label = "wq", Port = port, PasswordFile = password, KeepalivePeriod = TimeSpan.FromSeconds(2) };
         wq.Env["GREETING"] = "hi";
         await using var dfk = await LoadAsync(o => o.Executors.Add(wq));
-        using var worker = StartWorker(exe, port, TempRunDir(), password);
+        using var worker = CctoolsWorkers.Start(exe, port, TempRunDir(), password);
         try
         {
-            var square = dfk.App<int, int>(Square);
-            var plus = dfk.App((int x) => x + 1);
-            Assert.Equal(82, await plus.Invoke(square.Invoke(9)).Within());
-            var refuse = dfk.App<int, int>(Refuse);
-            var e = await FailureOf(refuse.Invoke(5));
-            Assert.IsType<ArgumentOutOfRangeException>(e);
-            var dir = TempRunDir();
-            var greet = dfk.ShellApp((string name) => $"echo $GREETING {name} > {dir}/greeting");
-            Assert.Equal(0, await greet.Invoke("ada").Within());
-            Assert.Equal("hi ada\n", File.ReadAllText(Path.Combine(dir, "greeting")));
+            await CctoolsWorkers.AppsRunAsync(dfk);
         }
         finally
         {

@@ -26,14 +26,7 @@ let waitQueueEmpty label =
 
 /// An executor on Slurm with short heartbeats and status polls, so a lost job is seen within seconds.
 let slurmHtex label (f: HtexOptions -> HtexOptions) =
-    let provider =
-        new SlurmProvider(
-            { Slurm.defaults with
-                Exclusive = false
-                Walltime = "00:05:00"
-                CmdTimeout = TimeSpan.FromSeconds 30.0
-                StatusPollingInterval = TimeSpan.FromSeconds 1.0
-                Launcher = BasicLaunchers.singleNode })
+    let provider = slurmForTests (fun o -> { o with Launcher = BasicLaunchers.singleNode })
     let options =
         f
             { HtexOptions.defaults () with

@@ -445,14 +445,7 @@ let slurm =
             openMpiAsRoot ()
             let hello = compileHello "mpicc.openmpi"
             let out = tmpFile "srun.out"
-            let provider =
-                new SlurmProvider(
-                    { Slurm.defaults with
-                        Exclusive = false
-                        Walltime = "00:05:00"
-                        CmdTimeout = TimeSpan.FromSeconds 30.0
-                        StatusPollingInterval = TimeSpan.FromSeconds 1.0
-                        Launcher = BasicLaunchers.simple })
+            let provider = slurmForTests (fun o -> { o with Launcher = BasicLaunchers.simple })
             let _, dfk =
                 mpiExecutor (sprintf "mpi-slurm-%d" (Random.Shared.Next(100000, 999999))) (fun o ->
                     { o with MpiLauncher = MpiLauncher.Srun; Htex = { o.Htex with Provider = provider } })

@@ -46,33 +46,9 @@ let private vineWorkers () =
         | _ -> () ]
 
 let private slurm () =
-    Harness.require "slurm" |> ignore
-    let name = HtexSlurmTests.label "tv-slurm"
-    let work = Path.Combine(Path.GetTempPath(), "parsl-tv-slurm-" + Guid.NewGuid().ToString("N"))
-    Directory.CreateDirectory work |> ignore
-    let provider =
-        new SlurmProvider(
-            { Slurm.defaults with
-                Exclusive = false
-                Walltime = "00:05:00"
-                CmdTimeout = TimeSpan.FromSeconds 30.0
-                StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
-    let tv, dfk =
-        withVine (fun o ->
-            { o with
-                Label = name
-                Provider = Some(provider :> IExecutionProvider)
-                WorkerExecutable = vine ()
-                WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
-    let () =
-        use _ = dfk
-        let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
-        let job = await (jobOf (Arg.value 0)).Task
-        Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
-        Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
-        Expect.equal (ready tv).Length 1 "one worker, from the block"
-    HtexSlurmTests.waitQueueEmpty name
-    try Directory.Delete(work, true) with _ -> ()
+    slurmBlock "tv" (fun name provider workerOptions ->
+        let tv, dfk = withVine (fun o -> { o with Label = name; Provider = Some provider; WorkerExecutable = vine (); WorkerOptions = workerOptions })
+        dfk, (fun () -> (ready tv).Length))
 
 let tests =
     testList "TaskVine" [
@@ -118,27 +94,7 @@ let tests =
             let pid, kids =
                 use _ = dfk
                 use w = worker tv []
-                let offset = 1000 + Environment.ProcessId % 1
-                let shift = App.func dfk (fun (x: int) -> x + offset)
-                let where = App.func dfk (fun (_: int) -> Environment.ProcessId)
-                let env = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "PARSL_TV_TEST")
-                let boom = App.func dfk (fun (x: int) -> if x > 0 then invalidOp (sprintf "boom %d" x) else x)
-                let b = shift (Arg.future (shift (Arg.value 7)))
-                Expect.equal (await b.Task) 2007 "a closure ran twice, the second on the first's result"
-                Expect.notEqual (await (where (Arg.value 0)).Task) Environment.ProcessId "ran in another process"
-                Expect.equal (await (env (Arg.value 0)).Task) "from-env" "Env reached the task"
-                let e = errorOf (boom (Arg.value 3))
-                Expect.isTrue (e :? InvalidOperationException) (sprintf "the app's own exception, not a wrapper: %O" e)
-                Expect.stringContains e.Message "boom 3" "its message"
-                let out = Path.Combine(tempRunDir (), "hello.out")
-                let echo = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (x: int) -> sprintf "echo hello $PARSL_TV_TEST %d" x)
-                Expect.equal (await (echo (Arg.value 1)).Task) 0 "exit 0"
-                Expect.equal (await (echo (Arg.value 2)).Task) 0 "exit 0"
-                Expect.equal (File.ReadAllText out) "hello from-env 1\nhello from-env 2\n" "stdout brought back and appended"
-                let fail = App.shell dfk (fun (code: int) -> sprintf "exit %d" code)
-                match errorOf (fail (Arg.value 3)) with
-                | :? BashExitFailure as f -> Expect.equal f.ExitCode 3 "exit code"
-                | e -> failtestf "expected BashExitFailure, got %O" e
+                appsRunOnWorker dfk "PARSL_TV_TEST"
                 let slow = App.shellWith dfk { AppOptions.defaults with Resources = Map [ "running_time_min", box 0.02 ] } (fun (_: int) -> "sleep 60")
                 match errorOf (slow (Arg.value 0)) with
                 | :? TaskVineMaxRunTime as e -> Expect.equal e.ResultCode 56 "VINE_RESULT_MAX_WALL_TIME"

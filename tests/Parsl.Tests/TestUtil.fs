@@ -29,3 +29,15 @@ let errorOf (f: AppFuture<'T>) =
         if not f.IsFaulted then failwithf "expected task %d to fail, it returned %A" f.TaskId.Value f.Task.Result
         f.Exception
     with :? AggregateException -> f.Exception
+
+/// A Slurm provider for the one-node test cluster (tests/harness/slurm.sh): nodes shared, five-minute blocks, status
+/// polled every second so a block's end is seen at once; `f` sets the rest (the launcher).
+let slurmForTests (f: Parsl.Providers.SlurmOptions -> Parsl.Providers.SlurmOptions) =
+    new Parsl.Providers.SlurmProvider(
+        f
+            { Parsl.Providers.Slurm.defaults with
+                Exclusive = false
+                Walltime = "00:05:00"
+                CmdTimeout = TimeSpan.FromSeconds 30.0
+                StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
+

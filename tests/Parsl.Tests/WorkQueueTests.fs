@@ -65,6 +65,55 @@ let withWq (f: WorkQueueOptions -> WorkQueueOptions) =
 let readyWorkers (wq: WorkQueueExecutor) =
     (await (wq.WorkersAsync())) |> List.filter (fun w -> w.Cores > 0L)
 
+/// Function and shell apps on a real worker of `dfk`'s executor, whose `Env` sets `variable` to "from-env": a closure
+/// twice in a chain, in another process, with that environment; the app's own exception comes back as itself; a shell
+/// app's stdout is brought back and appended; a non-zero exit is a `BashExitFailure` with its code.
+let appsRunOnWorker (dfk: DataFlowKernel) (variable: string) =
+    let offset = 1000 + Environment.ProcessId % 1
+    let shift = App.func dfk (fun (x: int) -> x + offset)
+    let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
+    let env = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable variable)
+    let boom = App.func dfk (fun (x: int) -> if x > 0 then invalidOp (sprintf "boom %d" x) else x)
+    let b = shift (Arg.future (shift (Arg.value 7)))
+    Expect.equal (await b.Task) 2007 "a closure ran twice, the second on the first's result"
+    Expect.notEqual (await (pid (Arg.value 0)).Task) Environment.ProcessId "ran in another process"
+    Expect.equal (await (env (Arg.value 0)).Task) "from-env" "Env reached the task"
+    let e = errorOf (boom (Arg.value 3))
+    Expect.isTrue (e :? InvalidOperationException) (sprintf "the app's own exception, not a wrapper: %O" e)
+    Expect.stringContains e.Message "boom 3" "its message"
+    let out = Path.Combine(tempRunDir (), "hello.out")
+    let echo = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (x: int) -> sprintf "echo hello $%s %d" variable x)
+    Expect.equal (await (echo (Arg.value 1)).Task) 0 "exit 0"
+    Expect.equal (await (echo (Arg.value 2)).Task) 0 "exit 0"
+    Expect.equal (File.ReadAllText out) "hello from-env 1\nhello from-env 2\n" "stdout brought back and appended"
+    let fail = App.shell dfk (fun (code: int) -> sprintf "exit %d" code)
+    match errorOf (fail (Arg.value 3)) with
+    | :? BashExitFailure as f -> Expect.equal f.ExitCode 3 "exit code"
+    | e -> failtestf "expected BashExitFailure, got %O" e
+
+/// One worker block of a CCTools executor on the real one-node Slurm: `start` makes the executor (label, provider,
+/// worker options with a scratch folder) and says how many workers are ready. A function app and a shell app run
+/// inside the block's job, the block is in squeue, one worker joined; after shutdown no job of it is left.
+let slurmBlock (prefix: string) (start: string -> IExecutionProvider -> string list -> DataFlowKernel * (unit -> int)) =
+    Harness.require "slurm" |> ignore
+    let name = HtexSlurmTests.label (prefix + "-slurm")
+    let work = Path.Combine(Path.GetTempPath(), sprintf "parsl-%s-slurm-%s" prefix (Guid.NewGuid().ToString("N")))
+    Directory.CreateDirectory work |> ignore
+    let dfk, ready = start name (slurmForTests id :> IExecutionProvider) [ "-s"; work; "--cores"; "1"; "-t"; "60" ]
+    let () =
+        use _ = dfk
+        let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
+        let out = Path.Combine(tempRunDir (), "job")
+        let shell = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (_: int) -> "echo $SLURM_JOB_ID")
+        let job = await (jobOf (Arg.value 0)).Task
+        Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
+        Expect.equal (await (shell (Arg.value 0)).Task) 0 "the shell app ran"
+        Expect.equal (File.ReadAllText(out).Trim()) job "in the same job"
+        Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
+        Expect.equal (ready ()) 1 "one worker, from the block"
+    HtexSlurmTests.waitQueueEmpty name
+    try Directory.Delete(work, true) with _ -> ()
+
 let tests =
     let flavoured (name: string) (body: string -> unit) =
         testList name [
@@ -72,37 +121,9 @@ let tests =
             testCase "protocol 11 (built)" (fun () -> body (snd (harness ())))
         ]
     let slurm (exe: string) =
-        Harness.require "slurm" |> ignore
-        let name = HtexSlurmTests.label "wq-slurm"
-        let work = Path.Combine(Path.GetTempPath(), "parsl-wq-slurm-" + Guid.NewGuid().ToString("N"))
-        Directory.CreateDirectory work |> ignore
-        let provider =
-            new SlurmProvider(
-                { Slurm.defaults with
-                    Exclusive = false
-                    Walltime = "00:05:00"
-                    CmdTimeout = TimeSpan.FromSeconds 30.0
-                    StatusPollingInterval = TimeSpan.FromSeconds 1.0 })
-        let wq, dfk =
-            withWq (fun o ->
-                { o with
-                    Label = name
-                    Provider = Some(provider :> IExecutionProvider)
-                    WorkerExecutable = exe
-                    WorkerOptions = [ "-s"; work; "--cores"; "1"; "-t"; "60" ] })
-        let () =
-            use _ = dfk
-            let jobOf = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "SLURM_JOB_ID")
-            let out = Path.Combine(tempRunDir (), "job")
-            let shell = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (_: int) -> "echo $SLURM_JOB_ID")
-            let job = await (jobOf (Arg.value 0)).Task
-            Expect.isFalse (String.IsNullOrEmpty job) "the function app ran inside a Slurm job"
-            Expect.equal (await (shell (Arg.value 0)).Task) 0 "the shell app ran"
-            Expect.equal (File.ReadAllText(out).Trim()) job "in the same job"
-            Expect.contains (HtexSlurmTests.queuedJobsOf name |> List.map (fun l -> l.Split(' ')[0])) job "the block is in squeue"
-            Expect.equal (readyWorkers wq).Length 1 "one worker, from the block"
-        HtexSlurmTests.waitQueueEmpty name
-        try Directory.Delete(work, true) with _ -> ()
+        slurmBlock "wq" (fun name provider workerOptions ->
+            let wq, dfk = withWq (fun o -> { o with Label = name; Provider = Some provider; WorkerExecutable = exe; WorkerOptions = workerOptions })
+            dfk, (fun () -> (readyWorkers wq).Length))
 
     testList "WorkQueue" [
       testSequencedGroup "provider-daemons" <| testList "on Slurm" [
@@ -114,29 +135,7 @@ let tests =
             let wq, dfk = withWq (fun o -> { o with Env = Map [ "PARSL_WQ_TEST", "from-env" ] })
             use _ = dfk
             use _w = new WorkerProcess(exe, wq.Port.Value, [ "--password"; wq.PasswordPath; "--cores"; "2" ])
-            let offset = 1000 + Environment.ProcessId % 1
-            let shift = App.func dfk (fun (x: int) -> x + offset)
-            let pid = App.func dfk (fun (_: int) -> Environment.ProcessId)
-            let env = App.func dfk (fun (_: int) -> Environment.GetEnvironmentVariable "PARSL_WQ_TEST")
-            let boom = App.func dfk (fun (x: int) -> if x > 0 then invalidOp (sprintf "boom %d" x) else x)
-            let a = shift (Arg.value 7)
-            let b = shift (Arg.future a)
-            Expect.equal (await b.Task) 2007 "a closure ran twice, the second on the first's result"
-            Expect.notEqual (await (pid (Arg.value 0)).Task) Environment.ProcessId "ran in another process"
-            Expect.equal (await (env (Arg.value 0)).Task) "from-env" "Env reached the task"
-            let e = errorOf (boom (Arg.value 3))
-            Expect.isTrue (e :? InvalidOperationException) (sprintf "the app's own exception, not a wrapper: %O" e)
-            Expect.stringContains e.Message "boom 3" "its message"
-            let dir = tempRunDir ()
-            let out = Path.Combine(dir, "hello.out")
-            let echo = App.shellWith dfk { AppOptions.defaults with Stdout = Some(Path out) } (fun (x: int) -> sprintf "echo hello $PARSL_WQ_TEST %d" x)
-            Expect.equal (await (echo (Arg.value 1)).Task) 0 "exit 0"
-            Expect.equal (await (echo (Arg.value 2)).Task) 0 "exit 0"
-            Expect.equal (File.ReadAllText out) "hello from-env 1\nhello from-env 2\n" "stdout brought back and appended"
-            let fail = App.shell dfk (fun (code: int) -> sprintf "exit %d" code)
-            match errorOf (fail (Arg.value 3)) with
-            | :? BashExitFailure as f -> Expect.equal f.ExitCode 3 "exit code"
-            | e -> failtestf "expected BashExitFailure, got %O" e)
+            appsRunOnWorker dfk "PARSL_WQ_TEST")
 
         testCase "the long-lived runner (a protocol-11 coprocess) runs function apps without a runner start each" (fun () ->
             let exe = snd (harness ())

@@ -4,10 +4,8 @@ open System
 open System.Collections.Concurrent
 open System.Collections.Generic
 open System.IO
-open System.Threading.Tasks
 open Parsl
 open Parsl.Data
-open Parsl.Executors.HighThroughput
 open Parsl.Executors.WorkerLink
 open Parsl.Executors.WorkQueue
 open Parsl.Executors.TaskVine
@@ -26,25 +24,19 @@ open Parsl.Node
 /// Shell apps are the worker's own command lines. Resource keys: `cores`, `memory` (MB), `disk` (MB), `gpus`,
 /// `priority`, `running_time_min`.
 [<Sealed>]
-type TaskVineExecutor(options: TaskVineOptions) =
+type TaskVineExecutor private (options: TaskVineOptions, state: LinkExecutorState<VineLine, VineTask, VineWorkerInfo>) =
+    inherit LinkExecutor<VineLine, VineTask, VineWorkerInfo>(state, options.Provider, options.Strategy, options.StrategyPeriod, options.MaxIdleTime, options.PasswordFile)
     let label = options.Label
-    let inflight = InFlight<unit>()
     let shipping = RunnerShipping("TaskVineExecutor", label, options.RunnerDirectory, options.SharedFs)
     let fileHashes = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
     /// Outputs of earlier tasks still in their worker's cache, by the local copy they were fetched to: a later task
     /// given that file names the worker's copy, so it is not sent back.
     let kept = ConcurrentDictionary<struct (string * int64 * DateTime), string>()
-    let mutable ctx = Unchecked.defaultof<ExecutorContext>
-    let mutable manager: VineManagerHandle option = None
     let mutable runner: VineInput list = []
-    let mutable passwordPath = ""
-    let mutable root = ""
-    let mutable dataDir = ""
-    let mutable scaler: WqScalerHandle option = None
 
     let quote = WorkerExecutors.quote
 
-    let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome) |> ignore
+    let report (key: int64) (outcome: Result<obj, exn>) = state.Report(key, outcome)
 
     let cached (f: ShippedFile) : VineInput =
         { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Level = CacheLevel.Workflow }; LocalPath = f.LocalPath; Mode = 0o644 }
@@ -108,7 +100,7 @@ type TaskVineExecutor(options: TaskVineOptions) =
           Outputs = [] }
 
     let build (t: ExecTask) (key: int64) (req: ResourceRequest) : VineTask =
-        let dir = Path.Combine(dataDir, string key)
+        let dir = Path.Combine(state.DataDir, string key)
         Directory.CreateDirectory dir |> ignore
         let prefix = sprintf "t%d-%d" t.Id.Value t.Try.Value
         let withFiles (s: VineTaskSpec) (inputs: VineInput list) (outputs: VineOutput list) =
@@ -191,124 +183,46 @@ type TaskVineExecutor(options: TaskVineOptions) =
             let outputs = WorkerExecutors.shellOutputs options.SharedFs fetch prefix call.Outputs
             make (spec line call.AppName req call.Walltime) [] (List.ofSeq outs) None (shellResult call (wall > 0L) outputs)
 
+    /// The command a block runs to start one worker. Its log goes to `workers/block-<id>.log` under this executor's
+    /// folder in the run directory (not to loose folders in the working directory).
+    let workerCommand (blockId: string) =
+        let extra = [ "--debug-file"; quote (Path.Combine(state.Root, "workers", sprintf "block-%s.log" blockId)); "--parent-death" ]
+        state.WorkerCommand(blockId, options.WorkerExecutable, extra, options.WorkerOptions, options.Address, options.Port)
+
+    let prepare (root: string) =
+        Directory.CreateDirectory(Path.Combine(root, "workers")) |> ignore
+        runner <- shipping.RunnerFiles() |> List.map cached
+
+    let startManager (context: ExecutorContext) (root: string) (password: string option) =
+        let library =
+            if options.FunctionExecMode = FunctionExecMode.Serverless then
+                let none: ResourceRequest = { Cores = None; MemoryMB = None; DiskMB = None; Gpus = None; Priority = 0.0; RunningTimeMin = None }
+                let cmd = sprintf "%s Parsl.Workers.dll vine-library" (quote options.DotnetCommand)
+                Some({ spec (command cmd) VineProtocol.libraryName none None with Inputs = runner |> List.map (fun i -> i.File) }, runner)
+            else None
+        VineManager.start
+            { Link =
+                state.ManagerSettings(
+                    context, root, password, options.Address, options.Port, options.KeepalivePeriod, options.KeepaliveTimeout, options.MaxRetries)
+              Library = library
+              PeerTransfers = options.PeerTransfers }
+
+    do
+        state.Parts <-
+            { Validate = fun () -> TaskVineOptions.validate options
+              Prepare = prepare
+              StartManager = startManager
+              Build = build
+              WorkerCommand = workerCommand }
+
+    /// An executor with these options.
+    new(options: TaskVineOptions) = TaskVineExecutor(options, LinkExecutorState(options.Label))
+
     /// Parsl's defaults.
     new() = TaskVineExecutor(TaskVineOptions.defaults ())
 
     /// The options.
     member _.Options = options
 
-    /// The port workers connect to (after start).
-    member _.Port = manager |> Option.map (fun m -> m.Port)
-
-    /// Tries queued or running (Parsl's `outstanding()`).
-    member _.Outstanding = inflight.Count
-
-    /// Connections refused so far (wrong or missing password, unknown protocol).
-    member _.RejectedConnections = manager |> Option.map (fun m -> m.RejectedCount) |> Option.defaultValue 0
-
-    /// The workers connected now.
-    member _.WorkersAsync() : Task<VineWorkerInfo list> =
-        match manager with
-        | Some m ->
-            let q = TaskCompletionSource<VineWorkerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
-            m.Post(QueryWorkers q)
-            q.Task
-        | None -> Task.FromResult []
-
-    /// The password file workers must be given (`vine_worker --password FILE`): `PasswordFile`, or the one made for
-    /// this run under its run directory (after start).
-    member _.PasswordPath = passwordPath
-
-    /// This executor's folder in the run directory (after start): transfers, worker logs of its blocks.
-    member _.RunDirectory = root
-
-    /// The blocks started so far: block id, job id, state.
-    member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
-        WorkerExecutors.blocks scaler
-
-    /// The command a block runs to start one worker. Its log goes to `workers/block-<id>.log` under this executor's
-    /// folder in the run directory (not to loose folders in the working directory).
-    member this.WorkerCommand(blockId: string) =
-        let port = defaultArg this.Port options.Port
-        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
-          yield quote options.WorkerExecutable
-          if passwordPath <> "" then yield! [ "--password"; quote passwordPath ]
-          yield! [ "--debug-file"; quote (Path.Combine(root, "workers", sprintf "block-%s.log" blockId)) ]
-          yield "--parent-death"
-          yield! options.WorkerOptions |> List.map quote
-          yield quote options.Address
-          yield string port ]
-        |> String.concat " "
-
-    interface IExecutor with
-        member _.Label = label
-        member _.Validate() = TaskVineOptions.validate options
-        member _.CheckResources spec =
-            match WqProtocol.request label spec with
-            | Ok _ -> None
-            | Error e -> Some e
-
-        member this.StartAsync(context, _) =
-            task {
-                ctx <- context
-                root <- Path.Combine(context.RunDir, label)
-                dataDir <- Path.Combine(root, "function_data")
-                Directory.CreateDirectory dataDir |> ignore
-                Directory.CreateDirectory(Path.Combine(root, "workers")) |> ignore
-                if not (OperatingSystem.IsWindows()) then
-                    File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
-                runner <- shipping.RunnerFiles() |> List.map cached
-                passwordPath <- WorkerExecutors.runPassword options.PasswordFile root
-                let password = Some(File.ReadAllText passwordPath)
-                let library =
-                    if options.FunctionExecMode = FunctionExecMode.Serverless then
-                        let none: ResourceRequest = { Cores = None; MemoryMB = None; DiskMB = None; Gpus = None; Priority = 0.0; RunningTimeMin = None }
-                        let cmd = sprintf "%s Parsl.Workers.dll vine-library" (quote options.DotnetCommand)
-                        Some({ spec (command cmd) VineProtocol.libraryName none None with Inputs = runner |> List.map (fun i -> i.File) }, runner)
-                    else None
-                let m =
-                    VineManager.start
-                        { Label = label
-                          Address = options.Address
-                          Port = options.Port
-                          Password = password
-                          KeepalivePeriod = options.KeepalivePeriod
-                          KeepaliveTimeout = options.KeepaliveTimeout
-                          MaxRetries = options.MaxRetries
-                          TransferDir = Path.Combine(root, "transfers")
-                          Library = library
-                          PeerTransfers = options.PeerTransfers
-                          Log = context.Log }
-                manager <- Some m
-                scaler <-
-                    WorkerExecutors.startScaler
-                        label
-                        options.Provider
-                        context
-                        options.Strategy
-                        options.StrategyPeriod
-                        options.MaxIdleTime
-                        this.WorkerCommand
-                        (fun () -> inflight.Count)
-            }
-            :> Task
-
-        member _.Submit t =
-            WorkerExecutors.submit ctx label inflight (manager |> Option.map (fun m -> SubmitTask >> m.Post)) build t
-
-        member _.Cancel(id, tryId) =
-            manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))
-
-        member _.ShutdownAsync(wait) =
-            task {
-                if wait then
-                    // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
-                    do! inflight.WhenEmpty()
-                match manager with
-                | Some m -> do! WorkerExecutors.stopActor (fun r -> m.Post(StopManager r)) m.Completion
-                | None -> ()
-                do! WorkerExecutors.stopScaler scaler options.Provider
-                for k in inflight.Keys do
-                    report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
-            }
-            :> Task
+    /// The command a block runs to start one worker.
+    member _.WorkerCommand(blockId: string) = workerCommand blockId

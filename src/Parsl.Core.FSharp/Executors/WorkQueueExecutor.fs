@@ -1,17 +1,13 @@
 namespace Parsl.Executors
 
 open System
-open System.Collections.Concurrent
 open System.Collections.Generic
 open System.IO
 open System.Text.Json
-open System.Threading
-open System.Threading.Tasks
 open Parsl
 open Parsl.Data
-open Parsl.Executors.HighThroughput
-open Parsl.Node.HighThroughput
 open Parsl.Executors.WorkQueue
+open Parsl.Executors.WorkerLink
 open Parsl.Node
 
 /// Runs tries on CCTools Work Queue workers (`work_queue_worker`, protocol 9 or 11) through a manager of our own
@@ -25,28 +21,23 @@ open Parsl.Node
 /// app's exception) comes back as files. Shell apps are the worker's own command lines. Resource keys: `cores`,
 /// `memory` (MB), `disk` (MB), `gpus`, `priority`, `running_time_min`.
 [<Sealed>]
-type WorkQueueExecutor(options: WorkQueueOptions) =
+type WorkQueueExecutor private (options: WorkQueueOptions, state: LinkExecutorState<WorkerLine, WqTask, WqWorkerInfo>) =
+    inherit LinkExecutor<WorkerLine, WqTask, WqWorkerInfo>(state, options.Provider, options.Strategy, options.StrategyPeriod, options.MaxIdleTime, options.PasswordFile)
     let label = options.Label
-    let inflight = InFlight<unit>()
-    let shipping = Parsl.Executors.WorkerLink.RunnerShipping("WorkQueueExecutor", label, options.RunnerDirectory, options.SharedFs)
-    let mutable ctx = Unchecked.defaultof<ExecutorContext>
-    let mutable manager: WqManagerHandle option = None
+    let shipping = RunnerShipping("WorkQueueExecutor", label, options.RunnerDirectory, options.SharedFs)
     let mutable runner: InputSource list = []
     let mutable coprocessInfile = Unchecked.defaultof<InputSource>
     let mutable coprocessScript = ""
-    let mutable passwordPath = ""
-    let mutable dataDir = ""
-    let mutable scaler: WqScalerHandle option = None
-    let quote = Parsl.Executors.WorkerLink.WorkerExecutors.quote
+    let quote = WorkerExecutors.quote
 
-    let report (key: int64) (outcome: Result<obj, exn>) = inflight.Report(ctx, key, outcome) |> ignore
+    let report (key: int64) (outcome: Result<obj, exn>) = state.Report(key, outcome)
 
     let short (h: string) = h.Substring(0, 16).ToLowerInvariant()
 
-    let cached (f: Parsl.Executors.WorkerLink.ShippedFile) : InputSource =
+    let cached (f: ShippedFile) : InputSource =
         { File = { CacheName = f.CacheName; SandboxName = f.SandboxName; Cached = true }; LocalPath = f.LocalPath; Mode = 0o644 }
 
-    let text = Parsl.Executors.WorkerLink.WorkerExecutors.outputText
+    let text = WorkerExecutors.outputText
 
     let functionResult (appName: string) (resultPath: string) (o: WqOutcome) : Result<obj, exn> =
         if o.Code <> 0 then Error(WqProtocol.failure o.Code o.ExitCode (text o.Output))
@@ -68,12 +59,12 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             let missing = outputs |> List.filter (fun p -> not (File.Exists p) && not (Directory.Exists p))
             if missing.IsEmpty then Ok(box 0) else Error(MissingOutputs("the files were not created", missing))
 
-    let wallSeconds = Parsl.Executors.WorkerLink.WorkerExecutors.wallSeconds
+    let wallSeconds = WorkerExecutors.wallSeconds
 
-    let command = Parsl.Executors.WorkerLink.WorkerExecutors.withInit options.InitCommand
+    let command = WorkerExecutors.withInit options.InitCommand
 
     let build (t: ExecTask) (key: int64) (req: ResourceRequest) : WqTask =
-        let dir = Path.Combine(dataDir, string key)
+        let dir = Path.Combine(state.DataDir, string key)
         Directory.CreateDirectory dir |> ignore
         let prefix = sprintf "t%d-%d" t.Id.Value t.Try.Value
         let spec (cmd: string) appName =
@@ -143,7 +134,7 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                     if File.Exists local then ins.Add { File = tf; LocalPath = local; Mode = 0o644 }
                     else outs.Add { File = tf; Path = Path.GetFullPath local; Append = false }
                     f.WithLocalPath name
-            let args = Parsl.Executors.WorkerLink.WorkerExecutors.stageArgs call stage
+            let args = WorkerExecutors.stageArgs call stage
             let callPath = Path.Combine(dir, "call")
             let resultPath = Path.Combine(dir, "result")
             shipping.WriteCall(callPath, key, call.AppName, fid, def, args, call.Walltime)
@@ -167,12 +158,12 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
             let outs = List<OutputDest>()
             let fetch cacheName sandboxName path append =
                 outs.Add { File = { CacheName = cacheName; SandboxName = sandboxName; Cached = false }; Path = path; Append = append }
-            let redirect = Parsl.Executors.WorkerLink.WorkerExecutors.redirect options.SharedFs fetch prefix
+            let redirect = WorkerExecutors.redirect options.SharedFs fetch prefix
             let line =
                 "/bin/bash -c " + quote cmd
                 + redirect ">" call.Stdout "parsl.stdout"
                 + redirect "2>" call.Stderr "parsl.stderr"
-            let outputs = Parsl.Executors.WorkerLink.WorkerExecutors.shellOutputs options.SharedFs fetch prefix call.Outputs
+            let outputs = WorkerExecutors.shellOutputs options.SharedFs fetch prefix call.Outputs
             finish
                 { spec line call.AppName with WallTime = wallSeconds req call.Walltime }
                 []
@@ -180,129 +171,53 @@ type WorkQueueExecutor(options: WorkQueueOptions) =
                 None
                 (shellResult call outputs)
 
+    /// The command a block runs to start one worker.
+    let workerCommand (blockId: string) =
+        let extra = if options.LongLivedRunner then [ "--coprocess"; quote coprocessScript ] else []
+        state.WorkerCommand(blockId, options.WorkerExecutable, extra, options.WorkerOptions, options.Address, options.Port)
+
+    let prepare (root: string) =
+        runner <- shipping.RunnerFiles() |> List.map cached
+        // What the worker's coprocess child reads and forwards to the runner (which reads the call file itself).
+        // It carries `Env` (a task's environment does not reach a process that is already running).
+        let infile = Path.Combine(root, "coprocess-infile")
+        File.WriteAllText(infile, JsonSerializer.Serialize(dict [ for KeyValue(k, v) in options.Env -> k, v ]))
+        let h = short (shipping.Hash infile)
+        coprocessInfile <- { File = { CacheName = "parsl-coprocess-env-" + h; SandboxName = "infile"; Cached = true }; LocalPath = infile; Mode = 0o644 }
+        // `work_queue_worker --coprocess` takes a program, not a command line: this script starts the runner.
+        coprocessScript <- Path.Combine(root, "parsl-wq-coprocess")
+        File.WriteAllText(
+            coprocessScript,
+            sprintf "#!/bin/sh\nexec %s %s wq-serve\n" (quote options.DotnetCommand) (quote (Path.Combine(options.RunnerDirectory, "Parsl.Workers.dll"))))
+        if not (OperatingSystem.IsWindows()) then
+            File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+
+    let startManager (context: ExecutorContext) (root: string) (password: string option) =
+        WqManager.start (
+            state.ManagerSettings(
+                context, root, password, options.Address, options.Port, options.KeepalivePeriod, options.KeepaliveTimeout, options.MaxRetries)
+        )
+
+    do
+        state.Parts <-
+            { Validate = fun () -> WorkQueueOptions.validate options
+              Prepare = prepare
+              StartManager = startManager
+              Build = build
+              WorkerCommand = workerCommand }
+
+    /// An executor with these options.
+    new(options: WorkQueueOptions) = WorkQueueExecutor(options, LinkExecutorState(options.Label))
+
     /// Parsl's defaults.
     new() = WorkQueueExecutor(WorkQueueOptions.defaults ())
 
     /// The options.
     member _.Options = options
 
-    /// The port workers connect to (after start).
-    member _.Port = manager |> Option.map (fun m -> m.Port)
-
-    /// Tries queued or running (Parsl's `outstanding()`).
-    member _.Outstanding = inflight.Count
-
-    /// Connections refused so far (wrong or missing password, unknown protocol).
-    member _.RejectedConnections = manager |> Option.map (fun m -> m.RejectedCount) |> Option.defaultValue 0
-
-    /// The workers connected now.
-    member _.WorkersAsync() : Task<WqWorkerInfo list> =
-        match manager with
-        | Some m ->
-            let q = TaskCompletionSource<WqWorkerInfo list>(TaskCreationOptions.RunContinuationsAsynchronously)
-            m.Post(QueryWorkers q)
-            q.Task
-        | None -> Task.FromResult []
-
-    /// The password file workers must be given (`work_queue_worker --password FILE`): `PasswordFile`, or the one made
-    /// for this run under its run directory (after start).
-    member _.PasswordPath = passwordPath
-
-    /// The blocks started so far: block id, job id, state.
-    member _.BlocksAsync() : Task<(string * string option * Parsl.Providers.JobState) list> =
-        Parsl.Executors.WorkerLink.WorkerExecutors.blocks scaler
-
     /// A program that starts the long-lived .NET runner, for `work_queue_worker --coprocess` (protocol 10 and later):
     /// such a worker runs function apps without a `dotnet` start each (after start; on a file system the workers see).
     member _.CoprocessScript = coprocessScript
 
     /// The command a block runs to start one worker.
-    member this.WorkerCommand(blockId: string) =
-        let port = defaultArg this.Port options.Port
-        [ yield "PARSL_WORKER_BLOCK_ID=" + quote blockId
-          yield quote options.WorkerExecutable
-          if passwordPath <> "" then yield! [ "--password"; quote passwordPath ]
-          if options.LongLivedRunner then yield! [ "--coprocess"; quote this.CoprocessScript ]
-          yield! options.WorkerOptions |> List.map quote
-          yield quote options.Address
-          yield string port ]
-        |> String.concat " "
-
-    interface IExecutor with
-        member _.Label = label
-        member _.Validate() = WorkQueueOptions.validate options
-        member _.CheckResources spec =
-            match WqProtocol.request label spec with
-            | Ok _ -> None
-            | Error e -> Some e
-
-        member this.StartAsync(context, _) =
-            task {
-                ctx <- context
-                let root = Path.Combine(context.RunDir, label)
-                dataDir <- Path.Combine(root, "function_data")
-                Directory.CreateDirectory dataDir |> ignore
-                if not (OperatingSystem.IsWindows()) then
-                    File.SetUnixFileMode(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
-                runner <- shipping.RunnerFiles() |> List.map cached
-                // What the worker's coprocess child reads and forwards to the runner (which reads the call file itself).
-                // It carries `Env` (a task's environment does not reach a process that is already running).
-                let infile = Path.Combine(root, "coprocess-infile")
-                File.WriteAllText(infile, JsonSerializer.Serialize(dict [ for KeyValue(k, v) in options.Env -> k, v ]))
-                let h = short (shipping.Hash infile)
-                coprocessInfile <- { File = { CacheName = "parsl-coprocess-env-" + h; SandboxName = "infile"; Cached = true }; LocalPath = infile; Mode = 0o644 }
-                // `work_queue_worker --coprocess` takes a program, not a command line: this script starts the runner.
-                coprocessScript <- Path.Combine(root, "parsl-wq-coprocess")
-                File.WriteAllText(
-                    coprocessScript,
-                    sprintf "#!/bin/sh\nexec %s %s wq-serve\n" (quote options.DotnetCommand) (quote (Path.Combine(options.RunnerDirectory, "Parsl.Workers.dll"))))
-                if not (OperatingSystem.IsWindows()) then
-                    File.SetUnixFileMode(coprocessScript, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
-                // Without a PasswordFile, a password is made for this run (owner-only file): only workers given it
-                // (the executor's blocks get it) can join, so no other local process can pose as a worker.
-                passwordPath <- Parsl.Executors.WorkerLink.WorkerExecutors.runPassword options.PasswordFile root
-                let password = Some(File.ReadAllText passwordPath)
-                let m =
-                    WqManager.start
-                        { Label = label
-                          Address = options.Address
-                          Port = options.Port
-                          Password = password
-                          KeepalivePeriod = options.KeepalivePeriod
-                          KeepaliveTimeout = options.KeepaliveTimeout
-                          MaxRetries = options.MaxRetries
-                          TransferDir = Path.Combine(root, "transfers")
-                          Log = context.Log }
-                manager <- Some m
-                scaler <-
-                    Parsl.Executors.WorkerLink.WorkerExecutors.startScaler
-                        label
-                        options.Provider
-                        context
-                        options.Strategy
-                        options.StrategyPeriod
-                        options.MaxIdleTime
-                        this.WorkerCommand
-                        (fun () -> inflight.Count)
-            }
-            :> Task
-
-        member _.Submit t =
-            Parsl.Executors.WorkerLink.WorkerExecutors.submit ctx label inflight (manager |> Option.map (fun m -> SubmitTask >> m.Post)) build t
-
-        member _.Cancel(id, tryId) =
-            manager |> Option.iter (fun m -> m.Post(CancelTask(Protocol.key id.Value tryId.Value)))
-
-        member _.ShutdownAsync(wait) =
-            task {
-                if wait then
-                    // Tries already submitted finish first (Parsl's wait-for-tasks shutdown).
-                    do! inflight.WhenEmpty()
-                match manager with
-                | Some m -> do! Parsl.Executors.WorkerLink.WorkerExecutors.stopActor (fun r -> m.Post(StopManager r)) m.Completion
-                | None -> ()
-                do! Parsl.Executors.WorkerLink.WorkerExecutors.stopScaler scaler options.Provider
-                for k in inflight.Keys do
-                    report k (Error(KernelShutdownError(TaskId(fst (Protocol.ofKey k)))))
-            }
-            :> Task
+    member _.WorkerCommand(blockId: string) = workerCommand blockId

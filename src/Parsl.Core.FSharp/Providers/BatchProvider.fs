@@ -261,3 +261,33 @@ module internal BatchSystems =
 
     /// No second look at jobs that left the queue.
     let noResolve = fun (_: IExecutionChannel) (_: string list) (_: CancellationToken) -> Task.FromResult([]: SchedulerReport list)
+
+    /// A batch system with the usual rest: the script named `<job>.submit`, no further files, nothing to prepare, jobs
+    /// that left the queue taken as COMPLETED without a second look, and cancelled jobs CANCELLED. Systems that differ
+    /// say so with `{ basic ... with ... }`.
+    let basic label render submit query cancel : BatchSystem =
+        { Label = label
+          ScriptFile = fun name -> name + ".submit"
+          Render = render
+          ExtraFiles = fun _ -> []
+          Prepare = noPrepare
+          Submit = submit
+          Query = query
+          ResolveMissing = noResolve
+          MissingState = Some JobState.Completed
+          Cancel = cancel
+          StateAfterCancel = JobState.Cancelled }
+
+    /// Block settings from a provider's options (status polled every 60 s, Parsl's default).
+    let settings init minB maxB nodes par cores mem worker launcher timeout : BlockSettings =
+        { InitBlocks = init
+          MinBlocks = minB
+          MaxBlocks = maxB
+          NodesPerBlock = nodes
+          Parallelism = par
+          CoresPerNode = cores
+          MemPerNode = mem
+          WorkerInit = worker
+          Launcher = launcher
+          CmdTimeout = timeout
+          StatusPollingInterval = TimeSpan.FromSeconds 60.0 }

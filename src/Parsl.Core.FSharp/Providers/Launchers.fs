@@ -64,6 +64,21 @@ module internal LauncherScript =
         if nodesPerBlock < 1 then
             invalidArg "nodesPerBlock" (sprintf "%s: nodes per block must be at least 1, got %d" name nodesPerBlock)
 
+/// A launcher that writes a script around the command for one tool that takes extra arguments (`srun`, `aprun`,
+/// `jsrun`, `mpiexec`, `mpirun`). The counts are checked, then `Script` gets the command, the tasks per node and the
+/// total number of copies (tasks per node × nodes per block).
+[<AbstractClass>]
+type ScriptLauncher(name: string, overrides: string) =
+    /// Extra arguments for the launcher's tool.
+    member _.Overrides = overrides
+    /// The script that starts `total` copies of `command`, `tasksPerNode` on each node.
+    abstract Script: command: string * tasksPerNode: int * total: int -> string
+    interface ILauncher with
+        member _.Name = name
+        member this.Wrap(command, tasksPerNode, nodesPerBlock) =
+            LauncherScript.checkCounts name tasksPerNode nodesPerBlock
+            this.Script(command, tasksPerNode, tasksPerNode * nodesPerBlock)
+
 /// Prepends a command, for example a container runtime (Parsl's `WrappedLauncher`). Ignores the task and node
 /// counts: one copy of the command runs.
 type WrappedLauncher(prepend: string) =
@@ -76,89 +91,71 @@ type WrappedLauncher(prepend: string) =
 /// Starts `tasks per node × nodes per block` copies with one `srun` (Parsl's `SrunLauncher`). Use inside Slurm
 /// allocations; `CORES` and `NODES` come from Slurm's environment.
 type SrunLauncher(overrides: string, debug: bool) =
+    inherit ScriptLauncher("SrunLauncher", overrides)
     /// `srun` with no extra arguments, echoing progress to the job's output.
     new() = SrunLauncher("", true)
     /// `srun` with extra arguments (as `--mpi=pmix` or `--cpu-bind=none`).
     new(overrides: string) = SrunLauncher(overrides, true)
-    /// Extra `srun` arguments.
-    member _.Overrides = overrides
-    interface ILauncher with
-        member _.Name = "SrunLauncher"
-        member _.Wrap(command, tasksPerNode, nodesPerBlock) =
-            LauncherScript.checkCounts "SrunLauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh"
-            LauncherScript.join (
-                LauncherScript.slurmPrelude debug total
-                @ LauncherScript.commandFile file command
-                @ [ sprintf "srun --ntasks %d -l %s bash %s" total overrides file ]
-                @ LauncherScript.debugEcho debug "srun finished")
+    override _.Script(command, tasksPerNode, total) =
+        let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh"
+        LauncherScript.join (
+            LauncherScript.slurmPrelude debug total
+            @ LauncherScript.commandFile file command
+            @ [ sprintf "srun --ntasks %d -l %s bash %s" total overrides file ]
+            @ LauncherScript.debugEcho debug "srun finished")
 
 /// One `srun` per worker, each with its own share of the allocation, for blocks whose workers launch MPI
 /// applications (Parsl's `SrunMPILauncher`). With more workers than nodes each gets `nodes × cores / workers`
 /// tasks; otherwise each gets whole nodes, exclusively.
 type SrunMPILauncher(overrides: string, debug: bool) =
+    inherit ScriptLauncher("SrunMPILauncher", overrides)
     /// No extra arguments.
     new() = SrunMPILauncher("", true)
     /// Extra `srun` arguments.
     new(overrides: string) = SrunMPILauncher(overrides, true)
-    /// Extra `srun` arguments.
-    member _.Overrides = overrides
-    interface ILauncher with
-        member _.Name = "SrunMPILauncher"
-        member _.Wrap(command, tasksPerNode, nodesPerBlock) =
-            LauncherScript.checkCounts "SrunMPILauncher" tasksPerNode nodesPerBlock
-            let total = tasksPerNode * nodesPerBlock
-            let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh"
-            LauncherScript.join (
-                LauncherScript.slurmPrelude debug total
-                @ LauncherScript.commandFile file command
-                @ [ sprintf "TASKBLOCKS=%d" total
-                    "if (( TASKBLOCKS > NODES )); then"
-                    "    CORES_PER_BLOCK=$(( NODES * CORES / TASKBLOCKS ))"
-                    "    for blk in $(seq 1 $TASKBLOCKS); do"
-                    sprintf "        srun --ntasks $CORES_PER_BLOCK -l %s bash %s &" overrides file
-                    "    done"
-                    "else"
-                    "    NODES_PER_BLOCK=$(( NODES / TASKBLOCKS ))"
-                    "    for blk in $(seq 1 $TASKBLOCKS); do"
-                    sprintf "        srun --exclusive --nodes $NODES_PER_BLOCK -l %s bash %s &" overrides file
-                    "    done"
-                    "fi"
-                    "wait" ]
-                @ LauncherScript.debugEcho debug "all srun steps finished")
+    override _.Script(command, tasksPerNode, total) =
+        let file = "${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh"
+        LauncherScript.join (
+            LauncherScript.slurmPrelude debug total
+            @ LauncherScript.commandFile file command
+            @ [ sprintf "TASKBLOCKS=%d" total
+                "if (( TASKBLOCKS > NODES )); then"
+                "    CORES_PER_BLOCK=$(( NODES * CORES / TASKBLOCKS ))"
+                "    for blk in $(seq 1 $TASKBLOCKS); do"
+                sprintf "        srun --ntasks $CORES_PER_BLOCK -l %s bash %s &" overrides file
+                "    done"
+                "else"
+                "    NODES_PER_BLOCK=$(( NODES / TASKBLOCKS ))"
+                "    for blk in $(seq 1 $TASKBLOCKS); do"
+                sprintf "        srun --exclusive --nodes $NODES_PER_BLOCK -l %s bash %s &" overrides file
+                "    done"
+                "fi"
+                "wait" ]
+            @ LauncherScript.debugEcho debug "all srun steps finished")
 
 /// Starts the copies with Cray's `aprun` (Parsl's `AprunLauncher`; Torque's default).
 type AprunLauncher(overrides: string, debug: bool) =
+    inherit ScriptLauncher("AprunLauncher", overrides)
     /// No extra arguments.
     new() = AprunLauncher("", true)
     /// Extra `aprun` arguments.
     new(overrides: string) = AprunLauncher(overrides, true)
-    /// Extra `aprun` arguments.
-    member _.Overrides = overrides
-    interface ILauncher with
-        member _.Name = "AprunLauncher"
-        member _.Wrap(command, tasksPerNode, nodesPerBlock) =
-            LauncherScript.checkCounts "AprunLauncher" tasksPerNode nodesPerBlock
-            LauncherScript.oneStep debug (tasksPerNode * nodesPerBlock) command
-                (fun total file -> sprintf "aprun -n %d -N %d %s /bin/bash %s &" total tasksPerNode overrides file)
-                "aprun finished"
+    override _.Script(command, tasksPerNode, total) =
+        LauncherScript.oneStep debug total command
+            (fun total file -> sprintf "aprun -n %d -N %d %s /bin/bash %s &" total tasksPerNode overrides file)
+            "aprun finished"
 
 /// Starts the copies with IBM's `jsrun` (Parsl's `JsrunLauncher`, for LSF machines such as Summit).
 type JsrunLauncher(overrides: string, debug: bool) =
+    inherit ScriptLauncher("JsrunLauncher", overrides)
     /// No extra arguments.
     new() = JsrunLauncher("", true)
     /// Extra `jsrun` arguments.
     new(overrides: string) = JsrunLauncher(overrides, true)
-    /// Extra `jsrun` arguments.
-    member _.Overrides = overrides
-    interface ILauncher with
-        member _.Name = "JsrunLauncher"
-        member _.Wrap(command, tasksPerNode, nodesPerBlock) =
-            LauncherScript.checkCounts "JsrunLauncher" tasksPerNode nodesPerBlock
-            LauncherScript.oneStep debug (tasksPerNode * nodesPerBlock) command
-                (fun total file -> sprintf "jsrun -n %d -r %d %s /bin/bash %s &" total tasksPerNode overrides file)
-                "jsrun finished"
+    override _.Script(command, tasksPerNode, total) =
+        LauncherScript.oneStep debug total command
+            (fun total file -> sprintf "jsrun -n %d -r %d %s /bin/bash %s &" total tasksPerNode overrides file)
+            "jsrun finished"
 
 /// The host list both MPI launchers and GNU parallel read: the PBS node file without duplicates, or this host.
 module internal HostFile =
@@ -173,37 +170,29 @@ module internal HostFile =
 /// Starts the copies with `mpiexec` over the block's hosts (Parsl's `MpiExecLauncher`). `bindCmd` is the
 /// option that turns rank binding off (`--bind-to` for Open MPI and MPICH's Hydra, `--cpu-bind` for others).
 type MpiExecLauncher(bindCmd: string, overrides: string, debug: bool) =
+    inherit ScriptLauncher("MpiExecLauncher", overrides)
     /// `--bind-to none`, no extra arguments.
     new() = MpiExecLauncher("--bind-to", "", true)
     /// Extra `mpiexec` arguments.
     new(overrides: string) = MpiExecLauncher("--bind-to", overrides, true)
     /// The binding option.
     member _.BindCmd = bindCmd
-    /// Extra `mpiexec` arguments.
-    member _.Overrides = overrides
-    interface ILauncher with
-        member _.Name = "MpiExecLauncher"
-        member _.Wrap(command, tasksPerNode, nodesPerBlock) =
-            LauncherScript.checkCounts "MpiExecLauncher" tasksPerNode nodesPerBlock
-            LauncherScript.allAtOnce debug "mpiexec" (tasksPerNode * nodesPerBlock) command (HostFile.lines "HOSTFILE") (fun file ->
-                [ sprintf "mpiexec %s none %s -n $WORKERCOUNT --hostfile $HOSTFILE /usr/bin/sh %s" bindCmd overrides file ])
+    override _.Script(command, tasksPerNode, total) =
+        LauncherScript.allAtOnce debug "mpiexec" total command (HostFile.lines "HOSTFILE") (fun file ->
+            [ sprintf "mpiexec %s none %s -n $WORKERCOUNT --hostfile $HOSTFILE /usr/bin/sh %s" bindCmd overrides file ])
 
 /// Starts the copies with `mpirun` (Parsl's `MpiRunLauncher`).
 type MpiRunLauncher(bashLocation: string, overrides: string, debug: bool) =
+    inherit ScriptLauncher("MpiRunLauncher", overrides)
     /// `/bin/bash`, no extra arguments.
     new() = MpiRunLauncher("/bin/bash", "", true)
     /// Extra `mpirun` arguments.
     new(overrides: string) = MpiRunLauncher("/bin/bash", overrides, true)
     /// The shell each rank runs the command with.
     member _.BashLocation = bashLocation
-    /// Extra `mpirun` arguments.
-    member _.Overrides = overrides
-    interface ILauncher with
-        member _.Name = "MpiRunLauncher"
-        member _.Wrap(command, tasksPerNode, nodesPerBlock) =
-            LauncherScript.checkCounts "MpiRunLauncher" tasksPerNode nodesPerBlock
-            LauncherScript.allAtOnce debug "mpirun" (tasksPerNode * nodesPerBlock) command [] (fun file ->
-                [ sprintf "mpirun -np $WORKERCOUNT %s %s %s" overrides bashLocation file ])
+    override _.Script(command, tasksPerNode, total) =
+        LauncherScript.allAtOnce debug "mpirun" total command [] (fun file ->
+            [ sprintf "mpirun -np $WORKERCOUNT %s %s %s" overrides bashLocation file ])
 
 /// Spreads the copies over the block's hosts with GNU parallel over SSH (Parsl's `GnuParallelLauncher`):
 /// needs `parallel` on the PATH and password-less SSH between the nodes; hosts come from `$PBS_NODEFILE`.

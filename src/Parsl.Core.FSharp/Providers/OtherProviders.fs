@@ -3,37 +3,19 @@ namespace Parsl.Providers
 open System
 open Parsl
 
-module internal Settings =
-    let of' init minB maxB nodes par cores mem worker launcher timeout : BlockSettings =
-        { InitBlocks = init
-          MinBlocks = minB
-          MaxBlocks = maxB
-          NodesPerBlock = nodes
-          Parallelism = par
-          CoresPerNode = cores
-          MemPerNode = mem
-          WorkerInit = worker
-          Launcher = launcher
-          CmdTimeout = timeout
-          StatusPollingInterval = TimeSpan.FromSeconds 60.0 }
-
 /// Gets blocks from PBS Pro (Parsl's `PBSProProvider`): `qsub`, `qstat -x -f -F json`, `qdel`.
 /// Not tested against a live PBS Pro server (none installs on Debian); rendering and parsing are tested on samples.
 type PBSProProvider private (options: PbsProOptions, channelFactory: unit -> IExecutionChannel) =
     inherit ClusterProvider(
         (let t = options.CmdTimeout
-         { Label = "pbspro"
-           ScriptFile = id
-           Render = PbsPro.render options
-           ExtraFiles = fun _ -> []
-           Prepare = BatchSystems.noPrepare
-           Submit = BatchSystems.submitWith Pbs.parseSubmit (Pbs.submitCommand options.Queue options.Account) t
-           Query = fun ch ids ct -> BatchSystems.queryWith (fun ids -> [ PbsPro.statusCommand ids ]) (PbsPro.parseStatus ids) t ch ids ct
-           ResolveMissing = BatchSystems.noResolve
-           MissingState = Some JobState.Completed
-           Cancel = BatchSystems.cancelWith Pbs.cancelCommand t
-           StateAfterCancel = JobState.Cancelled }),
-        Settings.of' options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
+         { BatchSystems.basic
+               "pbspro"
+               (PbsPro.render options)
+               (BatchSystems.submitWith Pbs.parseSubmit (Pbs.submitCommand options.Queue options.Account) t)
+               (fun ch ids ct -> BatchSystems.queryWith (fun ids -> [ PbsPro.statusCommand ids ]) (PbsPro.parseStatus ids) t ch ids ct)
+               (BatchSystems.cancelWith Pbs.cancelCommand t) with
+             ScriptFile = id }),
+        BatchSystems.settings options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
             (Some options.CpusPerNode) None options.WorkerInit options.Launcher options.CmdTimeout,
         channelFactory,
         (fun () -> PbsPro.validate options))
@@ -49,18 +31,13 @@ type PBSProProvider private (options: PbsProOptions, channelFactory: unit -> IEx
 type TorqueProvider private (options: TorqueOptions, channelFactory: unit -> IExecutionChannel) =
     inherit ClusterProvider(
         (let t = options.CmdTimeout
-         { Label = "torque"
-           ScriptFile = fun name -> name + ".submit"
-           Render = Torque.render options
-           ExtraFiles = fun _ -> []
-           Prepare = BatchSystems.noPrepare
-           Submit = BatchSystems.submitWith Pbs.parseSubmit (Pbs.submitCommand options.Queue options.Account) t
-           Query = fun ch ids ct -> BatchSystems.queryWith (fun ids -> [ Torque.statusCommand ids ]) (Torque.parseStatus ids) t ch ids ct
-           ResolveMissing = BatchSystems.noResolve
-           MissingState = Some JobState.Completed
-           Cancel = BatchSystems.cancelWith Pbs.cancelCommand t
-           StateAfterCancel = JobState.Cancelled }),
-        Settings.of' options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
+         BatchSystems.basic
+             "torque"
+             (Torque.render options)
+             (BatchSystems.submitWith Pbs.parseSubmit (Pbs.submitCommand options.Queue options.Account) t)
+             (fun ch ids ct -> BatchSystems.queryWith (fun ids -> [ Torque.statusCommand ids ]) (Torque.parseStatus ids) t ch ids ct)
+             (BatchSystems.cancelWith Pbs.cancelCommand t)),
+        BatchSystems.settings options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
             None None options.WorkerInit options.Launcher options.CmdTimeout,
         channelFactory,
         (fun () -> Torque.validate options))
@@ -76,27 +53,24 @@ type TorqueProvider private (options: TorqueOptions, channelFactory: unit -> IEx
 type CondorProvider private (options: CondorOptions, channelFactory: unit -> IExecutionChannel) =
     inherit ClusterProvider(
         (let t = options.CmdTimeout
-         { Label = "condor"
-           ScriptFile = fun name -> name + ".submit"
-           Render = Condor.render options
-           ExtraFiles = fun r -> [ Condor.jobScriptName r.JobName, Condor.jobScript options r ]
-           Prepare = BatchSystems.noPrepare
-           Submit = BatchSystems.submitWith Condor.parseSubmit Condor.submitCommand t
-           Query = BatchSystems.queryWith (BatchJobs.batches options.CmdChunkSize >> List.map Condor.statusCommand) Condor.parseStatus t
-           ResolveMissing = BatchSystems.noResolve
-           // Jobs stay in the queue (leave_in_queue), so one that is not listed keeps its last state, as Parsl.
-           MissingState = None
-           Cancel =
-             fun ch ids ct ->
-                 task {
-                     let mutable ok = true
-                     for chunk in BatchJobs.batches options.CmdChunkSize ids do
-                         let! r = ch.ExecuteAsync(Condor.cancelCommand chunk, t, ct)
-                         ok <- ok && r.ExitCode = 0
-                     return ok
-                 }
-           StateAfterCancel = JobState.Cancelled }),
-        Settings.of' options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
+         let cancel (ch: IExecutionChannel) ids ct =
+             task {
+                 let mutable ok = true
+                 for chunk in BatchJobs.batches options.CmdChunkSize ids do
+                     let! r = ch.ExecuteAsync(Condor.cancelCommand chunk, t, ct)
+                     ok <- ok && r.ExitCode = 0
+                 return ok
+             }
+         { BatchSystems.basic
+               "condor"
+               (Condor.render options)
+               (BatchSystems.submitWith Condor.parseSubmit Condor.submitCommand t)
+               (BatchSystems.queryWith (BatchJobs.batches options.CmdChunkSize >> List.map Condor.statusCommand) Condor.parseStatus t)
+               cancel with
+             ExtraFiles = fun r -> [ Condor.jobScriptName r.JobName, Condor.jobScript options r ]
+             // Jobs stay in the queue (leave_in_queue), so one that is not listed keeps its last state, as Parsl.
+             MissingState = None }),
+        BatchSystems.settings options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
             options.CoresPerSlot options.MemPerSlot options.WorkerInit options.Launcher options.CmdTimeout,
         channelFactory,
         (fun () -> Condor.validate options))
@@ -112,18 +86,13 @@ type CondorProvider private (options: CondorOptions, channelFactory: unit -> IEx
 type LSFProvider private (options: LsfOptions, channelFactory: unit -> IExecutionChannel) =
     inherit ClusterProvider(
         (let t = options.CmdTimeout
-         { Label = "LSF"
-           ScriptFile = fun name -> name + ".submit"
-           Render = Lsf.render options
-           ExtraFiles = fun _ -> []
-           Prepare = BatchSystems.noPrepare
-           Submit = BatchSystems.submitWith Lsf.parseSubmit (Lsf.submitCommand options) t
-           Query = BatchSystems.queryWith (fun ids -> [ Lsf.statusCommand ids ]) Lsf.parseStatus t
-           ResolveMissing = BatchSystems.noResolve
-           MissingState = Some JobState.Completed
-           Cancel = BatchSystems.cancelWith Lsf.cancelCommand t
-           StateAfterCancel = JobState.Cancelled }),
-        Settings.of' options.InitBlocks options.MinBlocks options.MaxBlocks (Lsf.nodesPerBlock options) options.Parallelism
+         BatchSystems.basic
+             "LSF"
+             (Lsf.render options)
+             (BatchSystems.submitWith Lsf.parseSubmit (Lsf.submitCommand options) t)
+             (BatchSystems.queryWith (fun ids -> [ Lsf.statusCommand ids ]) Lsf.parseStatus t)
+             (BatchSystems.cancelWith Lsf.cancelCommand t)),
+        BatchSystems.settings options.InitBlocks options.MinBlocks options.MaxBlocks (Lsf.nodesPerBlock options) options.Parallelism
             (if options.RequestByNodes then None else options.CoresPerNode) None options.WorkerInit options.Launcher options.CmdTimeout,
         channelFactory,
         (fun () -> Lsf.validate options))

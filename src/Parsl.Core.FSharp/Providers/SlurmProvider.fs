@@ -11,48 +11,37 @@ type SlurmProvider private (options: SlurmOptions, channelFactory: unit -> IExec
     inherit ClusterProvider(
         (let mutable source = Squeue
          let t = options.CmdTimeout
-         { Label = "slurm"
-           ScriptFile = id
-           Render = Slurm.render options
-           ExtraFiles = fun _ -> []
-           Prepare =
-             fun ch ct ->
-                 task {
-                     let! r = ch.ExecuteAsync(Slurm.probeCommand, t, ct)
-                     source <- if r.ExitCode = 0 then Sacct else Squeue
-                 }
-           Submit = BatchSystems.submitWith (Slurm.parseSubmit options) Slurm.submitCommand t
-           Query =
-             fun ch ids ct ->
-                 BatchSystems.queryWith
-                     (BatchJobs.batches options.StatusBatchSize >> List.map (Slurm.statusCommand options source))
-                     (Slurm.parseStatus source) t ch ids ct
-           ResolveMissing =
-             fun ch ids ct ->
-                 task {
-                     let found = ResizeArray()
-                     for id in ids do
-                         let! r = ch.ExecuteAsync(Slurm.scontrolCommand options id, t, ct)
-                         if r.ExitCode = 0 then
-                             Slurm.parseScontrol r.Stdout
-                             |> Option.filter (fun rep -> rep.JobId = id)
-                             |> Option.iter found.Add
-                     return List.ofSeq found
-                 }
-           MissingState = Some JobState.Completed
-           Cancel = BatchSystems.cancelWith (Slurm.cancelCommand options) t
-           StateAfterCancel = JobState.Cancelled }),
-        { InitBlocks = options.InitBlocks
-          MinBlocks = options.MinBlocks
-          MaxBlocks = options.MaxBlocks
-          NodesPerBlock = options.NodesPerBlock
-          Parallelism = options.Parallelism
-          CoresPerNode = options.CoresPerNode
-          MemPerNode = options.MemPerNode |> Option.map float
-          WorkerInit = options.WorkerInit
-          Launcher = options.Launcher
-          CmdTimeout = options.CmdTimeout
-          StatusPollingInterval = options.StatusPollingInterval },
+         { BatchSystems.basic
+               "slurm"
+               (Slurm.render options)
+               (BatchSystems.submitWith (Slurm.parseSubmit options) Slurm.submitCommand t)
+               (fun ch ids ct ->
+                   BatchSystems.queryWith
+                       (BatchJobs.batches options.StatusBatchSize >> List.map (Slurm.statusCommand options source))
+                       (Slurm.parseStatus source) t ch ids ct)
+               (BatchSystems.cancelWith (Slurm.cancelCommand options) t) with
+             ScriptFile = id
+             Prepare =
+               fun ch ct ->
+                   task {
+                       let! r = ch.ExecuteAsync(Slurm.probeCommand, t, ct)
+                       source <- if r.ExitCode = 0 then Sacct else Squeue
+                   }
+             ResolveMissing =
+               fun ch ids ct ->
+                   task {
+                       let found = ResizeArray()
+                       for id in ids do
+                           let! r = ch.ExecuteAsync(Slurm.scontrolCommand options id, t, ct)
+                           if r.ExitCode = 0 then
+                               Slurm.parseScontrol r.Stdout
+                               |> Option.filter (fun rep -> rep.JobId = id)
+                               |> Option.iter found.Add
+                       return List.ofSeq found
+                   } }),
+        { BatchSystems.settings options.InitBlocks options.MinBlocks options.MaxBlocks options.NodesPerBlock options.Parallelism
+              options.CoresPerNode (options.MemPerNode |> Option.map float) options.WorkerInit options.Launcher options.CmdTimeout with
+            StatusPollingInterval = options.StatusPollingInterval },
         channelFactory,
         (fun () -> Slurm.validate options))
 

@@ -134,8 +134,6 @@ module VineProtocol =
     /// Names go on the wire URL-encoded, so spaces cannot split a line.
     let encodeName (s: string) = Uri.EscapeDataString s
 
-    let private f3 (x: float) = x.ToString("0.000", CultureInfo.InvariantCulture)
-
     /// The task's description, `task <id>` to `end`, as the bytes to send.
     let renderTask (t: VineTaskSpec) : byte[] =
         let sb = StringBuilder()
@@ -154,16 +152,7 @@ module VineProtocol =
             // 1 = direct: the library runs each call itself (no fork per call, which a .NET process cannot do).
             line "func_exec_mode 1"
         | None -> ()
-        line ("category " + encodeName t.Category)
-        line ("cores " + f3 t.Cores)
-        line (sprintf "gpus %d" t.Gpus)
-        line (sprintf "memory %d" t.Memory)
-        line (sprintf "disk %d" t.Disk)
-        if t.WallTime > 0L then line (sprintf "wall_time %d" t.WallTime)
-        for k, v in t.Env do
-            let kv = k + "=" + v
-            line (sprintf "env %d" (Encoding.UTF8.GetByteCount kv))
-            line kv
+        Parsl.Executors.WorkQueue.WqProtocol.describe line t.Category t.Cores t.Gpus t.Memory t.Disk t.WallTime t.Env
         for f in t.Inputs do
             line (sprintf "infile %s %s 0" (encodeName f.CacheName) (encodeName f.SandboxName))
         for f in t.Outputs do
@@ -177,19 +166,10 @@ module VineProtocol =
         sprintf "put %s %d %d\nfile %s %d 0%s 0\n" n (int level) size n size (Convert.ToString(mode, 8))
 
     /// What a result code means, in Parsl's words (`_explain_taskvine_result`).
+    // Codes up to 56 mean what they mean in Work Queue, in the same words; from 64 on TaskVine's differ.
     let explain (code: int) =
         match code with
-        | 0 -> "success"
-        | 1 -> "missing input file"
-        | 2 -> "unable to generate output file"
-        | 4 -> "stdout has been truncated"
-        | 8 -> "task terminated with a signal"
-        | 16 -> "task used more resources than requested"
-        | 24 -> "task ran past the specified end time"
-        | 32 -> "result could not be classified"
-        | 40 -> "task failed, but not a task error"
-        | 48 -> "unable to complete after specified number of retries"
-        | 56 -> "task ran for more than the specified time"
+        | c when c <= 56 -> Parsl.Executors.WorkQueue.WqProtocol.explain c
         | 64 -> "task failed because the monitor did not produce a summary report"
         | 72 -> "task failed because an output could not be transferred to the manager"
         | 80 -> "task failed because no worker could satisfy the fixed location input file requirements"

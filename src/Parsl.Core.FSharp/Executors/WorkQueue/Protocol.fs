@@ -143,6 +143,29 @@ module WqProtocol =
 
     let private f3 (x: float) = x.ToString("0.000", CultureInfo.InvariantCulture)
 
+    /// The lines of a task description that Work Queue and TaskVine workers read alike: category, resources, wall
+    /// time (when there is one) and environment, each written with `line`.
+    let internal describe
+        (line: string -> unit)
+        (category: string)
+        (cores: float)
+        (gpus: int64)
+        (memory: int64)
+        (disk: int64)
+        (wallTime: int64)
+        (env: (string * string) list)
+        =
+        line ("category " + encodeName category)
+        line ("cores " + f3 cores)
+        line (sprintf "gpus %d" gpus)
+        line (sprintf "memory %d" memory)
+        line (sprintf "disk %d" disk)
+        if wallTime > 0L then line (sprintf "wall_time %d" wallTime)
+        for k, v in env do
+            let kv = k + "=" + v
+            line (sprintf "env %d" (Encoding.UTF8.GetByteCount kv))
+            line kv
+
     /// The task's description, `task <id>` to `end`, as the bytes to send.
     let renderTask (t: TaskSpec) : byte[] =
         let sb = StringBuilder()
@@ -157,16 +180,7 @@ module WqProtocol =
             line (sprintf "coprocess %d" (Encoding.UTF8.GetByteCount name))
             sb.Append(name) |> ignore
         | None -> ()
-        line ("category " + encodeName t.Category)
-        line ("cores " + f3 t.Cores)
-        line (sprintf "gpus %d" t.Gpus)
-        line (sprintf "memory %d" t.Memory)
-        line (sprintf "disk %d" t.Disk)
-        if t.WallTime > 0L then line (sprintf "wall_time %d" t.WallTime)
-        for k, v in t.Env do
-            let kv = k + "=" + v
-            line (sprintf "env %d" (Encoding.UTF8.GetByteCount kv))
-            line kv
+        describe line t.Category t.Cores t.Gpus t.Memory t.Disk t.WallTime t.Env
         for f in t.Inputs do
             line (sprintf "infile %s %s %d" (encodeName f.CacheName) (encodeName f.SandboxName) (if f.Cached then 1 else 0))
         for f in t.Outputs do
