@@ -93,6 +93,15 @@ let private rate (dfk: DataFlowKernel) (n: int) =
     me.Refresh()
     float n / secs, (me.TotalProcessorTime - c0).TotalMilliseconds * 1000.0 / float n, busiest t0 (threadTicks ())
 
+/// CPU ms used so far by the simulator processes (they share the machine's cores with the client).
+let private simMs (sims: SimProcess list) =
+    sims |> List.sumBy (fun s ->
+        try
+            let stat = File.ReadAllText(sprintf "/proc/%d/stat" s.Pid)
+            let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
+            (int64 rest[11] + int64 rest[12]) * 10L
+        with _ -> 0L)
+
 let run (argv: string[]) (print: string -> unit) =
     let managers = arg argv "managers" 10_000
     let slots = arg argv "slots" 64
@@ -115,13 +124,16 @@ let run (argv: string[]) (print: string -> unit) =
         let sims = simulate htex [ 1 ] (managers * slots) prefetch hbMs
         try
             sims.Head.WaitFor("registered", TimeSpan.FromMinutes 2.0) |> ignore
+            let s0 = simMs sims
             let r, cpu, threads = rate dfk tasks
             fig (sprintf "scale: client CPU per task with 1 manager of %d slots" (managers * slots)) cpu "us"
+            fig "scale: simulator CPU per task with 1 manager" (float (simMs sims - s0) * 1000.0 / float tasks) "us"
             print ("  threads (CPU ms): " + threads)
-            r
+            r, cpu
         finally
             (dfk :> IDisposable).Dispose()
             for s in sims do (s :> IDisposable).Dispose()
+    let one, cpuOne = one
     fig (sprintf "scale: no-op tasks/s with 1 manager of %d slots" (managers * slots)) one "tasks/s"
     let htex, dfk = load hbMs thresholdMs sockets
     let rss0 = rssMb ()
@@ -142,13 +154,7 @@ let run (argv: string[]) (print: string -> unit) =
                 with _ when sw.Elapsed < TimeSpan.FromMinutes 40.0 && not s.HasExited ->
                     print (sprintf "  %.0f s: %d managers registered" sw.Elapsed.TotalSeconds (htex.ConnectedManagersAsync().Result.Length))
         let registered = sw.Elapsed.TotalSeconds
-        let simCpu =
-            sims |> List.sumBy (fun s ->
-                try
-                    let stat = File.ReadAllText(sprintf "/proc/%d/stat" s.Pid)
-                    let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
-                    (int64 rest[11] + int64 rest[12]) * 10L
-                with _ -> 0L)
+        let simCpu = simMs sims
         print (sprintf "  registration: simulators' CPU %d ms; client threads (CPU ms): %s" simCpu (busiest t0 (threadTicks ())))
         let connected = htex.ConnectedManagersAsync().Result.Length
         if connected <> managers then failwithf "%d managers connected, not %d" connected managers
@@ -167,11 +173,16 @@ let run (argv: string[]) (print: string -> unit) =
         print (sprintf "  %d heartbeats; threads (CPU ms): %s" (h1 - h0) (busiest t0 (threadTicks ())))
         fig "scale: client CPU per heartbeat (quiet)" ((c1 - c0).TotalMilliseconds * 1000.0 / float (max 1L (h1 - h0))) "us"
         fig (sprintf "scale: client CPU share for heartbeats every %d ms" hbMs) ((c1 - c0).TotalMilliseconds * 100.0 / window.TotalMilliseconds) "% of a core"
+        let s0 = simMs sims
         let many, cpu, threads = rate dfk tasks
         fig (sprintf "scale: client CPU per task with %d managers" managers) cpu "us"
+        fig (sprintf "scale: simulator CPU per task with %d managers" managers) (float (simMs sims - s0) * 1000.0 / float tasks) "us"
         print ("  threads (CPU ms): " + threads)
         fig (sprintf "scale: no-op tasks/s with %d managers" managers) many "tasks/s"
         fig "scale: with many managers / with 1" (100.0 * many / one) "%"
+        // The simulators share the client's two cores: what the client itself spends per task is the interchange's
+        // side of the ratio (1 manager's CPU per task over many managers').
+        fig "scale: client CPU per task, 1 manager / many" (100.0 * cpuOne / cpu) "%"
         let dups = sims |> List.sumBy (fun s -> let _, _, d, _, _ = s.Stats(TimeSpan.FromSeconds 30.0) in d)
         if dups <> 0L then failwithf "%d tries were sent twice" dups
         // A node failure at scale: one process's managers die at once, and tasks keep coming.
