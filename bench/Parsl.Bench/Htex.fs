@@ -41,83 +41,6 @@ let private chainOf (inc: Arg<int> -> AppFuture<int>) (hops: int) =
     if v <> hops then failwithf "chain computed %d" v
     sw.Elapsed.TotalMilliseconds * 1000.0 / float hops
 
-/// Load to first result and the chain only, with CPU time per hop of the client, its manager and workers
-/// (quick runs while tuning; CPU time is what a shared machine's load does not distort).
-let chain (print: string -> unit) =
-    let stamp (what: string) = print (sprintf "%s %s" (DateTime.UtcNow.ToString "HH:mm:ss.fff") what)
-    stamp "load"
-    let sw = Stopwatch.StartNew()
-    let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
-    let htex = HighThroughputExecutor(options ())
-    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ htex ]; InitializeLogging = false }
-    stamp "loaded"
-    let noop = App.func dfk (fun (x: int) -> x)
-    let first = noop (Arg.value 0)
-    stamp "submitted"
-    first.Task.Wait()
-    stamp "first result"
-    print (sprintf "HTEx ms from load to first result: %.0f" sw.Elapsed.TotalMilliseconds)
-    let manager = (htex.ConnectedManagersAsync().Result |> List.head).Pid
-    // utime + stime in clock ticks (10 ms) of a process, from /proc.
-    let ticks (pid: int) =
-        try
-            let stat = File.ReadAllText(sprintf "/proc/%d/stat" pid)
-            let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
-            int64 rest[11] + int64 rest[12]
-        with _ -> 0L
-    let parent (pid: string) =
-        try
-            let stat = File.ReadAllText(sprintf "/proc/%s/stat" pid)
-            let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
-            int rest[1]
-        with _ -> -1
-    let workers () =
-        Directory.GetDirectories "/proc"
-        |> Array.map Path.GetFileName
-        |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = manager)
-        |> Array.map int
-    print (
-        sprintf "CPU ms until the first result: client %d, manager %d, workers %d (2 cores give %.0f in that time)"
-            (ticks Environment.ProcessId * 10L) (ticks manager * 10L) ((workers () |> Array.sumBy ticks) * 10L)
-            (2.0 * sw.Elapsed.TotalMilliseconds))
-    let inc = App.func dfk (fun (x: int) -> x + 1)
-    // CPU ticks per thread (name) of a process, to see where a hop's CPU goes.
-    let threadTicks (pid: int) =
-        try
-            Directory.GetDirectories(sprintf "/proc/%d/task" pid)
-            |> Array.choose (fun d ->
-                try
-                    let stat = File.ReadAllText(Path.Combine(d, "stat"))
-                    let name = stat.Substring(stat.IndexOf '(' + 1, stat.LastIndexOf ')' - stat.IndexOf '(' - 1)
-                    let rest = stat.Substring(stat.LastIndexOf ')' + 2).Split ' '
-                    Some(sprintf "%s/%s" name (Path.GetFileName d), int64 rest[11] + int64 rest[12])
-                with _ -> None)
-            |> Map.ofArray
-        with _ -> Map.empty
-    let perThread = not (isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_THREADS"))
-    for round in 1..(match Environment.GetEnvironmentVariable "ROUNDS" with null -> 4 | r -> int r) do
-        let t0c, t0m = (if perThread then threadTicks Environment.ProcessId, threadTicks manager else Map.empty, Map.empty)
-        let hops = 1000
-        let ws = workers ()
-        let c0, m0, w0 = ticks Environment.ProcessId, ticks manager, ws |> Array.sumBy ticks
-        let perHop = chainOf inc hops
-        let us (t: int64) = float t * 10000.0 / float hops
-        print (
-            sprintf "HTEx us/hop on a %d-hop chain (round %d): %.1f; CPU us/hop: client %.0f, manager %.0f, workers %.0f"
-                hops round perHop
-                (us (ticks Environment.ProcessId - c0)) (us (ticks manager - m0)) (us ((ws |> Array.sumBy ticks) - w0)))
-        if perThread then
-            for who, before, after in [ "client", t0c, threadTicks Environment.ProcessId; "manager", t0m, threadTicks manager ] do
-                let parts =
-                    after
-                    |> Map.toList
-                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
-                    |> List.filter (fun (_, d) -> d > 0L)
-                    |> List.sortByDescending snd
-                    |> List.map (fun (k, d) -> sprintf "%s %.0f" k (float d * 10000.0 / float hops))
-                print (sprintf "  %s threads, CPU us/hop: %s" who (String.Join(", ", parts)))
-    (dfk :> IDisposable).Dispose()
-
 /// utime + stime in clock ticks (10 ms) of a process, from /proc.
 let private ticksOf (pid: int) =
     try
@@ -155,6 +78,67 @@ let private threadSwitchesOf (pid: int) =
         |> Map.ofArray
     with _ -> Map.empty
 
+/// The processes whose parent is `pid` (a manager's workers).
+let private childrenOf (pid: int) =
+    let parent (p: string) =
+        try
+            let stat = File.ReadAllText(sprintf "/proc/%s/stat" p)
+            int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
+        with _ -> -1
+    Directory.GetDirectories "/proc"
+    |> Array.map Path.GetFileName
+    |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = pid)
+    |> Array.map int
+
+/// Load to first result and the chain only, with CPU time per hop of the client, its manager and workers
+/// (quick runs while tuning; CPU time is what a shared machine's load does not distort).
+let chain (print: string -> unit) =
+    let stamp (what: string) = print (sprintf "%s %s" (DateTime.UtcNow.ToString "HH:mm:ss.fff") what)
+    stamp "load"
+    let sw = Stopwatch.StartNew()
+    let runDir = Path.Combine(Path.GetTempPath(), "parsl-bench", Guid.NewGuid().ToString("N"))
+    let htex = HighThroughputExecutor(options ())
+    let dfk = DataFlowKernel.Load { Config.defaults with RunDir = runDir; Executors = [ htex ]; InitializeLogging = false }
+    stamp "loaded"
+    let noop = App.func dfk (fun (x: int) -> x)
+    let first = noop (Arg.value 0)
+    stamp "submitted"
+    first.Task.Wait()
+    stamp "first result"
+    print (sprintf "HTEx ms from load to first result: %.0f" sw.Elapsed.TotalMilliseconds)
+    let manager = (htex.ConnectedManagersAsync().Result |> List.head).Pid
+    let ticks = ticksOf
+    let workers () = childrenOf manager
+    print (
+        sprintf "CPU ms until the first result: client %d, manager %d, workers %d (2 cores give %.0f in that time)"
+            (ticks Environment.ProcessId * 10L) (ticks manager * 10L) ((workers () |> Array.sumBy ticks) * 10L)
+            (2.0 * sw.Elapsed.TotalMilliseconds))
+    let inc = App.func dfk (fun (x: int) -> x + 1)
+    let threadTicks = threadTicksOf
+    let perThread = not (isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_THREADS"))
+    for round in 1..(match Environment.GetEnvironmentVariable "ROUNDS" with null -> 4 | r -> int r) do
+        let t0c, t0m = (if perThread then threadTicks Environment.ProcessId, threadTicks manager else Map.empty, Map.empty)
+        let hops = 1000
+        let ws = workers ()
+        let c0, m0, w0 = ticks Environment.ProcessId, ticks manager, ws |> Array.sumBy ticks
+        let perHop = chainOf inc hops
+        let us (t: int64) = float t * 10000.0 / float hops
+        print (
+            sprintf "HTEx us/hop on a %d-hop chain (round %d): %.1f; CPU us/hop: client %.0f, manager %.0f, workers %.0f"
+                hops round perHop
+                (us (ticks Environment.ProcessId - c0)) (us (ticks manager - m0)) (us ((ws |> Array.sumBy ticks) - w0)))
+        if perThread then
+            for who, before, after in [ "client", t0c, threadTicks Environment.ProcessId; "manager", t0m, threadTicks manager ] do
+                let parts =
+                    after
+                    |> Map.toList
+                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
+                    |> List.filter (fun (_, d) -> d > 0L)
+                    |> List.sortByDescending snd
+                    |> List.map (fun (k, d) -> sprintf "%s %.0f" k (float d * 10000.0 / float hops))
+                print (sprintf "  %s threads, CPU us/hop: %s" who (String.Join(", ", parts)))
+    (dfk :> IDisposable).Dispose()
+
 /// The no-op row alone, with CPU time per task of the client, its manager and workers, and per thread
 /// (`PARSL_BENCH_THREADS=1`): CPU time is what a shared machine's load does not distort.
 let noopCpu (print: string -> unit) =
@@ -164,16 +148,7 @@ let noopCpu (print: string -> unit) =
     let noop = App.func dfk (fun (x: int) -> x)
     (noop (Arg.value 0)).Task.Wait()
     let manager = (htex.ConnectedManagersAsync().Result |> List.head).Pid
-    let parent (pid: string) =
-        try
-            let stat = File.ReadAllText(sprintf "/proc/%s/stat" pid)
-            int ((stat.Substring(stat.LastIndexOf ')' + 2).Split ' ')[1])
-        with _ -> -1
-    let workers =
-        Directory.GetDirectories "/proc"
-        |> Array.map Path.GetFileName
-        |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = manager)
-        |> Array.map int
+    let workers = childrenOf manager
     [| for i in 1..5000 -> noop (Arg.value i) |] |> Array.iter (fun f -> f.Task.Wait())
     let perThread = not (isNull (Environment.GetEnvironmentVariable "PARSL_BENCH_THREADS"))
     let n = 100_000
