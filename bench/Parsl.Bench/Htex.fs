@@ -90,6 +90,17 @@ let private childrenOf (pid: int) =
     |> Array.filter (fun n -> n |> Seq.forall Char.IsDigit && parent n = pid)
     |> Array.map int
 
+/// The threads whose CPU ticks grew between two readings, busiest first, in µs per item (`fmt` formats one).
+let private threadCpu (before: Map<string, int64>) (after: Map<string, int64>) (items: int) (fmt: string) =
+    let f = Printf.StringFormat<float -> string>(fmt)
+    after
+    |> Map.toList
+    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
+    |> List.filter (fun (_, d) -> d > 0L)
+    |> List.sortByDescending snd
+    |> List.map (fun (k, d) -> k + " " + sprintf f (float d * 10000.0 / float items))
+    |> fun parts -> String.Join(", ", parts)
+
 /// Load to first result and the chain only, with CPU time per hop of the client, its manager and workers
 /// (quick runs while tuning; CPU time is what a shared machine's load does not distort).
 let chain (print: string -> unit) =
@@ -129,14 +140,7 @@ let chain (print: string -> unit) =
                 (us (ticks Environment.ProcessId - c0)) (us (ticks manager - m0)) (us ((ws |> Array.sumBy ticks) - w0)))
         if perThread then
             for who, before, after in [ "client", t0c, threadTicks Environment.ProcessId; "manager", t0m, threadTicks manager ] do
-                let parts =
-                    after
-                    |> Map.toList
-                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
-                    |> List.filter (fun (_, d) -> d > 0L)
-                    |> List.sortByDescending snd
-                    |> List.map (fun (k, d) -> sprintf "%s %.0f" k (float d * 10000.0 / float hops))
-                print (sprintf "  %s threads, CPU us/hop: %s" who (String.Join(", ", parts)))
+                print (sprintf "  %s threads, CPU us/hop: %s" who (threadCpu before after hops "%.0f"))
     (dfk :> IDisposable).Dispose()
 
 /// The no-op row alone, with CPU time per task of the client, its manager and workers, and per thread
@@ -169,14 +173,7 @@ let noopCpu (print: string -> unit) =
                 (us ((workers |> Array.sumBy ticksOf) - w0)))
         if perThread then
             for who, before, after in [ "client", t0c, threadTicksOf Environment.ProcessId; "manager", t0m, threadTicksOf manager ] do
-                let parts =
-                    after
-                    |> Map.toList
-                    |> List.map (fun (k, v) -> k, v - (Map.tryFind k before |> Option.defaultValue 0L))
-                    |> List.filter (fun (_, d) -> d > 0L)
-                    |> List.sortByDescending snd
-                    |> List.map (fun (k, d) -> sprintf "%s %.1f" k (float d * 10000.0 / float n))
-                print (sprintf "  %s threads, CPU us/task: %s" who (String.Join(", ", parts)))
+                print (sprintf "  %s threads, CPU us/task: %s" who (threadCpu before after n "%.1f"))
             let s1w = workers |> Array.sumBy (fun w -> threadSwitchesOf w |> Map.fold (fun a _ v -> a + v) 0L)
             for who, before, after in [ "client", s0c, threadSwitchesOf Environment.ProcessId; "manager", s0m, threadSwitchesOf manager ] do
                 let parts =
